@@ -1,4 +1,5 @@
 """Models: one registry, ``get_model(arch, num_classes, **options)``."""
+from network.optimize import optimize_for_inference
 from network.registry import get_model, list_models
 
-__all__ = ["get_model", "list_models"]
+__all__ = ["get_model", "list_models", "optimize_for_inference"]
