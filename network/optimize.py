@@ -31,11 +31,15 @@ LOW_PRECISION_DTYPES = (torch.bfloat16, torch.float16)
 
 
 @torch.no_grad()
-def fold_batch_norm(conv: nn.Conv2d, norm: _BatchNorm) -> nn.Conv2d:
-    """A convolution computing ``norm(conv(x))`` for an eval-mode batch-norm with running statistics.
+def fold_batch_norm_(conv: nn.Conv2d, norm: _BatchNorm) -> None:
+    """Fold an eval-mode batch-norm into the convolution before it, in place: ``conv(x)`` then equals the
+    former ``norm(conv(x))``.
 
-    ``w' = w * g / sqrt(v + eps)`` per output channel and ``b' = (b - m) * g / sqrt(v + eps) + beta``,
-    formed in float64 and stored in the convolution's dtype. Shapes: as ``conv``.
+    ``w' = w * s`` and ``b' = (b - m) * s + beta`` with the per-output-channel ``s = g / sqrt(v + eps)``;
+    ``s`` and ``b'`` are formed in float64, the weight product in the convolution's dtype.
+
+    Raises:
+        ValueError: ``norm`` is in training mode or keeps no running statistics.
     """
     if norm.training:
         raise ValueError(f"cannot fold {norm}: it is in training mode; call model.eval() first")
@@ -44,25 +48,18 @@ def fold_batch_norm(conv: nn.Conv2d, norm: _BatchNorm) -> nn.Conv2d:
     scale = (norm.weight.double() if norm.affine else 1.0) / torch.sqrt(norm.running_var.double() + norm.eps)
     shift = norm.bias.double() if norm.affine else 0.0
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    folded = copy.deepcopy(conv)
-    folded.weight = nn.Parameter((conv.weight.double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype))
-    folded.bias = nn.Parameter(((bias - norm.running_mean.double()) * scale + shift).to(conv.weight.dtype))
-    return folded
+    conv.weight.mul_(scale.to(conv.weight.dtype).view(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(((bias - norm.running_mean.double()) * scale + shift).to(conv.weight.dtype))
 
 
-def _last_conv(module: nn.Module) -> tuple[nn.Module, str] | None:
-    """(parent, name) of the convolution that produces ``module``'s output, if that is plain to see.
-
-    ``module`` itself cannot be returned with a parent, so callers pass a container and its child's name.
-    Looks through trailing children of nested ``nn.Sequential`` (the stem's convolution stack).
-    """
-    if not isinstance(module, nn.Sequential) or len(module) == 0:
-        return None
-    name = str(len(module) - 1)
-    last = module[-1]
-    if isinstance(last, nn.Conv2d):
-        return module, name
-    return _last_conv(last)
+def _output_conv(module: nn.Module) -> nn.Conv2d | None:
+    """The convolution whose output is ``module``'s output: ``module`` itself or, through nested
+    ``nn.Sequential`` (the stem's convolution stack), their last layer; None otherwise."""
+    if isinstance(module, nn.Conv2d):
+        return module
+    if isinstance(module, nn.Sequential) and len(module) > 0:
+        return _output_conv(module[-1])
+    return None
 
 
 def fold_batch_norms(model: nn.Module) -> int:
@@ -78,20 +75,16 @@ def fold_batch_norms(model: nn.Module) -> int:
             for index in (1, 2, 3):
                 conv, norm = getattr(module, f"conv{index}"), getattr(module, f"bn{index}")
                 if isinstance(norm, _BatchNorm):
-                    setattr(module, f"conv{index}", fold_batch_norm(conv, norm))
+                    fold_batch_norm_(conv, norm)
                     setattr(module, f"bn{index}", nn.Identity())
                     folded += 1
         elif isinstance(module, nn.Sequential):
             for index in range(1, len(module)):
-                norm = module[index]
-                if isinstance(norm, _BatchNorm):
-                    producer = (module, str(index - 1)) if isinstance(module[index - 1], nn.Conv2d) \
-                        else _last_conv(module[index - 1])
-                    if producer is not None:
-                        parent, name = producer
-                        setattr(parent, name, fold_batch_norm(getattr(parent, name), norm))
-                        module[index] = nn.Identity()
-                        folded += 1
+                conv = _output_conv(module[index - 1])
+                if isinstance(module[index], _BatchNorm) and conv is not None:
+                    fold_batch_norm_(conv, module[index])
+                    module[index] = nn.Identity()
+                    folded += 1
     return folded
 
 
