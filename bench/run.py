@@ -1,11 +1,12 @@
 """PFNet speed benchmark: eval latency, train step time and peak memory against this machine's matmul rate.
 
-Every figure is a median of ``--repeats`` timed calls after ``--warmup`` untimed ones. Within a task and
-size, the configurations are timed round-robin (one call of each per round), so a slow spell caused by
-other processes on a shared machine hits all of them alike and their ratios stay meaningful. Achieved
-GFLOP/s use the model's FLOPs from ``torch.utils.flop_counter`` (convolutions and matrix products) and are
-shown beside the float32 (and low-precision) matmul rate measured in the same run. Peak memory is measured
-for each configuration in a fresh process: peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
+Each configuration (a row of the table) lives in its own spawned worker process, so its peak memory is
+its own: peak resident set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. The parent asks the
+workers of one task and size for one timed call each, in turn, ``--warmup`` untimed rounds then
+``--repeats`` timed ones; a slow spell caused by other processes on a shared machine therefore hits all
+configurations alike and their ratios stay meaningful. Figures are medians. Achieved GFLOP/s use the
+model's FLOPs from ``torch.utils.flop_counter`` (convolutions and matrix products, counted on the plain
+float32 path) and are shown as a fraction of the matmul rate measured in the same run.
 
 Run ``python -m bench --help``; ``python -m bench --smoke`` is the tiny CI mode.
 """
@@ -20,9 +21,10 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+import traceback
+from dataclasses import asdict, dataclass
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
 from typing import Callable
 
 import torch
@@ -60,8 +62,7 @@ class Result:
     size: int
     seconds: list[float]
     flops: int
-    peak_bytes: int | None = None
-    extra: dict = field(default_factory=dict)
+    peak_bytes: int
 
     @property
     def median(self) -> float:
@@ -83,24 +84,11 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def time_round_robin(runners: dict[str, Callable[[], object]], device: torch.device, warmup: int,
-                     repeats: int) -> dict[str, list[float]]:
-    """Seconds of ``repeats`` calls of every runner, timed one call of each per round after ``warmup`` rounds."""
-    for _ in range(warmup):
-        for fn in runners.values():
-            fn()
-    seconds: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, fn in runners.items():
-            seconds[name].append(timed(fn, device))
-    return seconds
-
-
 def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, warmup: int, repeats: int) -> float:
-    """Achieved GFLOP/s of an (n, n) @ (n, n) matrix product (2 n^3 FLOPs), median of ``repeats``."""
+    """Achieved GFLOP/s of an (n, n) @ (n, n) matrix product (2 n^3 FLOPs), median of ``repeats`` calls."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    seconds = time_round_robin({"matmul": lambda: a @ b}, device, warmup, repeats)["matmul"]
+    seconds = [timed(lambda: a @ b, device) for _ in range(warmup + repeats)][warmup:]
     return 2 * n**3 / statistics.median(seconds) / 1e9
 
 
@@ -164,37 +152,23 @@ def train_runner(arch: str, config: str, device: torch.device, batch: int, size:
     return step
 
 
-def make_runner(task: str, arch: str, config: str, device: torch.device, batch: int, size: int,
-                model: torch.nn.Module | None = None) -> Callable[[], object]:
-    """The timed call of one table row; eval rows reuse ``model`` when given."""
+def make_runner(task: str, arch: str, config: str, device: torch.device, batch: int,
+                size: int) -> Callable[[], object]:
+    """The timed call of one table row, on a freshly built model and random input."""
     if task == "train":
         return train_runner(arch, config, device, batch, size)
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-    return eval_runner(model if model is not None else build_model(arch, device), config, images)
+    return eval_runner(build_model(arch, device), config, images)
 
 
-def peak_memory_worker(task: str, arch: str, config: str, device_name: str, batch: int, size: int,
-                       threads: int) -> int:
-    """In a fresh process: peak bytes of two calls of one row (CPU: peak RSS; CUDA: max allocated)."""
-    torch.set_num_threads(threads)
-    device = torch.device(device_name)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    run = make_runner(task, arch, config, device, batch, size)
-    for _ in range(2):
-        run()
-    synchronize(device)
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process: ``max_memory_allocated`` on CUDA, peak resident set size on CPU.
+
+    The CPU figure is Linux's ``VmHWM``, which belongs to this process's own address space
+    (``ru_maxrss`` may carry the forking parent's peak across ``exec``); ``ru_maxrss`` elsewhere.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return peak_rss_bytes()
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size in bytes (Linux ``VmHWM``; ``ru_maxrss`` elsewhere).
-
-    ``VmHWM`` belongs to the process's own address space, whereas ``ru_maxrss`` may carry over the peak
-    of the forked parent across ``exec`` on Linux.
-    """
     try:
         with open("/proc/self/status") as status:
             line = next(line for line in status if line.startswith("VmHWM:"))
@@ -205,11 +179,82 @@ def peak_rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def peak_memory(task: str, arch: str, config: str, device: torch.device, batch: int, size: int) -> int:
-    """Run :func:`peak_memory_worker` in a new (spawned) process so peaks of rows do not mix."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(peak_memory_worker, task, arch, config, str(device), batch, size,
-                           torch.get_num_threads()).result()
+def config_worker(connection: Connection, task: str, arch: str, config: str, device_name: str, batch: int,
+                  size: int, threads: int) -> None:
+    """Worker process of one row: builds its runner, then answers the parent's requests until "stop".
+
+    Requests: "time" (seconds of one call), "flops" (FLOPs of one call), "peak" (peak bytes so far).
+    Every answer is ``(ok, value)``; a failure answers ``(False, traceback text)`` and ends the worker.
+    """
+    try:
+        torch.set_num_threads(threads)
+        device = torch.device(device_name)
+        run = make_runner(task, arch, config, device, batch, size)
+        requests = {"time": lambda: timed(run, device), "flops": lambda: count_flops(run),
+                    "peak": lambda: peak_memory_bytes(device)}
+        connection.send((True, None))
+        while (request := connection.recv()) != "stop":
+            connection.send((True, requests[request]()))
+    except Exception:  # the parent re-raises it with the row's name
+        connection.send((False, traceback.format_exc()))
+
+
+class ConfigProcess:
+    """Parent-side handle of a :func:`config_worker`, started at construction.
+
+    ``receive()`` returns the worker's next answer (the first one says that it is ready), ``ask(request)``
+    sends a request and returns its answer.
+    """
+
+    def __init__(self, task: str, arch: str, config: str, device: torch.device, batch: int, size: int):
+        self.name = f"{task} {config} {batch}x{size}x{size}"
+        self.connection, child_end = get_context("spawn").Pipe()
+        self.process = get_context("spawn").Process(
+            target=config_worker, daemon=True,
+            args=(child_end, task, arch, config, str(device), batch, size, torch.get_num_threads()))
+        self.process.start()
+
+    def receive(self):
+        ok, value = self.connection.recv()
+        if not ok:
+            raise RuntimeError(f"benchmark worker for {self.name} failed:\n{value}")
+        return value
+
+    def ask(self, request: str):
+        self.connection.send(request)
+        return self.receive()
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError):  # a failed worker has already ended
+            self.connection.send("stop")
+        self.process.join()
+
+
+def measure_group(task: str, arch: str, configs: list[str], device: torch.device, batch: int, size: int,
+                  warmup: int, repeats: int) -> list[Result]:
+    """Rows of one task and input size, timed round-robin across their worker processes."""
+    plain = "original" if task == "eval" else "fp32"
+    workers: dict[str, ConfigProcess] = {}
+    try:
+        for config in dict.fromkeys(configs + [plain]):
+            workers[config] = ConfigProcess(task, arch, config, device, batch, size)
+        for worker in workers.values():  # they build their models side by side
+            worker.receive()
+        # The FLOP count is the plain float32 path's first (untimed) call.
+        flops = workers[plain].ask("flops")
+        if plain not in configs:
+            workers.pop(plain).close()
+        seconds: dict[str, list[float]] = {config: [] for config in configs}
+        for round_index in range(warmup + repeats):
+            for config in configs:
+                elapsed = workers[config].ask("time")
+                if round_index >= warmup:
+                    seconds[config].append(elapsed)
+        return [Result(task, config, batch, size, seconds[config], flops, workers[config].ask("peak"))
+                for config in configs]
+    finally:
+        for worker in workers.values():
+            worker.close()
 
 
 def machine_description(device: torch.device) -> str:
@@ -228,49 +273,49 @@ def machine_description(device: torch.device) -> str:
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> tuple[dict, list[Result]]:
-    """Matmul rates, then every (task, size) group of rows; returns (peaks, rows)."""
+    """Matmul rates, then every (task, size) group of rows; returns (matmul GFLOP/s by dtype, rows)."""
     low_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-    peaks = {"float32": matmul_rate(device, torch.float32, args.matmul_size, args.warmup, args.repeats),
-             str(low_dtype).removeprefix("torch."): matmul_rate(device, low_dtype, args.matmul_size,
-                                                                args.warmup, args.repeats)}
+    peaks = {str(dtype).removeprefix("torch."): matmul_rate(device, dtype, args.matmul_size, args.warmup,
+                                                             args.repeats)
+             for dtype in (torch.float32, low_dtype)}
     groups = [("eval", args.eval_batch, size, args.eval_configs) for size in args.eval_sizes]
-    groups += [("train", args.train_batch, args.train_size, args.train_configs)] if args.train_configs else []
+    groups += [("train", args.train_batch, args.train_size, args.train_configs)]
     results = []
     for task, batch, size, configs in groups:
-        if not configs:
-            continue
-        print(f"[bench] {task} {batch}x{size}x{size}: {', '.join(configs)}", file=sys.stderr, flush=True)
-        model = build_model(args.arch, device) if task == "eval" else None
-        runners = {c: make_runner(task, args.arch, c, device, batch, size, model) for c in configs}
-        # FLOPs of the model's own computation, counted on the plain float32 path (a row's runner if any).
-        plain = "original" if task == "eval" else "fp32"
-        flops = count_flops(runners.get(plain) or make_runner(task, args.arch, plain, device, batch, size, model))
-        seconds = time_round_robin(runners, device, args.warmup, args.repeats)
-        for config in configs:
-            peak = peak_memory(task, args.arch, config, device, batch, size) if args.memory else None
-            results.append(Result(task, config, batch, size, seconds[config], flops, peak))
+        if configs:
+            print(f"[bench] {task} {batch}x{size}x{size}: {', '.join(configs)}", file=sys.stderr, flush=True)
+            results += measure_group(task, args.arch, configs, device, batch, size, args.warmup, args.repeats)
     return peaks, results
 
 
-def format_table(peaks: dict, results: list[Result], machine: str) -> str:
-    """A Markdown table of the rows, GFLOP/s as a fraction of the float32 matmul rate of the same run."""
-    fp32_peak = peaks["float32"]
-    low_name, low_peak = next((k, v) for k, v in peaks.items() if k != "float32")
+def compute_dtype(config: str, device_type: str) -> str:
+    """Name of the dtype the convolutions of a row run in (the matmul rate it is compared with)."""
+    if config in ("bf16", "compile+bf16") or (config == "amp" and device_type == "cpu"):
+        return "bfloat16"
+    if config == "fp16" or config == "amp":
+        return "float16"
+    return "float32"
+
+
+def format_table(peaks: dict[str, float], results: list[Result], machine: str, device_type: str) -> str:
+    """A Markdown table of the rows: achieved GFLOP/s as a fraction of the float32 matmul rate and of the
+    matmul rate in the row's own compute dtype, both measured in the same run."""
     lines = [f"Machine: {machine}",
-             f"Matmul rate: float32 {fp32_peak:.0f} GFLOP/s, {low_name} {low_peak:.0f} GFLOP/s", "",
-             "| task | input | config | median ms | images/s | GFLOP/s | % fp32 matmul | speed-up | peak memory MB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "Matmul rate: " + ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in peaks.items()), "",
+             "| task | input | config | median ms | images/s | GFLOP/s | % fp32 matmul | % own-dtype matmul "
+             "| speed-up | peak memory MB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     baselines: dict[tuple[str, int], float] = {}
     for row in results:
         baseline = baselines.setdefault((row.task, row.size), row.median)
         rate = row.flops / row.median / 1e9
-        memory = f"{row.peak_bytes / 2**20:.0f}" if row.peak_bytes is not None else "-"
+        own_peak = peaks.get(compute_dtype(row.config, device_type))
+        own = f"{100 * rate / own_peak:.0f}%" if own_peak else "-"
         lines.append(f"| {row.task} | {row.batch}x{row.size}² | {row.config} | {1e3 * row.median:.0f} | "
-                     f"{row.batch / row.median:.2f} | {rate:.0f} | {100 * rate / fp32_peak:.0f}% | "
-                     f"{baseline / row.median:.2f}x | {memory} |")
-    lines.append("")
-    lines.append("speed-up: against the first config of the same task and input; FLOPs per call: "
-                 + ", ".join(sorted({f'{r.task} {r.batch}x{r.size}² {r.flops / 1e9:.1f} G' for r in results})))
+                     f"{row.batch / row.median:.2f} | {rate:.0f} | {100 * rate / peaks['float32']:.0f}% | {own} | "
+                     f"{baseline / row.median:.2f}x | {row.peak_bytes / 2**20:.0f} |")
+    flops = sorted({f"{r.task} {r.batch}x{r.size}² {r.flops / 1e9:.1f}" for r in results})
+    lines += ["", "speed-up: against the first row of the same task and input. GFLOP per call: " + ", ".join(flops)]
     return "\n".join(lines)
 
 
@@ -305,8 +350,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls of each configuration first")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each configuration (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--no-memory", dest="memory", action="store_false",
-                        help="skip the per-configuration peak-memory processes")
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny CI mode (figures not meaningful): 64x64 eval, 2x64x64 train, 256 matmul, no warm-up, 2 repeats")
@@ -314,7 +357,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     device_type = torch.device(args.device).type
     if args.smoke:
         args.eval_sizes, args.train_size, args.matmul_size, args.warmup, args.repeats = [64], 64, 256, 0, 2
-        args.eval_configs = args.eval_configs or ["original", "optimized", "bf16"]
+        args.eval_configs = args.eval_configs or ["original", "optimized"]
         args.train_configs = args.train_configs if args.train_configs is not None else ["fp32"]
     args.eval_configs = list(args.eval_configs if args.eval_configs is not None else DEFAULT_EVAL[device_type])
     args.train_configs = list(args.train_configs if args.train_configs is not None else DEFAULT_TRAIN[device_type])
@@ -334,7 +377,7 @@ def main(argv: list[str] | None = None) -> str:
     device = torch.device(args.device)
     peaks, results = measure(args, device)
     machine = machine_description(device)
-    table = format_table(peaks, results, machine)
+    table = format_table(peaks, results, machine, device.type)
     print(table)
     if args.json:
         write_json_atomic(args.json, {"machine": machine, "matmul_gflops": peaks, "argv": sys.argv[1:],
