@@ -35,10 +35,11 @@ import network
 
 EVAL_CONFIGS = ("original", "channels_last", "fold_bn", "optimized", "optimized+split", "bf16", "fp16",
                 "compile", "compile+bf16")
-TRAIN_CONFIGS = ("fp32", "channels_last", "amp", "compile")
+TRAIN_CONFIGS = ("fp32", "channels_last", "amp", "checkpoint", "compile")
 DEFAULT_EVAL = {"cpu": ("original", "channels_last", "fold_bn", "optimized", "optimized+split", "bf16"),
                 "cuda": ("original", "channels_last", "optimized", "optimized+split", "bf16", "fp16")}
-DEFAULT_TRAIN = {"cpu": ("fp32", "channels_last", "amp"), "cuda": ("fp32", "channels_last", "amp")}
+DEFAULT_TRAIN = {"cpu": ("fp32", "channels_last", "amp", "checkpoint"),
+                 "cuda": ("fp32", "channels_last", "amp", "checkpoint")}
 # optimize_for_inference switches of each eval configuration ("original" is the model as built).
 EVAL_OPTIONS: dict[str, dict] = {
     "channels_last": dict(fold_bn=False, channels_last=True),
@@ -123,13 +124,16 @@ def train_runner(arch: str, config: str, device: torch.device, batch: int, size:
 
     The loss is a stand-in with the training loss's shape of computation: cross-entropy on the logits
     plus binary cross-entropy on the three edge maps. ``amp`` autocasts to bfloat16 on CPU and float16
-    (with gradient scaling) on CUDA; ``compile`` compiles the model's forward.
+    (with gradient scaling) on CUDA; ``checkpoint`` recomputes the stem's and layer1's activations in the
+    backward pass (``network.enable_activation_checkpointing``); ``compile`` compiles the model's forward.
     """
     model = build_model(arch, device).train()
     generator = torch.Generator(device="cpu").manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
     labels = torch.randint(0, NUM_CLASSES, (batch, size, size), generator=generator).to(device)
     edges = (torch.rand(batch, 1, size, size, generator=generator) > 0.9).float().to(device)
+    if config == "checkpoint":
+        network.enable_activation_checkpointing(model)
     if config == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
@@ -342,7 +346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-size", type=int, default=512, help="square train crop size in pixels")
     parser.add_argument("--train-batch", type=int, default=2, help="images per train step (>= 2)")
     parser.add_argument("--train-configs", nargs="*", choices=TRAIN_CONFIGS, default=None,
-                        help="train configurations, first is the baseline; none to skip training "
+                        help="train configurations, first is the baseline; give none to skip training "
                              f"(default: {' '.join(DEFAULT_TRAIN['cpu'])})")
     parser.add_argument("--compile", action="store_true",
                         help="add the torch.compile configurations (compile, compile+bf16; train compile)")
