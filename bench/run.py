@@ -124,7 +124,7 @@ def train_runner(arch: str, config: str, device: torch.device, batch: int, size:
 
     The loss is a stand-in with the training loss's shape of computation: cross-entropy on the logits
     plus binary cross-entropy on the three edge maps. ``amp`` autocasts to bfloat16 on CPU and float16
-    (with gradient scaling) on CUDA; ``checkpoint`` recomputes the stem's and layer1's activations in the
+    (with gradient scaling) on CUDA; ``checkpoint`` recomputes the activations of layer0 to layer2 in the
     backward pass (``network.enable_activation_checkpointing``); ``compile`` compiles the model's forward.
     """
     model = build_model(arch, device).train()
