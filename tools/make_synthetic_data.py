@@ -31,13 +31,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.classes import ISAID_PALETTE, ISPRS_ERODED_BORDER_COLOR, ISPRS_PALETTE  # noqa: E402
-from tools.raw_layout import (  # noqa: E402
-    ISAID_MASK_SUFFIX,
-    ISPRS_FOLDERS,
-    SPLIT_TILES,
-    isprs_file_names,
-)
+from datasets.classes import ISAID_MASK_SUFFIX, ISAID_PALETTE, ISPRS_ERODED_BORDER_COLOR, ISPRS_PALETTE  # noqa: E402
+from tools.raw_layout import ISPRS_FOLDERS, SPLIT_TILES, isprs_file_names  # noqa: E402
 
 DATASETS = ("isaid", "potsdam", "vaihingen")
 ERODED_BORDER_RADIUS = 3
