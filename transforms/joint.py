@@ -29,7 +29,9 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, width: int, height: int) ->
     resized = cv2.resize(image, (width, height), interpolation=interpolation)
     if resized.ndim == 2:
         resized = resized[..., None]
-    return resized, cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    # INTER_NEAREST_EXACT samples at pixel centres like Pillow's NEAREST and the image interpolations;
+    # plain INTER_NEAREST would shift the mask by up to half a source pixel.
+    return resized, cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 class Compose:
