@@ -105,9 +105,11 @@ def test_isprs_prepare_split_names_and_pixels(tmp_path, dataset, variant):
                     "eroded": lambda t: raw / "5_Labels_all_noBoundary" / f"top_potsdam_{t}_label_noBoundary.tif"}
     else:
         tiles = {"train": ["1", "3", "5"], "test": ["2"]}
-        image_of = lambda t: raw / "ISPRS_semantic_labeling_Vaihingen" / "top" / f"top_mosaic_09cm_area{t}.tif"  # noqa: E731
+        top = raw / "ISPRS_semantic_labeling_Vaihingen" / "top"
+        image_of = lambda t: top / f"top_mosaic_09cm_area{t}.tif"  # noqa: E731
         label_of = {
-            "full": lambda t: raw / "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE" / f"top_mosaic_09cm_area{t}.tif",
+            "full": lambda t: (raw / "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE"
+                               / f"top_mosaic_09cm_area{t}.tif"),
             "eroded": lambda t: (raw / "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE"
                                  / f"top_mosaic_09cm_area{t}_noBoundary.tif")}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test", "train"]

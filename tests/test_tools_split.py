@@ -90,7 +90,8 @@ def test_isaid_names_and_pixels_follow_the_original(isaid_raw, tmp_path):
     assert cut_any and copied_any, "the fixture must exercise both the cutting and the whole-copy rule"
     assert not (tmp_path / "test" / "images" / "masks").exists(), "test sets have no masks"
     height, width = cv2.imread(str(isaid_raw / "test" / "images" / "P0010.png")).shape[:2]
-    expected_test = ({f"P0010_{y0}_{y1}_{x0}_{x1}.png" for y0, y1, x0, x1 in original_windows(height, width, patch, patch, overlap)}
+    test_windows = original_windows(height, width, patch, patch, overlap)
+    expected_test = ({f"P0010_{y0}_{y1}_{x0}_{x1}.png" for y0, y1, x0, x1 in test_windows}
                      if height > patch and width > patch else {"P0010.png"})
     assert {p.name for p in (tmp_path / "test" / "images" / "images").iterdir()} == expected_test
     assert any("P1527" in note for note in summary.notes)

@@ -170,7 +170,8 @@ def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     """
     image = cv2.imread(str(path), flags)
     if image is None:
-        state = "does not exist" if not Path(path).exists() else "cannot be decoded (truncated, corrupt or not an image)"
+        state = ("cannot be decoded (truncated, corrupt or not an image)" if Path(path).exists()
+                 else "does not exist")
         raise InputError(f"{path}: {state}; re-download or re-extract it, or run with --on-error skip")
     return image
 

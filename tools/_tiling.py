@@ -118,7 +118,8 @@ def _output_names(job: SplitJob, windows: list | None) -> list[tuple[Path, Path 
     pairs = []
     for y0, y1, x0, x1 in windows:
         stem = f"{job.base}_{y0}_{y1}_{x0}_{x1}"
-        pairs.append((job.image_out / f"{stem}.png", job.mask_out / f"{stem}{job.mask_suffix}.png" if has_mask else None))
+        mask_target = job.mask_out / f"{stem}{job.mask_suffix}.png" if has_mask else None
+        pairs.append((job.image_out / f"{stem}.png", mask_target))
     return pairs
 
 

@@ -82,7 +82,9 @@ def _isaid_jobs(raw: Path, out: Path, coding: ColourCoding, patch: int, overlap:
                 candidates = [split_dir / folder / f"{image_path.stem}{ISAID_MASK_SUFFIX}.png"
                               for folder in ISAID_MASK_FOLDERS]
                 mask_path = next((path for path in candidates if path.is_file()), candidates[0])
-            targets = [(out / split, False)] + ([(out / f"{split}_ori", True)] if whole_held_out and split == "val" else [])
+            targets = [(out / split, False)]
+            if whole_held_out and split == "val":
+                targets.append((out / f"{split}_ori", True))
             for out_split, whole in targets:
                 jobs.append(_job(image_path, mask_path, out_split, image_path.stem, ISAID_MASK_SUFFIX, coding,
                                  patch, overlap, whole, overwrite))
@@ -123,7 +125,9 @@ def _isprs_jobs(dataset: str, raw: Path, out: Path, coding: ColourCoding, patch:
             assigned.add(tile)
             image_path = tiles[tile]
             mask_path = label_dir / isprs_file_names(dataset, tile)[label_key]
-            targets = [(out / split, False)] + ([(out / f"{split}_ori", True)] if whole_held_out and split != "train" else [])
+            targets = [(out / split, False)]
+            if whole_held_out and split != "train":
+                targets.append((out / f"{split}_ori", True))
             for out_split, whole in targets:
                 jobs.append(_job(image_path, mask_path, out_split, image_path.stem, ISPRS_MASK_SUFFIX, coding,
                                  patch, overlap, whole, overwrite))
@@ -209,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-dir", default=None, help="ISPRS: folder of the image tiles, if not the official one")
     parser.add_argument("--label-dir", default=None, help="ISPRS: folder of the label tiles, if not the official one")
     parser.add_argument("--train-tiles", default=None,
-                        help="ISPRS: comma-separated train tile ids (e.g. 2_10,2_11 or 1,3) instead of the official split")
+                        help="ISPRS: comma-separated train tile ids (e.g. 2_10,2_11 or 1,3) instead of the "
+                             "official split")
     parser.add_argument("--test-tiles", default=None, help="ISPRS: comma-separated test tile ids, with --train-tiles")
     add_common_arguments(parser)
     add_unknown_color_argument(parser)
