@@ -8,6 +8,7 @@ with its input by raising ``InputError``; ``run_jobs`` either stops at the first
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import struct
@@ -249,7 +250,9 @@ def _results(job_function: Callable[..., JobResult], jobs: Sequence, workers: in
         for job in jobs:
             yield _run_one(job_function, job)
         return
-    executor = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker)
+    # Fresh interpreters, not fork: forking a process whose OpenCV thread pool has run can deadlock.
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker)
     try:
         pending: set[Future] = set()
         queue = iter(jobs)
@@ -272,7 +275,8 @@ def _results(job_function: Callable[..., JobResult], jobs: Sequence, workers: in
 def add_common_arguments(parser) -> None:
     """Add ``--workers``, ``--overwrite`` and ``--on-error`` to an argparse parser."""
     parser.add_argument("--workers", type=int, default=None,
-                        help=f"worker processes (default: all {default_workers()} cores; 1 = no pool)")
+                        help=f"worker processes (default: all {default_workers()} cores; 1 = no pool); each "
+                             "holds one image in memory, up to ~1.5 GB for the largest iSAID scenes")
     parser.add_argument("--overwrite", action="store_true",
                         help="rewrite outputs that already exist (default: keep finished outputs, so an "
                              "interrupted run resumes where it stopped)")
