@@ -8,7 +8,7 @@ Splits, converts colour labels to label ids and arranges the result in one go::
     {out}/{split}/masks/{stem}_gray_mask.png            (Potsdam, Vaihingen)
 
 iSAID: splits ``train`` and ``val`` (and ``test``, images only, when present) with the paper's setting,
-896 x 896 windows with stride 512 (overlap 384; lxtGH/PFSegNets issues #5, #12), not the 800 / 200
+896 x 896 windows with stride 512 (overlap 384; lxtGH/PFSegNets issue #5), not the 800 / 200
 defaults of ``split_iSAID.py``.  P1527 and P1530 are skipped as in the original.
 Potsdam (896 x 896) and Vaihingen (768 x 768): tiles go to ``train`` and ``test`` by the official ISPRS
 split (``tools/raw_layout.py``; the original trains on ``train`` and validates on ``test``), with
