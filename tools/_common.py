@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import re
 import struct
+import sys
 import time
 from contextlib import closing
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -270,6 +271,18 @@ def _results(job_function: Callable[..., JobResult], jobs: Sequence, workers: in
                     pending.add(executor.submit(_run_one, job_function, next_job))
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def run_tool(action: Callable[[], RunSummary]) -> None:
+    """Run a tool from its command line: print the summary; bad input or Ctrl-C end with a short message."""
+    try:
+        summary = action()
+    except ToolError as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the outputs written so far are complete (atomic writes); run the same command "
+                 "again to finish")
+    print(summary)
 
 
 def add_common_arguments(parser) -> None:

@@ -35,6 +35,7 @@ from tools._common import (  # noqa: E402
     RunSummary,
     ToolError,
     add_common_arguments,
+    run_tool,
     check_output_outside_input,
     natural_key,
     remove_partial_files,
@@ -224,15 +225,11 @@ def main(argv: list[str] | None = None) -> None:
         if not (args.train_tiles and args.test_tiles):
             parser.error("--train-tiles and --test-tiles go together")
         split_tiles = {"train": _parse_tiles(args.train_tiles), "test": _parse_tiles(args.test_tiles)}
-    try:
-        summary = prepare(args.dataset, args.raw, args.out, patch_size=args.patch_size, stride=args.stride,
-                          label_variant=args.label_variant, workers=args.workers, overwrite=args.overwrite,
-                          on_error=args.on_error, unknown_color=args.unknown_color,
-                          whole_held_out=args.whole_held_out, image_dir=args.image_dir, label_dir=args.label_dir,
-                          split_tiles=split_tiles)
-    except ToolError as error:
-        sys.exit(f"error: {error}")
-    print(summary)
+    run_tool(lambda: prepare(args.dataset, args.raw, args.out, patch_size=args.patch_size, stride=args.stride,
+                             label_variant=args.label_variant, workers=args.workers, overwrite=args.overwrite,
+                             on_error=args.on_error, unknown_color=args.unknown_color,
+                             whole_held_out=args.whole_held_out, image_dir=args.image_dir, label_dir=args.label_dir,
+                             split_tiles=split_tiles))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from tools._common import (  # noqa: E402
     RunSummary,
     ToolError,
     add_common_arguments,
+    run_tool,
     check_output_outside_input,
     natural_key,
     remove_partial_files,
@@ -102,13 +103,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="overlap of neighbouring patches in pixels (stride = patch - overlap)")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        summary = split_isaid(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
-                              args.patch_width, args.patch_height, args.overlap_area, args.workers,
-                              args.overwrite, args.on_error)
-    except ToolError as error:
-        sys.exit(f"error: {error}")
-    print(summary)
+    run_tool(lambda: split_isaid(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
+                                 args.patch_width, args.patch_height, args.overlap_area, args.workers,
+                                 args.overwrite, args.on_error))
 
 
 if __name__ == "__main__":
