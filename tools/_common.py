@@ -34,7 +34,8 @@ class InputError(Exception):
 
 
 class ToolError(RuntimeError):
-    """A run stopped because of bad input (raised by ``run_jobs`` with ``on_error="error"``)."""
+    """A run could not start (bad arguments, unrecognised layout, output inside the input) or stopped
+    at bad input with ``on_error="error"``; the message says what to change."""
 
 
 @dataclass
