@@ -42,7 +42,7 @@ from tools._common import (  # noqa: E402
     run_jobs,
 )
 from tools._masks import ColourCoding, add_unknown_color_argument, isaid_coding, isprs_coding  # noqa: E402
-from tools._tiling import SplitJob, check_geometry, split_one  # noqa: E402
+from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
 from tools.raw_layout import ISAID_MASK_FOLDERS, ISPRS_FOLDERS, SPLIT_TILES, isprs_file_names  # noqa: E402
 from tools.split_iSAID import EXCLUDED_IMAGES, isaid_base_images  # noqa: E402
 
@@ -188,7 +188,7 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, patch_size: int |
                                   split_tiles or SPLIT_TILES[dataset], whole_held_out, overwrite)
     for folder in {job.image_out for job in jobs} | {job.mask_out for job in jobs}:
         remove_partial_files(folder)
-    summary = run_jobs(f"prepare {dataset}", split_one, jobs, workers, on_error, progress)
+    summary = run_jobs(f"prepare {dataset}", split_one, largest_first(jobs), workers, on_error, progress)
     summary.notes.extend(notes)
     return summary
 

@@ -34,7 +34,7 @@ from tools._common import (  # noqa: E402
     remove_partial_files,
     run_jobs,
 )
-from tools._tiling import SplitJob, check_geometry, split_one  # noqa: E402
+from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
 from datasets.classes import ISAID_MASK_SUFFIX  # noqa: E402
 
 EXCLUDED_IMAGES = ("P1527", "P1530")
@@ -83,7 +83,7 @@ def split_isaid(src: str | Path, tar: str | Path, image_sub_folder: str = "image
                 mask_out=target / "masks", mask_suffix=ISAID_MASK_SUFFIX, mask_mode="colour", coding=None,
                 patch_height=patch_height, patch_width=patch_width, overlap=overlap_area,
                 whole_copy=True, overwrite=overwrite))
-    summary = run_jobs("split_iSAID", split_one, jobs, workers, on_error, progress)
+    summary = run_jobs("split_iSAID", split_one, largest_first(jobs), workers, on_error, progress)
     summary.notes.extend(excluded)
     return summary
 

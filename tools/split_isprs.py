@@ -34,7 +34,7 @@ from tools._common import (  # noqa: E402
     run_jobs,
 )
 from datasets.classes import ISPRS_MASK_SUFFIX  # noqa: E402
-from tools._tiling import SplitJob, check_geometry, split_one  # noqa: E402
+from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
 
 
 def split_isprs(src: str | Path, tar: str | Path, image_sub_folder: str = "images",
@@ -67,7 +67,7 @@ def split_isprs(src: str | Path, tar: str | Path, image_sub_folder: str = "image
                 mask_path=image_path.with_name(f"{image_path.stem}{ISPRS_MASK_SUFFIX}.png"),
                 mask_out=target / "masks", mask_suffix=ISPRS_MASK_SUFFIX, mask_mode="gray", coding=None,
                 patch_height=patch_height, patch_width=patch_width, overlap=overlap_area, overwrite=overwrite))
-    return run_jobs("split_isprs", split_one, jobs, workers, on_error, progress)
+    return run_jobs("split_isprs", split_one, largest_first(jobs), workers, on_error, progress)
 
 
 def main(argv: list[str] | None = None) -> None:
