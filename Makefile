@@ -19,5 +19,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+bench-smoke: $(STAMP)
+	$(PY) -m bench --smoke
+
 clean-venv:
 	rm -rf $(VENV)
