@@ -148,8 +148,10 @@ class PointFlowModule(nn.Module):
         salient_fused = flow_points(salient_coarse, salient_fine)
 
         # Scatter edge points first, then salient points (salient wins on collisions), as the original.
-        # Sources are cast to the map's dtype so the module also runs under autocast.
-        out = fine_feats.flatten(2)
-        out = out.scatter(2, edge_fine_index.unsqueeze(1).expand(-1, channels, -1), edge_fused.to(out.dtype))
-        out = out.scatter(2, salient_fine_index.unsqueeze(1).expand(-1, channels, -1), salient_fused.to(out.dtype))
+        # Sources are cast to the map's dtype so the module also runs under autocast. Both scatters write
+        # in place into one copy of the fine map, which keeps its memory layout (an out-of-place scatter
+        # would turn a channels_last map into a contiguous one, a slow transposing copy).
+        out = fine_feats.flatten(2).clone()
+        out.scatter_(2, edge_fine_index.unsqueeze(1).expand(-1, channels, -1), edge_fused.to(out.dtype))
+        out.scatter_(2, salient_fine_index.unsqueeze(1).expand(-1, channels, -1), salient_fused.to(out.dtype))
         return out.view(batch, channels, fine_height, fine_width), edge_logits
