@@ -123,7 +123,7 @@ class SplitConcatClassifier(nn.Module):
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
         summed = self.level_convs[0](levels[0])
         for level_conv, level in zip(self.level_convs[1:], levels[1:]):
-            summed += level_conv(level)  # in place: a convolution's backward does not need its output
+            summed += level_conv(level)  # in place: no new (N, C, H, W) map per level
         return self.rest(summed)
 
 
