@@ -35,11 +35,11 @@ import network
 
 EVAL_CONFIGS = ("original", "channels_last", "fold_bn", "fold_bn+channels_last", "optimized", "bf16", "fp16",
                 "compile", "compile+bf16")
-TRAIN_CONFIGS = ("fp32", "channels_last", "amp", "checkpoint", "compile")
+TRAIN_CONFIGS = ("fp32", "channels_last", "amp", "checkpoint", "amp+checkpoint", "compile")
 DEFAULT_EVAL = {"cpu": ("original", "channels_last", "fold_bn", "fold_bn+channels_last", "optimized", "bf16"),
                 "cuda": ("original", "channels_last", "fold_bn+channels_last", "optimized", "bf16", "fp16")}
-DEFAULT_TRAIN = {"cpu": ("fp32", "channels_last", "amp", "checkpoint"),
-                 "cuda": ("fp32", "channels_last", "amp", "checkpoint")}
+DEFAULT_TRAIN = {"cpu": ("fp32", "channels_last", "amp", "checkpoint", "amp+checkpoint"),
+                 "cuda": ("fp32", "channels_last", "amp", "checkpoint", "amp+checkpoint")}
 # optimize_for_inference switches of each eval configuration ("original" is the model as built);
 # "optimized" is its defaults: fold_bn, channels_last and split_concat.
 EVAL_OPTIONS: dict[str, dict] = {
@@ -125,7 +125,7 @@ def train_runner(arch: str, config: str, device: torch.device, batch: int, size:
 
     The loss is a stand-in with the training loss's shape of computation: cross-entropy on the logits
     plus binary cross-entropy on the three edge maps. ``amp`` autocasts to bfloat16 on CPU and float16
-    (with gradient scaling) on CUDA; ``checkpoint`` recomputes the activations of layer0 to layer2 in the
+    (with gradient scaling) on CUDA; ``checkpoint`` recomputes the activations of layer0 to layer3 in the
     backward pass (``network.enable_activation_checkpointing``); ``compile`` compiles the model's forward.
     """
     model = build_model(arch, device).train()
@@ -133,13 +133,13 @@ def train_runner(arch: str, config: str, device: torch.device, batch: int, size:
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
     labels = torch.randint(0, NUM_CLASSES, (batch, size, size), generator=generator).to(device)
     edges = (torch.rand(batch, 1, size, size, generator=generator) > 0.9).float().to(device)
-    if config == "checkpoint":
+    if config in ("checkpoint", "amp+checkpoint"):
         network.enable_activation_checkpointing(model)
     if config == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     forward = torch.compile(model) if config == "compile" else model
-    amp_dtype = (torch.bfloat16 if device.type == "cpu" else torch.float16) if config == "amp" else None
+    amp_dtype = (torch.bfloat16 if device.type == "cpu" else torch.float16) if "amp" in config else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
@@ -308,9 +308,9 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, f
 
 def compute_dtype(config: str, device_type: str) -> str:
     """Name of the dtype the convolutions of a row run in (the matmul rate it is compared with)."""
-    if config in ("bf16", "compile+bf16") or (config == "amp" and device_type == "cpu"):
+    if config in ("bf16", "compile+bf16") or ("amp" in config and device_type == "cpu"):
         return "bfloat16"
-    if config == "fp16" or config == "amp":
+    if config == "fp16" or "amp" in config:
         return "float16"
     return "float32"
 
@@ -342,6 +342,7 @@ def write_json_atomic(path: str, payload: dict) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as handle:
         json.dump(payload, handle, indent=1)
+    os.chmod(handle.name, 0o644)  # a temporary file is private; results are not
     os.replace(handle.name, path)
 
 
