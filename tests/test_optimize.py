@@ -86,6 +86,7 @@ def test_other_models_and_bad_dtype():
         network.optimize_for_inference(model, dtype=torch.float64)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own
 def test_compile_switch_returns_compiled_module():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
     optimized = network.optimize_for_inference(model, compile=True)
