@@ -96,6 +96,7 @@ def test_geotiff_keeps_georeference(tmp_path, model_and_checkpoint):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["tile_pred.tif"]
 
 
+@pytest.mark.filterwarnings("ignore:Dataset has no geotransform")
 def test_geotiff_png_output_and_band_selection(tmp_path, model_and_checkpoint):
     rasterio = pytest.importorskip("rasterio", reason="rasterio (optional) not installed")
     model, checkpoint = model_and_checkpoint
@@ -110,6 +111,7 @@ def test_geotiff_png_output_and_band_selection(tmp_path, model_and_checkpoint):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "irrg_pred.png")), direct)
 
 
+@pytest.mark.filterwarnings("ignore:Dataset has no geotransform")
 def test_sixteen_bit_geotiff_is_refused_clearly(tmp_path, model_and_checkpoint, capsys):
     rasterio = pytest.importorskip("rasterio", reason="rasterio (optional) not installed")
     _, checkpoint = model_and_checkpoint
