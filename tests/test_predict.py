@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-import network
+from eval_fixtures import blocky_image, calibrated_pfnet
 import predict
 from utils.checkpoint import save_checkpoint
 from utils.inference import normalize_image, sliding_window_logits
@@ -14,10 +14,19 @@ from utils.inference import normalize_image, sliding_window_logits
 NUM_CLASSES = 6
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP barriers make 2 threads far slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def model_and_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = network.get_model("pfnet_r50", NUM_CLASSES).eval()
+    model = calibrated_pfnet(NUM_CLASSES)
     path = tmp_path_factory.mktemp("ckpt") / "model.pth"
     save_checkpoint(path, {"state_dict": model.state_dict(), "epoch": 3, "mean_iu": 0.5, "command": "test"})
     return model, path
@@ -31,7 +40,7 @@ def expected_ids(model, pixels, window, stride):
 
 def test_png_whole_image_matches_direct_forward(tmp_path, model_and_checkpoint):
     model, checkpoint = model_and_checkpoint
-    pixels = np.random.default_rng(0).integers(0, 256, size=(40, 56, 3), dtype=np.uint8)
+    pixels = blocky_image(np.random.default_rng(0), 40, 56)
     Image.fromarray(pixels).save(tmp_path / "scene.png")
     predict.main([str(tmp_path / "scene.png"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
                   "--window", "64", "--device", "cpu"])
@@ -47,7 +56,7 @@ def test_folder_of_images_with_overlapping_windows(tmp_path, model_and_checkpoin
     rng = np.random.default_rng(1)
     folder = tmp_path / "images"
     folder.mkdir()
-    tall = rng.integers(0, 256, size=(90, 70, 3), dtype=np.uint8)
+    tall = blocky_image(rng, 90, 70)
     Image.fromarray(tall).save(folder / "a.png")
     Image.fromarray(tall[:50]).save(folder / "b.jpg", quality=100)
     (folder / "notes.txt").write_text("not an image")
@@ -78,7 +87,7 @@ def test_geotiff_keeps_georeference(tmp_path, model_and_checkpoint):
     from rasterio.transform import from_origin
 
     model, checkpoint = model_and_checkpoint
-    pixels = np.random.default_rng(2).integers(0, 256, size=(70, 130, 3), dtype=np.uint8)  # wider than tall
+    pixels = blocky_image(np.random.default_rng(2), 70, 130)  # wider than tall
     transform = from_origin(367000.0, 5810000.0, 0.05, 0.05)
     with rasterio.open(tmp_path / "tile.tif", "w", driver="GTiff", height=70, width=130, count=4, dtype="uint8",
                        crs="EPSG:32633", transform=transform) as dst:
@@ -100,7 +109,7 @@ def test_geotiff_keeps_georeference(tmp_path, model_and_checkpoint):
 def test_geotiff_png_output_and_band_selection(tmp_path, model_and_checkpoint):
     rasterio = pytest.importorskip("rasterio", reason="rasterio (optional) not installed")
     model, checkpoint = model_and_checkpoint
-    pixels = np.random.default_rng(3).integers(0, 256, size=(48, 40, 3), dtype=np.uint8)
+    pixels = blocky_image(np.random.default_rng(3), 48, 40)
     with rasterio.open(tmp_path / "irrg.tif", "w", driver="GTiff", height=48, width=40, count=3,
                        dtype="uint8") as dst:
         dst.write(pixels[..., ::-1].transpose(2, 0, 1))  # stored in reverse band order
