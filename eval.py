@@ -35,9 +35,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from datasets import normalize_image
 from utils.checkpoint import CheckpointMismatchError
 from utils.datasets_info import DATASET_NAMES, load_split
-from utils.inference import infer_logits, normalize_image
+from utils.inference import infer_logits
 from utils.metrics import (
     ConfusionMatrix,
     erode_class_boundaries,
@@ -142,8 +143,10 @@ class ProtocolDataset(Dataset):
     for dumps), ``mask`` int64 (H, W) class ids with 255 ignored, ``name`` the image's file stem.
     """
 
-    def __init__(self, items: list[tuple[str, str]], resize_scale: int | None = None, boundary_ignore: int = 0):
+    def __init__(self, items: list[tuple[str, str]], num_classes: int, resize_scale: int | None = None,
+                 boundary_ignore: int = 0):
         self.items = items
+        self.num_classes = num_classes
         self.resize_scale = resize_scale
         self.boundary_ignore = boundary_ignore
 
@@ -169,6 +172,10 @@ class ProtocolDataset(Dataset):
             mask = mask.resize(size, Image.Resampling.NEAREST)
         pixels = np.asarray(image)
         class_ids = np.asarray(mask).astype(np.int64)
+        unexpected = np.setdiff1d(np.unique(class_ids), [*range(self.num_classes), 255])
+        if unexpected.size:
+            raise ValueError(f"{mask_path} holds label ids {unexpected.tolist()}, not classes 0..{self.num_classes - 1} "
+                             "or 255 (ignore): is it a mask of this dataset, converted to class ids?")
         if self.boundary_ignore:
             class_ids = erode_class_boundaries(class_ids, self.boundary_ignore)
         return {
@@ -266,7 +273,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     log.info("mode %s, scales %s, flip %s, resize %s%s; output %s", args.inference_mode, scales, not args.no_flip,
              args.resize_scale, f", window {args.crop_size} stride {stride}" if sliding else "", out_dir)
 
-    dataset = ProtocolDataset(items, args.resize_scale, args.boundary_ignore)
+    dataset = ProtocolDataset(items, len(class_names), args.resize_scale, args.boundary_ignore)
     loader = DataLoader(dataset, batch_size=1 if sliding else args.batch_size, shuffle=False,
                         num_workers=args.num_workers)
     meter = ConfusionMatrix(len(class_names), device=args.device)

@@ -9,7 +9,8 @@ from PIL import Image
 from eval_fixtures import blocky_image, calibrated_pfnet
 import predict
 from utils.checkpoint import save_checkpoint
-from utils.inference import normalize_image, sliding_window_logits
+from datasets import normalize_image
+from utils.inference import sliding_window_logits
 
 NUM_CLASSES = 6
 
