@@ -278,6 +278,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                         num_workers=args.num_workers)
     meter = ConfusionMatrix(len(class_names), device=args.device)
     samples = []
+    images_scored = 0
     progress = tqdm(loader, desc=f"eval {args.split}", unit="batch")
     for batch_index, batch in enumerate(progress):
         logits = infer_logits(
@@ -286,6 +287,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         )
         predictions = logits.argmax(1)
         meter.update(predictions, batch["mask"])
+        images_scored += len(predictions)
         progress.set_description(f"mIoU {100 * meter.compute()['miou']:.2f}")
         for name, pixels, truth, prediction in zip(batch["name"], batch["pixels"], batch["mask"], predictions):
             pixels, truth, prediction = pixels.numpy(), truth.numpy(), prediction.cpu().numpy().astype(np.uint8)
@@ -303,7 +305,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "checkpoint_epoch": checkpoint_extras.get("epoch"),
         "checkpoint_mean_iu": None if checkpoint_extras.get("mean_iu") is None
         else float(checkpoint_extras["mean_iu"]),
-        "images": len(items) if not args.test_mode else min(len(items), 7 * loader.batch_size),
+        "images": images_scored,
         "protocol": {
             "inference_mode": args.inference_mode, "scales": list(scales), "flip": not args.no_flip,
             "resize_scale": args.resize_scale, "crop_size": args.crop_size if sliding else None,

@@ -166,19 +166,26 @@ def main() -> None:
     if args.command == "_predict":
         return child_predict(args)
     results = []
+
+    def report(result: dict) -> None:
+        results.append(result)
+        print(json.dumps(result), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
     if args.command in ("eval-modes", "all"):
-        results += bench_eval_modes(args.size, args.images, args.window or 513, args.batch_size, args.device, args.arch)
+        for result in bench_eval_modes(args.size, args.images, args.window or 513, args.batch_size, args.device,
+                                       args.arch):
+            report(result)
     if args.command == "predict-tile":
-        results.append(bench_predict_tile(args.height, args.width, args.format, args.window or 896,
-                                          args.batch_size, args.device, args.arch))
+        report(bench_predict_tile(args.height, args.width, args.format, args.window or 896, args.batch_size,
+                                  args.device, args.arch))
     if args.command == "all":
-        for height, width, fmt in ((6000, 6000, "tif"), (6000, 6000, "png"), (12000, 6000, "tif")):
-            results.append(bench_predict_tile(height, width, fmt, args.window or 896, args.batch_size,
-                                              args.device, args.arch))
-    for result in results:
-        print(json.dumps(result))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        # 3000 -> 6000 rows at a fixed 3000 width: same strip, twice the area; then the 6000 x 6000 goal
+        for height, width, fmt in ((3000, 3000, "tif"), (6000, 3000, "tif"), (3000, 3000, "png"),
+                                   (6000, 6000, "tif")):
+            report(bench_predict_tile(height, width, fmt, args.window or 896, args.batch_size, args.device,
+                                      args.arch))
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ def test_original_protocol_confusion_and_outputs(tmp_path, model_and_checkpoint,
     assert result["overall_accuracy"] == pytest.approx(np.trace(expected) / expected.sum())
     assert result["pixels"] == expected.sum() > 3 * 50 * 64
     assert result["checkpoint_epoch"] == 7 and result["checkpoint_mean_iu"] == pytest.approx(0.61)
+    assert result["images"] == 3
     assert result["protocol"]["resize_scale"] == 64 and result["protocol"]["flip"] is False
 
     rows = list(csv.DictReader(open(out / "metrics.csv")))

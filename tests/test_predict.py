@@ -142,3 +142,17 @@ def test_missing_rasterio_gives_install_hint(tmp_path, model_and_checkpoint, mon
         predict.main([str(tmp_path / "t.tif"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "o"),
                       "--device", "cpu"])
     assert "pip install rasterio" in capsys.readouterr().err
+
+
+def test_dataset_palette_and_class_count_mismatch(tmp_path, model_and_checkpoint, capsys):
+    model, checkpoint = model_and_checkpoint
+    pixels = blocky_image(np.random.default_rng(4), 32, 48)
+    Image.fromarray(pixels).save(tmp_path / "v.png")
+    predict.main([str(tmp_path / "v.png"), "--snapshot", str(checkpoint), "--dataset", "Vaihingen",
+                  "--out_dir", str(tmp_path / "out"), "--window", "64", "--device", "cpu"])
+    mask = Image.open(tmp_path / "out" / "v_pred.png")
+    assert mask.getpalette()[:6] == [255, 255, 255, 0, 0, 255]  # impervious surfaces, building
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path / "v.png"), "--snapshot", str(checkpoint), "--dataset", "iSAID",
+                      "--out_dir", str(tmp_path / "out16"), "--device", "cpu"])
+    assert "trained for 6 classes but 16 are expected" in capsys.readouterr().err
