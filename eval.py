@@ -50,7 +50,7 @@ from utils.metrics import (
 )
 from utils.palette import blend, colorize, error_map, palette_image, save_image, side_by_side
 from utils.report import make_sample, write_report
-from utils.restore import restore_model
+from utils.restore import add_model_options, model_options, restore_model
 
 log = logging.getLogger("eval")
 
@@ -101,13 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ignore truth pixels within this many pixels of a class boundary (ISPRS uses 3); "
                                "applied at the evaluated size (default 0 = off)")
 
-    model = parser.add_argument_group("model options (defaults: the values of the official training scripts)")
-    model.add_argument("--maxpool_size", type=int, default=14,
-                       help="salient-point grid (default 14; the original eval.py defaulted to 9)")
-    model.add_argument("--avgpool_size", type=int, default=9, help="edge average-pool grid (default 9)")
-    model.add_argument("--edge_points", type=int, default=128,
-                       help="edge points per point-flow module (default 128; the original eval.py defaulted to 32)")
-    model.add_argument("--match_dim", type=int, default=64, help="point-matcher embedding width (default 64)")
+    add_model_options(parser)
 
     output = parser.add_argument_group("output")
     output.add_argument("--ckpt_path", default=None,
@@ -264,8 +258,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     model, checkpoint_extras = restore_model(
         args.arch, args.snapshot, len(class_names), device=args.device, trusted_pickle=args.trusted_pickle,
-        maxpool_size=args.maxpool_size, avgpool_size=args.avgpool_size, edge_points=args.edge_points,
-        match_dim=args.match_dim,
+        **model_options(args),
     )
     stride = sliding_stride(args) if sliding else None
     log.info("snapshot %s (epoch %s), arch %s, dataset %s/%s: %d images", args.snapshot,
@@ -311,8 +304,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "resize_scale": args.resize_scale, "crop_size": args.crop_size if sliding else None,
             "stride": stride, "eroded_masks": args.eroded_masks, "boundary_ignore": args.boundary_ignore,
         },
-        "model_options": {"maxpool_size": args.maxpool_size, "avgpool_size": args.avgpool_size,
-                          "edge_points": args.edge_points, "match_dim": args.match_dim},
+        "model_options": model_options(args),
         "command": " ".join(sys.argv),
     }
     write_metrics_json(out_dir / "metrics.json", summary, extra)

@@ -22,11 +22,11 @@ import torch
 from tqdm import tqdm
 
 from utils.checkpoint import CheckpointMismatchError
+from utils.datasets_info import dataset_table
 from utils.inference import predict_large_image
 from utils.palette import default_palette
 from utils.raster_io import IMAGE_SUFFIXES, GeoTiffMaskSink, PaletteMaskSink, open_image
-from utils.restore import checkpoint_num_classes, restore_model
-from utils.datasets_info import dataset_table
+from utils.restore import add_model_options, checkpoint_num_classes, model_options, restore_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,14 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow arbitrary pickled objects in the checkpoint (only for files you trust)")
     add_model_options(parser)
     return parser
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Point-flow options; defaults are the values every official training script used."""
-    parser.add_argument("--maxpool_size", type=int, default=14, help="salient-point max-pool grid (default 14)")
-    parser.add_argument("--avgpool_size", type=int, default=9, help="edge average-pool grid (default 9)")
-    parser.add_argument("--edge_points", type=int, default=128, help="edge points per point-flow module (default 128)")
-    parser.add_argument("--match_dim", type=int, default=64, help="point-matcher embedding width (default 64)")
 
 
 def collect_inputs(entries: list[str]) -> list[Path]:
@@ -155,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             palette = default_palette(num_classes)
         model, _ = restore_model(
             args.arch, args.snapshot, num_classes, device=args.device, trusted_pickle=args.trusted_pickle,
-            maxpool_size=args.maxpool_size, avgpool_size=args.avgpool_size, edge_points=args.edge_points,
-            match_dim=args.match_dim,
+            **model_options(args),
         )
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:
         parser.error(str(error))

@@ -1,6 +1,7 @@
 """Build a model and fill it from a checkpoint, for evaluation and prediction."""
 from __future__ import annotations
 
+import argparse
 import os
 
 import torch
@@ -60,3 +61,20 @@ def restore_model(
             ) from error
         raise
     return model.to(device).eval(), extras
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Point-flow options of ``network.get_model``; defaults are the values every official training
+    script used (the original ``eval.py`` defaulted to ``--maxpool_size 9 --edge_points 32``)."""
+    group = parser.add_argument_group("model options (defaults: the official training scripts' values)")
+    group.add_argument("--maxpool_size", type=int, default=14,
+                       help="salient-point max-pool grid (default 14; the original eval.py defaulted to 9)")
+    group.add_argument("--avgpool_size", type=int, default=9, help="edge average-pool grid (default 9)")
+    group.add_argument("--edge_points", type=int, default=128,
+                       help="edge points per point-flow module (default 128; the original eval.py defaulted to 32)")
+    group.add_argument("--match_dim", type=int, default=64, help="point-matcher embedding width (default 64)")
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The options added by :func:`add_model_options`, as keyword arguments for ``get_model``."""
+    return {name: getattr(args, name) for name in ("maxpool_size", "avgpool_size", "edge_points", "match_dim")}
