@@ -21,6 +21,7 @@ from utils.palette import full_palette, palette_image
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp") + GEOTIFF_SUFFIXES
+GDAL_CACHE_BYTES = 64 * 2**20
 
 
 def import_rasterio():
@@ -74,24 +75,34 @@ class RasterioSource:
 
     def __init__(self, path: str | os.PathLike, bands: tuple[int, int, int] = (1, 2, 3)):
         rasterio = import_rasterio()
+        # GDAL's block cache defaults to 5 % of the RAM and would grow with the tile; each strip is read once
+        self.gdal_env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+        self.gdal_env.__enter__()
         with warnings.catch_warnings():  # a plain (non-geo) TIFF is fine to read
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             self.dataset = rasterio.open(path)
+        try:
+            self._check_bands(path, tuple(bands))
+        except ValueError:
+            self.close()
+            raise
         self.bands = tuple(bands)
-        if max(self.bands) > self.dataset.count:
+        self.height, self.width = self.dataset.height, self.dataset.width
+        georeferenced = self.dataset.crs is not None or not self.dataset.transform.is_identity
+        self.geo_profile = {"crs": self.dataset.crs, "transform": self.dataset.transform} if georeferenced else None
+
+    def _check_bands(self, path: str | os.PathLike, bands: tuple[int, ...]) -> None:
+        if max(bands) > self.dataset.count:
             raise ValueError(
-                f"{path} has {self.dataset.count} band(s); --bands {','.join(map(str, self.bands))} asks for more. "
+                f"{path} has {self.dataset.count} band(s); --bands {','.join(map(str, bands))} asks for more. "
                 "The model needs three 8-bit bands in the order it was trained on (RGB; IR-R-G for Vaihingen)."
             )
-        dtypes = {self.dataset.dtypes[band - 1] for band in self.bands}
+        dtypes = {self.dataset.dtypes[band - 1] for band in bands}
         if dtypes != {"uint8"}:
             raise ValueError(
                 f"{path} holds {'/'.join(sorted(dtypes))} pixels; the model expects 8-bit bands (0-255). "
                 "Rescale first, e.g. gdal_translate -ot Byte -scale <in> <out>."
             )
-        self.height, self.width = self.dataset.height, self.dataset.width
-        georeferenced = self.dataset.crs is not None or not self.dataset.transform.is_identity
-        self.geo_profile = {"crs": self.dataset.crs, "transform": self.dataset.transform} if georeferenced else None
 
     def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
         from rasterio.windows import Window
@@ -101,6 +112,7 @@ class RasterioSource:
 
     def close(self) -> None:
         self.dataset.close()
+        self.gdal_env.__exit__(None, None, None)
 
 
 def open_image(path: str | os.PathLike, bands: tuple[int, int, int] = (1, 2, 3)) -> ImageSource:
