@@ -1,0 +1,232 @@
+"""PFNet: state_dict layout, registry, forward contract and numerical parity with the original."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import network
+from network.pfnet import PFNet
+from network.point_flow import coarse_to_fine_index
+from network.resnet_d import load_imagenet_weights
+from parity_weights import parity_state_dict
+
+PARITY_DIR = Path(__file__).parent / "data" / "parity"
+
+
+def read_key_table(num_classes: int) -> list[tuple[str, tuple[int, ...], str]]:
+    rows = []
+    for line in (PARITY_DIR / f"pfnet_r50_keys_{num_classes}cls.tsv").read_text().splitlines():
+        key, shape, dtype = line.split("\t")
+        rows.append((key, tuple(int(s) for s in shape.split(",")) if shape else (), dtype))
+    return rows
+
+
+@pytest.mark.parametrize("num_classes", [16, 6])
+def test_state_dict_keys_order_and_shapes_equal_original(num_classes):
+    state = network.get_model("pfnet_r50", num_classes).state_dict()
+    ours = [(key, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for key, t in state.items()]
+    assert ours == read_key_table(num_classes)
+
+
+def test_parameter_counts_match_original():
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
+    assert count(network.get_model("pfnet_r50", 16)) == 32_994_003
+    assert count(network.get_model("pfnet_r50", 6)) == 32_991_433
+    r101 = network.get_model("pfnet_r101", 16)
+    assert count(r101) == 51_986_131
+    assert len(r101.state_dict()) == 752
+
+
+def test_registry_aliases_and_options():
+    dotted = "network.pointflow_resnet_with_max_avg_pool.DeepR50_PF_maxavg_deeply"
+    model = network.get_model(dotted, 6, maxpool_size=8, avgpool_size=5, edge_points=32, match_dim=32)
+    assert isinstance(model, PFNet)
+    module = model.head.fpn_out_align[0]
+    assert (module.maxpool_size, module.avgpool_size, module.edge_points) == (8, 5, 32)
+    assert module.down_h.out_channels == 32
+    default = network.get_model("pfnet_r50", 6).head.fpn_out_align[2]
+    assert (default.maxpool_size, default.avgpool_size, default.edge_points, default.down_l.out_channels) == (14, 9, 128, 64)
+    assert "pfnet_r101" in network.list_models()
+    with pytest.raises(KeyError, match="pfnet_r50"):
+        network.get_model("pfnet_r34", 6)
+
+
+def test_forward_contract_train_and_eval():
+    model = network.get_model("pfnet_r50", 6)
+    images = torch.randn(2, 3, 96, 128)
+    logits, edge_logits = model.train()(images)
+    assert logits.shape == (2, 6, 96, 128)
+    assert [tuple(e.shape) for e in edge_logits] == [(2, 1, 96, 128)] * 3
+    (logits.mean() + sum(e.mean() for e in edge_logits)).backward()
+    assert model.layer0[0][0].weight.grad is not None
+    with torch.no_grad():
+        eval_logits = model.eval()(images[:1])
+    assert isinstance(eval_logits, torch.Tensor) and eval_logits.shape == (1, 6, 96, 128)
+
+
+def test_input_size_not_multiple_of_32_runs():
+    model = network.get_model("pfnet_r50", 6, maxpool_size=4, avgpool_size=3, edge_points=16).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 200, 150))
+    assert logits.shape == (1, 6, 200, 150)
+    assert torch.isfinite(logits).all()
+
+
+def test_coarse_to_fine_index_reproduces_original_rounding():
+    # Integer ratio: top-left pixel of the 2x2 block. Cell (y=1, x=2) of a 4-wide map -> fine (2, 4).
+    assert coarse_to_fine_index(torch.tensor([6]), 4, 2.0, 8).item() == 2 * 8 + 4
+    # Non-integer ratio 25/13, fine width 25: y=1, x=0 -> long(1 * 1.923 * 25) = 48 (row 1, column 23).
+    assert coarse_to_fine_index(torch.tensor([13]), 13, 25 / 13, 25).item() == 48
+
+
+# --- parity with the original on fixture case A ---------------------------------------------------------
+
+def record_results(module: torch.nn.Module, method_name: str, sink: list) -> None:
+    """Make ``module.method_name`` append each of its results to ``sink``."""
+    method = getattr(module, method_name)
+
+    def recorded(*args):
+        result = method(*args)
+        sink.append(result)
+        return result
+    setattr(module, method_name, recorded)
+
+
+@pytest.fixture(scope="module")
+def case_a():
+    config = json.loads((PARITY_DIR / "case_a_isaid16.json").read_text())
+    reference = dict(np.load(PARITY_DIR / "case_a_isaid16_compact.npz"))
+    intermediates = dict(np.load(PARITY_DIR / "case_a_isaid16_intermediates.npz"))
+    model = network.get_model("pfnet_r50", config["num_classes"], maxpool_size=config["maxpool_size"],
+                              avgpool_size=config["avgpool_size"], edge_points=config["edge_points"],
+                              match_dim=config["match_dim"]).eval()
+    model.load_state_dict(parity_state_dict(model.state_dict()))
+    images = torch.from_numpy(
+        np.random.default_rng(config["input_seed"]).standard_normal(config["input_shape"]).astype(np.float32))
+    assert np.array_equal(images.numpy(), reference["input"])
+
+    captured = {"certainty": [], "edge_index": [], "salient_index": [], "pf_out": []}
+    for module in model.head.fpn_out_align:
+        module.point_matcher.register_forward_hook(lambda m, i, out: captured["certainty"].append(out))
+        module.register_forward_hook(lambda m, i, out: captured["pf_out"].append(out[0]))
+        record_results(module, "select_edge_points", captured["edge_index"])
+        record_results(module, "select_salient_points", captured["salient_index"])
+    model.head.register_forward_hook(lambda m, i, out: captured.update(head=out))
+    for index in range(5):
+        getattr(model, f"layer{index}").register_forward_hook(
+            lambda m, i, out, index=index: captured.update({f"layer{index}": out}))
+    with torch.no_grad():
+        logits = model(images)
+    bound = 1e-4 * float(np.abs(reference["logits_every4"]).max())
+    return {"model": model, "images": images, "logits": logits, "captured": captured,
+            "reference": reference, "intermediates": intermediates, "bound": bound}
+
+
+def max_abs_error(ours: torch.Tensor, reference: np.ndarray) -> float:
+    assert tuple(ours.shape) == reference.shape
+    return float(np.abs(ours.float().numpy() - reference).max())
+
+
+def test_parity_logits_and_argmax(case_a):
+    reference, bound, logits = case_a["reference"], case_a["bound"], case_a["logits"]
+    assert max_abs_error(logits[:, :, ::4, ::4], reference["logits_every4"]) <= bound
+    # Argmax must agree wherever the decision is not within the tolerance: on the sub-sampled grid by the
+    # reference's own top-1/top-2 gap, on the full grid by ours (our logits are within `bound` of it).
+    top2_reference = np.sort(reference["logits_every4"], axis=1)[:, -2:]
+    decided = (top2_reference[:, 1] - top2_reference[:, 0]) > 2 * bound
+    ours_every4 = logits[:, :, ::4, ::4].argmax(1).numpy()
+    assert np.array_equal(ours_every4[decided], reference["argmax"][:, ::4, ::4][decided])
+    top2 = logits.topk(2, dim=1).values
+    decided_full = ((top2[:, 0] - top2[:, 1]) > 4 * bound).numpy()
+    assert decided_full.mean() > 0.999
+    assert np.array_equal(logits.argmax(1).numpy()[decided_full], reference["argmax"][decided_full])
+
+
+def test_parity_head_and_edge_logits(case_a):
+    head_logits, edge_logits = case_a["captured"]["head"]
+    assert max_abs_error(head_logits, case_a["reference"]["head_logits"]) <= case_a["bound"]
+    for index, edge in enumerate(edge_logits):
+        assert max_abs_error(edge, case_a["reference"][f"edge_pred_{index}"]) <= case_a["bound"]
+
+
+def test_parity_trunk_stages(case_a):
+    captured, intermediates = case_a["captured"], case_a["intermediates"]
+    for index in range(5):
+        stage = captured[f"layer{index}"]
+        scale = float(np.abs(intermediates[f"layer{index}_first16"]).max())
+        assert max_abs_error(stage[:, :16], intermediates[f"layer{index}_first16"]) <= 1e-4 * scale
+        assert max_abs_error(stage.mean(dim=(0, 2, 3)), intermediates[f"layer{index}_chmean"]) <= 1e-4 * scale
+
+
+def test_parity_selected_points(case_a):
+    captured, intermediates = case_a["captured"], case_a["intermediates"]
+    # Modules run coarsest first, the order of the fixture's index J.
+    for j in range(3):
+        assert max_abs_error(captured["certainty"][j], intermediates[f"certainty_{j}"]) <= 1e-5
+        ours_edge = captured["edge_index"][j].numpy()
+        assert ours_edge.shape == intermediates[f"edge_topk_idx_{j}"].shape
+        assert set(ours_edge[0].tolist()) == set(intermediates[f"edge_topk_idx_{j}"][0].tolist())
+        salient_index = captured["salient_index"][j][1]
+        assert np.array_equal(salient_index[:, 0].numpy(), intermediates[f"maxpool_idx_{j}"])
+        pf_out = captured["pf_out"][j]
+        scale = float(np.abs(intermediates[f"pf_out_{j}_first16"]).max())
+        assert max_abs_error(pf_out[:, :16], intermediates[f"pf_out_{j}_first16"]) <= 1e-4 * scale
+
+
+def test_bf16_autocast_agrees_with_fp32(case_a):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits_bf16 = case_a["model"](case_a["images"])
+    agreement = (logits_bf16.argmax(1) == case_a["logits"].argmax(1)).float().mean().item()
+    assert agreement >= 0.99
+
+
+def test_channels_last_input_within_parity_bound(case_a):
+    model = case_a["model"].to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            logits = model(case_a["images"].contiguous(memory_format=torch.channels_last))
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+    assert max_abs_error(logits[:, :, ::4, ::4], case_a["reference"]["logits_every4"]) <= case_a["bound"]
+
+
+# --- ImageNet initialisation -----------------------------------------------------------------------------
+
+def original_imagenet_state(model: PFNet) -> dict[str, torch.Tensor]:
+    """The trunk of ``model`` under the key names of the original's ``resnet50-deep.pth`` (with an fc)."""
+    state = {}
+    for key, tensor in model.state_dict().items():
+        if key.startswith("layer0.0."):
+            state["conv1." + key[len("layer0.0."):]] = tensor.clone()
+        elif key.startswith("layer0.1."):
+            state["bn1." + key[len("layer0.1."):]] = tensor.clone()
+        elif key.startswith("layer"):
+            state[key] = tensor.clone()
+    state["fc.weight"] = torch.zeros(1000, 2048)
+    state["fc.bias"] = torch.zeros(1000)
+    return state
+
+
+def test_imagenet_weights_load_from_original_file(tmp_path):
+    source = network.get_model("pfnet_r50", 6)
+    path = tmp_path / "resnet50-deep.pth"
+    torch.save(original_imagenet_state(source), path)
+    model = network.get_model("pfnet_r50", 6, pretrained=str(path))
+    for key, tensor in source.state_dict().items():
+        if key.startswith("layer"):
+            assert torch.equal(model.state_dict()[key], tensor), key
+    assert not torch.equal(model.head.conv_last[1].weight, source.head.conv_last[1].weight)
+
+
+def test_imagenet_weights_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="PFSegNets"):
+        network.get_model("pfnet_r50", 6, pretrained=str(tmp_path / "resnet50-deep.pth"))
+    r50_file = tmp_path / "resnet50-deep.pth"
+    torch.save(original_imagenet_state(network.get_model("pfnet_r50", 6)), r50_file)
+    with pytest.raises(RuntimeError, match="missing keys"):
+        load_imagenet_weights(network.get_model("pfnet_r101", 6), r50_file)

@@ -1,0 +1,166 @@
+"""Checkpoints: one format, the original PFSegNets snapshot dict plus our extras.
+
+A checkpoint is a dict ``{"state_dict": ..., "optimizer": ..., "epoch": int, "mean_iu": float,
+"command": str, ...}`` as the original's ``utils/misc.py`` writes it; keys of ``state_dict`` may
+carry the ``module.`` prefix of DataParallel/DistributedDataParallel. A bare state_dict also loads.
+
+Files are read with ``torch.load(weights_only=True)``. The official snapshots store ``mean_iu`` as a
+numpy float64, so the numpy scalar and dtype globals needed to rebuild it are allow-listed (under
+their numpy 1.x and 2.x module names); nothing else outside torch's safe set is unpickled unless the
+caller passes ``trusted_pickle=True`` for a legacy file it trusts.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+WRAPPER_PREFIX = "module."
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's tensors do not fit the model (other class count, architecture or options)."""
+
+
+def _numpy_safe_globals() -> list:
+    numpy_core = getattr(np, "_core", None) or np.core
+    scalar = numpy_core.multiarray.scalar
+    dtype_classes = {type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32")}
+    return [
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+        *dtype_classes,
+    ]
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    trusted_pickle: bool = False) -> dict[str, Any]:
+    """Read a checkpoint file into a dict with a ``state_dict`` entry (wrapper prefixes removed).
+
+    Args:
+        path: the ``.pth`` file.
+        map_location: where tensors are loaded.
+        trusted_pickle: unpickle arbitrary objects (``weights_only=False``). Only for files you trust.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointMismatchError: the file holds no tensors that could be model weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if trusted_pickle:
+        raw = torch.load(path, map_location=map_location, weights_only=False)
+    else:
+        try:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                raw = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise RuntimeError(
+                f"{path} holds Python objects that are not safe to unpickle ({error}). If you trust this "
+                f"file, load it with trusted_pickle=True (eval.py/train.py: --trusted-pickle)."
+            ) from error
+    if not isinstance(raw, dict):
+        raise CheckpointMismatchError(f"{path} holds a {type(raw).__name__}, not a checkpoint dict or state_dict")
+    contents = dict(raw) if "state_dict" in raw else {"state_dict": raw}
+    state = contents["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointMismatchError(f"{path}: 'state_dict' is not a mapping of names to tensors")
+    contents["state_dict"] = {_strip_wrapper(key): value for key, value in state.items()}
+    return contents
+
+
+def _strip_wrapper(key: str) -> str:
+    while key.startswith(WRAPPER_PREFIX):
+        key = key[len(WRAPPER_PREFIX):]
+    return key
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside a DataParallel / DistributedDataParallel wrapper (or the model itself)."""
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
+def compare_state_dicts(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> list[str]:
+    """Human-readable differences between a model's state_dict and a checkpoint's (empty if they fit)."""
+    problems = []
+    for key, tensor in expected.items():
+        if key not in found:
+            problems.append(f"missing in checkpoint: {key} {tuple(tensor.shape)}")
+        elif found[key].shape != tensor.shape:
+            problems.append(f"{key}: model expects {tuple(tensor.shape)}, checkpoint has {tuple(found[key].shape)}")
+    problems.extend(f"not in model: {key} {tuple(found[key].shape)}" for key in found if key not in expected)
+    return problems
+
+
+def _mismatch_hint(model_state: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    classifier = "head.conv_last.1.weight"
+    if classifier in model_state and classifier in found and model_state[classifier].shape != found[classifier].shape:
+        return (f" The checkpoint was trained for {found[classifier].shape[0]} classes, the model has "
+                f"{model_state[classifier].shape[0]}: pick the matching dataset, or load only the backbone "
+                f"with partial=True to fine-tune.")
+    return " Is the checkpoint for this architecture (--arch)?"
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, *, strict_shapes: bool = True,
+                    map_location: str | torch.device = "cpu", trusted_pickle: bool = False) -> dict[str, Any]:
+    """Load a checkpoint's weights into ``model`` (a wrapped model is unwrapped first).
+
+    Args:
+        path: checkpoint file (original snapshot dict or bare state_dict, ``module.`` prefixes allowed).
+        model: the model to fill.
+        strict_shapes: refuse any missing, unexpected or differently shaped tensor. With False, load
+            the tensors that fit and leave the others as they are (the original's "forgiving" restore,
+            made explicit); the skipped names are returned under ``"skipped"``.
+        map_location: device for the loaded tensors.
+        trusted_pickle: see :func:`read_checkpoint`.
+
+    Returns:
+        The file's other entries (``epoch``, ``mean_iu``, ``optimizer``, ``command``, ...), plus
+        ``"skipped"`` (list of keys not loaded).
+
+    Raises:
+        CheckpointMismatchError: with ``strict_shapes``, naming each expected and found shape.
+    """
+    contents = read_checkpoint(path, map_location, trusted_pickle)
+    found = contents.pop("state_dict")
+    model = unwrap_model(model)
+    model_state = model.state_dict()
+    problems = compare_state_dicts(model_state, found)
+    if problems and strict_shapes:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise CheckpointMismatchError(
+            f"{path} does not fit the model ({len(problems)} differences):\n  {shown}{more}\n"
+            + _mismatch_hint(model_state, found).strip()
+        )
+    fitting = {k: v for k, v in found.items() if k in model_state and model_state[k].shape == v.shape}
+    model.load_state_dict(fitting, strict=False)
+    contents["skipped"] = sorted(set(model_state) - set(fitting))
+    return contents
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` with ``torch.save`` atomically (temporary file in the same folder, then rename).
+
+    An interrupted save never leaves a truncated file at ``path``; parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(payload, temp_name)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
