@@ -1,6 +1,6 @@
 """Global configuration ``cfg`` plus YAML experiment files and dotted overrides.
 
-``cfg`` holds the settings that are not command-line flags: dataset roots and model-building details.
+``cfg`` holds the settings that are not command-line flags (the dataset roots).
 Every key has its default here, with a comment saying what it means.
 
 An experiment file (``train.py --config exp.yaml``) is one YAML mapping. Lower-case top-level keys are
@@ -32,12 +32,6 @@ cfg.DATASET.POSDAM_DIR = "./data/posdam896"
 cfg.DATASET.VAIHINGEN_DIR = "./data/vaihingen768"
 # Number of cross-validation splits; --cv must be smaller (the aerial datasets have a single split).
 cfg.DATASET.CV_SPLITS = 3
-
-cfg.MODEL = EasyDict()
-# Modules whose BatchNorms stay plain nn.BatchNorm2d under --syncbn. The original built the BNs of
-# head.fpn_out and head.conv_last with nn.BatchNorm2d directly, so they were never synchronised in the
-# published runs; kept for parity of training. Set to [] to synchronise every BN.
-cfg.MODEL.SYNCBN_KEEP_PLAIN = ["head.fpn_out", "head.conv_last"]
 
 
 class ConfigError(ValueError):
