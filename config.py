@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 from easydict import EasyDict
+
+from utils.atomic import atomic_path
 
 cfg = EasyDict()
 
@@ -125,14 +126,6 @@ def _to_plain(value: Any) -> Any:
 
 
 def save_config(path: str | os.PathLike, config: dict) -> None:
-    """Write ``config`` as YAML atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            yaml.safe_dump(config, handle, sort_keys=False)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """Write ``config`` as YAML atomically."""
+    with atomic_path(path) as temp_path, open(temp_path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(config, handle, sort_keys=False)
