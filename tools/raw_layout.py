@@ -1,0 +1,82 @@
+"""Layout of the official downloads after unpacking, and the ISPRS train/test tile split.
+
+iSAID (devkit layout)::
+
+    {raw}/{train,val}/images/P0000.png                      image (DOTA)
+    {raw}/{train,val}/images/P0000_instance_color_RGB.png   semantic colour mask (iSAID)
+    {raw}/test/images/P0006.png                             test images, no masks
+
+The semantic masks may instead sit in ``{raw}/{split}/Semantic_masks/images/`` as unpacked from the
+iSAID download; both are accepted.
+
+Potsdam::
+
+    {raw}/2_Ortho_RGB/top_potsdam_2_10_RGB.tif
+    {raw}/5_Labels_all/top_potsdam_2_10_label.tif
+    {raw}/5_Labels_all_noBoundary/top_potsdam_2_10_label_noBoundary.tif
+
+Vaihingen (IR-R-G images)::
+
+    {raw}/ISPRS_semantic_labeling_Vaihingen/top/top_mosaic_09cm_area1.tif
+    {raw}/ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE/top_mosaic_09cm_area1.tif
+    {raw}/ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE/top_mosaic_09cm_area1_noBoundary.tif
+
+The original repository ships no tile lists (its issue #7 points to the paper's supplement); these are
+the official ISPRS benchmark split, as also used by mmsegmentation's converters.  Potsdam tiles are
+named by ``"{row}_{col}"`` (``top_potsdam_2_10_RGB.tif``), Vaihingen tiles by their area number
+(``top_mosaic_09cm_area1.tif``).
+"""
+
+from typing import Final
+
+POTSDAM_TRAIN_TILES: Final[tuple[str, ...]] = (
+    "2_10", "2_11", "2_12", "3_10", "3_11", "3_12", "4_10", "4_11", "4_12", "5_10", "5_11", "5_12",
+    "6_7", "6_8", "6_9", "6_10", "6_11", "6_12", "7_7", "7_8", "7_9", "7_10", "7_11", "7_12",
+)
+POTSDAM_TEST_TILES: Final[tuple[str, ...]] = (
+    "2_13", "2_14", "3_13", "3_14", "4_13", "4_14", "4_15", "5_13", "5_14", "5_15", "6_13", "6_14",
+    "6_15", "7_13",
+)
+VAIHINGEN_TRAIN_TILES: Final[tuple[str, ...]] = (
+    "1", "3", "5", "7", "11", "13", "15", "17", "21", "23", "26", "28", "30", "32", "34", "37",
+)
+VAIHINGEN_TEST_TILES: Final[tuple[str, ...]] = (
+    "2", "4", "6", "8", "10", "12", "14", "16", "20", "22", "24", "27", "29", "31", "33", "35", "38",
+)
+
+ISAID_MASK_SUFFIX: Final[str] = "_instance_color_RGB"
+"""Suffix of an iSAID semantic colour mask's file stem (``P0000_instance_color_RGB.png``)."""
+ISAID_MASK_FOLDERS: Final[tuple[str, ...]] = ("images", "Semantic_masks/images")
+"""Folders under ``{raw}/{split}/`` searched, in order, for the iSAID colour masks."""
+
+ISPRS_FOLDERS: Final[dict[str, dict[str, str]]] = {
+    "potsdam": {"image": "2_Ortho_RGB", "label": "5_Labels_all", "eroded": "5_Labels_all_noBoundary"},
+    "vaihingen": {
+        "image": "ISPRS_semantic_labeling_Vaihingen/top",
+        "label": "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE",
+        "eroded": "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE",
+    },
+}
+"""Folders (relative to the raw root) holding the images, the full labels and the eroded labels."""
+
+SPLIT_TILES: Final[dict[str, dict[str, tuple[str, ...]]]] = {
+    "potsdam": {"train": POTSDAM_TRAIN_TILES, "test": POTSDAM_TEST_TILES},
+    "vaihingen": {"train": VAIHINGEN_TRAIN_TILES, "test": VAIHINGEN_TEST_TILES},
+}
+"""Tile ids per split for each ISPRS dataset; ``test`` is also the validation split, as in the original."""
+
+
+def isprs_file_names(dataset: str, tile: str) -> dict[str, str]:
+    """File names of one ISPRS tile, keyed like ``ISPRS_FOLDERS`` ("image", "label", "eroded").
+
+    Example: ``isprs_file_names("potsdam", "2_10")["image"] == "top_potsdam_2_10_RGB.tif"``.  Vaihingen
+    images and full labels share one file name and differ only by folder.
+    """
+    if dataset == "potsdam":
+        stem = f"top_potsdam_{tile}"
+        return {"image": f"{stem}_RGB.tif", "label": f"{stem}_label.tif",
+                "eroded": f"{stem}_label_noBoundary.tif"}
+    if dataset == "vaihingen":
+        stem = f"top_mosaic_09cm_area{tile}"
+        return {"image": f"{stem}.tif", "label": f"{stem}.tif", "eroded": f"{stem}_noBoundary.tif"}
+    raise ValueError(f"unknown ISPRS dataset {dataset!r}; expected 'potsdam' or 'vaihingen'")
