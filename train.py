@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 import sys
 import time
 import warnings
@@ -283,7 +285,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, args, ctx: Dist
     model.train()
     amp_dtype = AMP_DTYPES[args.amp]
     totals: dict[str, float] = {}
-    progress = tqdm(loader, desc=f"epoch {epoch}", disable=not ctx.is_main, dynamic_ncols=True, leave=False)
+    progress = tqdm(loader, desc=f"epoch {epoch}", disable=None if ctx.is_main else True, dynamic_ncols=True, leave=False)
     tick = time.perf_counter()
     for iteration, batch in enumerate(progress):
         images = batch["image"].to(ctx.device, non_blocking=True)
@@ -341,7 +343,7 @@ def validate(model, loader, val_criterion, args, ctx: DistContext, num_classes: 
     confusion = ConfusionMatrix(num_classes, device=ctx.device)
     loss_and_pixels = torch.zeros(2, dtype=torch.float64, device=ctx.device)
     panels = []
-    for batch in tqdm(loader, desc="validating", disable=not ctx.is_main, dynamic_ncols=True, leave=False):
+    for batch in tqdm(loader, desc="validating", disable=None if ctx.is_main else True, dynamic_ncols=True, leave=False):
         images = batch["image"].to(ctx.device, non_blocking=True)
         masks = batch["mask"].to(ctx.device, non_blocking=True)
         with torch.autocast(ctx.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -406,9 +408,9 @@ def train(args: argparse.Namespace, notes: list[str], ctx: DistContext) -> dict:
     """The epoch loop (see :func:`main`)."""
     seed_everything(args.seed + ctx.rank)
     if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS needs it
         torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = not args.deterministic
     run_dir, tb_dir = prepare_run_dir(args, ctx)
     log = setup_logger(run_dir / "train.log", ctx.is_main)
     for note in notes:
@@ -462,7 +464,7 @@ def train(args: argparse.Namespace, notes: list[str], ctx: DistContext) -> dict:
                 break
             with warnings.catch_warnings():
                 # the original steps its per-epoch schedule before the epoch's first optimizer step, on purpose
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 scheduler.step()
             train_loader.sampler.set_epoch(epoch)
             epoch_losses = train_one_epoch(model, train_loader, criterion, optimizer, scaler, args, ctx, epoch,
