@@ -72,3 +72,12 @@ ISPRS_PALETTE: Final[tuple[tuple[int, int, int], ...]] = (
 
 ISPRS_ERODED_BORDER_COLOR: Final[tuple[int, int, int]] = (0, 0, 0)
 """RGB colour of the eroded class borders in the ISPRS ``*_noBoundary`` ground truth (not a class)."""
+
+ISAID_MASK_SUFFIX: Final[str] = "_instance_color_RGB"
+"""Mask file stem suffix of iSAID: ``P0000_instance_color_RGB.png`` is the mask of ``P0000.png``.
+
+The prepared masks keep the original's name although they hold label ids, not colours.
+"""
+
+ISPRS_MASK_SUFFIX: Final[str] = "_gray_mask"
+"""Mask file stem suffix of Potsdam / Vaihingen: ``X_gray_mask.png`` holds the label ids of ``X.png``."""

@@ -31,13 +31,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.classes import ISAID_PALETTE, ISPRS_ERODED_BORDER_COLOR, ISPRS_PALETTE  # noqa: E402
-from tools.raw_layout import (  # noqa: E402
-    ISAID_MASK_SUFFIX,
-    ISPRS_FOLDERS,
-    SPLIT_TILES,
-    isprs_file_names,
-)
+from datasets.classes import ISAID_MASK_SUFFIX, ISAID_PALETTE, ISPRS_ERODED_BORDER_COLOR, ISPRS_PALETTE  # noqa: E402
+from tools.raw_layout import ISPRS_FOLDERS, SPLIT_TILES, isprs_file_names  # noqa: E402
 
 DATASETS = ("isaid", "potsdam", "vaihingen")
 ERODED_BORDER_RADIUS = 3
@@ -304,15 +299,17 @@ def _draw_diamond(rng, canvas: _Canvas, center, scale: float, label: int) -> Non
     """A quarter-disc baseball diamond."""
     radius = max(8, rng.uniform(30, 50) * scale)
     start = float(rng.uniform(0, 360))
-    arc = cv2.ellipse2Poly((int(center[0]), int(center[1])), (int(radius), int(radius)), 0, int(start), int(start + 90), 10)
-    canvas.polygon(np.vstack([[int(center[0]), int(center[1])], arc]).astype(np.int32), label)
+    apex = (int(center[0]), int(center[1]))
+    arc = cv2.ellipse2Poly(apex, (int(radius), int(radius)), 0, int(start), int(start + 90), 10)
+    canvas.polygon(np.vstack([apex, arc]).astype(np.int32), label)
 
 
 def _draw_court(rng, canvas: _Canvas, center, scale: float, label: int) -> None:
     """A rotated rectangle: tennis / basketball court, pool or soccer field by ``label``."""
     sizes = {4: (24, 12), 5: (28, 15), 11: (22, 12), 13: (90, 58)}
     court_w, court_h = sizes[label]
-    canvas.polygon(_rotated_box(center, (max(6, court_w * scale), max(4, court_h * scale)), float(rng.uniform(0, 180))), label)
+    size = (max(6, court_w * scale), max(4, court_h * scale))
+    canvas.polygon(_rotated_box(center, size, float(rng.uniform(0, 180))), label)
 
 
 def _draw_track_field(rng, canvas: _Canvas, center, scale: float, label: int) -> None:

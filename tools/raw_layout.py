@@ -44,8 +44,6 @@ VAIHINGEN_TEST_TILES: Final[tuple[str, ...]] = (
     "2", "4", "6", "8", "10", "12", "14", "16", "20", "22", "24", "27", "29", "31", "33", "35", "38",
 )
 
-ISAID_MASK_SUFFIX: Final[str] = "_instance_color_RGB"
-"""Suffix of an iSAID semantic colour mask's file stem (``P0000_instance_color_RGB.png``)."""
 ISAID_MASK_FOLDERS: Final[tuple[str, ...]] = ("images", "Semantic_masks/images")
 """Folders under ``{raw}/{split}/`` searched, in order, for the iSAID colour masks."""
 

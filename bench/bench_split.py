@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Benchmark: cutting iSAID-sized images into patches with 1 worker vs N workers, printed as a ratio.
+
+Generates synthetic iSAID images once (kept in ``--work-dir`` for later runs), then runs
+``split_isaid`` (800 x 800, overlap 200, the tool's defaults) with ``--workers 1`` and with
+``--workers N`` into fresh folders, checks both wrote identical files and prints the wall times and
+the speed-up.  Timings on a shared machine are noisy: compare ratios from one run, not across runs.
+
+    python bench/bench_split.py                 # 20 images, sides ~4000 px, 1 vs 2 workers
+    python bench/bench_split.py --smoke         # 4 small images: checks the benchmark runs (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools.make_synthetic_data import make_synthetic  # noqa: E402
+from tools.split_iSAID import split_isaid  # noqa: E402
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*.png"))}
+
+
+def _raw_data(work_dir: Path, images: int, size: int) -> Path:
+    """Synthetic iSAID tree for these settings, generated on first use."""
+    raw = work_dir / f"raw_{images}x{size}"
+    done = raw / ".complete"
+    if not done.exists():
+        shutil.rmtree(raw, ignore_errors=True)
+        print(f"generating {images} synthetic iSAID images (nominal side {size} px) in {raw} ...", flush=True)
+        make_synthetic("isaid", raw, seed=0, num_images=images, size=size)
+        done.touch()
+    return raw
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=20, help="number of images (default 20)")
+    parser.add_argument("--size", type=int, default=4444,
+                        help="nominal side; iSAID sides are drawn in [0.6, 1.2] x size, so the default "
+                             "averages ~4000 px (default 4444)")
+    parser.add_argument("--workers", type=int, default=2, help="worker count compared with 1 (default 2)")
+    parser.add_argument("--work-dir", default="outputs/bench_split", help="folder for the generated data and outputs")
+    parser.add_argument("--smoke", action="store_true", help="tiny run (4 images, size 700) to check the script")
+    args = parser.parse_args(argv)
+    images, size = (4, 700) if args.smoke else (args.images, args.size)
+    work_dir = Path(args.work_dir)
+    raw = _raw_data(work_dir, images, size)
+    megapixels = sum(cv2.imread(str(path)).size // 3 for path in raw.glob("*/images/P????.png")) / 1e6
+    seconds = {}
+    for workers in (1, args.workers):
+        out = work_dir / f"out_w{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        summary = split_isaid(raw, out, sets=("train", "val"), workers=workers, progress=False)
+        seconds[workers] = summary.seconds
+        print(f"workers={workers}: {summary.inputs} images ({megapixels:.0f} Mpx), {summary.patches} patches, "
+              f"{summary.seconds:.1f} s", flush=True)
+    if _digest(work_dir / "out_w1") != _digest(work_dir / f"out_w{args.workers}"):
+        sys.exit("error: outputs differ between worker counts")
+    print(f"speed-up with {args.workers} workers: {seconds[1] / seconds[args.workers]:.2f}x (identical outputs)")
+
+
+if __name__ == "__main__":
+    main()

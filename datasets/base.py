@@ -1,0 +1,156 @@
+"""Common mechanics of the three benchmark datasets: folder layout, checks, reading, sample dicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datasets.classes import IGNORE_LABEL
+from datasets.edges import boundary_target
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""Per-channel mean of the input normalisation (RGB order, images scaled to [0, 1])."""
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""Per-channel standard deviation of the input normalisation (RGB order)."""
+
+JointTransform = Callable[..., tuple[np.ndarray, np.ndarray]]
+"""``transform(image (H, W, 3) uint8 RGB, mask (H, W) uint8, centroid=None) -> (image, mask)``."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The prepared dataset folder is missing, empty or incomplete; the message says how to fix it."""
+
+
+def normalize_image(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 tensor: scaled to [0, 1], minus ImageNet mean, over std."""
+    scaled = image.astype(np.float32) / 255.0
+    normalized = (scaled - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(normalized.transpose(2, 0, 1)))
+
+
+class SegmentationFolder(Dataset):
+    """Image/mask pairs from ``{root}/{split}/images/*.png`` and ``{root}/{split}/masks/{stem}{mask_suffix}.png``.
+
+    Subclasses describe one benchmark through class variables.  Masks hold label ids ``0..K-1`` and
+    ``255`` (ignore) in a single 8-bit channel, as written by ``tools/prepare_dataset.py``.
+
+    ``dataset[i]`` (or ``dataset[(i, (x, y))]`` from the class-uniform sampler, see
+    ``datasets/uniform.py``) returns a dict:
+
+    * ``"image"``: (3, H, W) float32, ImageNet-normalised RGB;
+    * ``"mask"``: (H, W) int64 label ids (255 = ignore);
+    * ``"edge"``: (1, H, W) float32 in {0, 1}, only with ``with_edge=True`` (``datasets.edges``);
+    * ``"name"``: the image file stem.
+
+    Args:
+        root: prepared dataset root.
+        split: sub-folder, e.g. ``"train"``, ``"val"``, ``"test"`` (or ``"val_ori"`` / ``"test_ori"``).
+        joint_transform: applied to (image (H, W, 3) uint8 RGB, mask (H, W) uint8) before
+            normalisation, e.g. ``transforms.build_train_transform(...)``; receives the sampler's
+            centroid as ``centroid=`` when there is one.
+        with_edge: also return the boundary target of the transformed mask.
+        edge_thickness: contour width of the boundary target in pixels (original ``--thicky`` 8).
+
+    Raises:
+        DatasetNotFoundError: missing or empty folder, or images without their mask.
+    """
+
+    name: ClassVar[str]
+    prepare_name: ClassVar[str]
+    num_classes: ClassVar[int]
+    ignore_label: ClassVar[int] = IGNORE_LABEL
+    class_names: ClassVar[tuple[str, ...]]
+    palette: ClassVar[np.ndarray]
+    mask_suffix: ClassVar[str]
+
+    def __init__(self, root: str | Path, split: str = "train", *, joint_transform: JointTransform | None = None,
+                 with_edge: bool = False, edge_thickness: int = 8) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.joint_transform = joint_transform
+        self.with_edge = with_edge
+        self.edge_thickness = edge_thickness
+        self.items: list[tuple[Path, Path]] = self._find_items()
+        self._valid_values = np.zeros(256, bool)
+        self._valid_values[: self.num_classes] = True
+        self._valid_values[self.ignore_label] = True
+
+    def _prepare_hint(self) -> str:
+        return (f"prepare it with `python tools/prepare_dataset.py {self.prepare_name} --raw RAW_DIR "
+                f"--out {self.root}` (README, 'Data preparation'), or point the dataset root at it")
+
+    def _find_items(self) -> list[tuple[Path, Path]]:
+        """List (image, mask) pairs, checking the layout first (torchgeo-style ``_verify``)."""
+        images_dir = self.root / self.split / "images"
+        masks_dir = self.root / self.split / "masks"
+        for folder in (images_dir, masks_dir):
+            if not folder.is_dir():
+                raise DatasetNotFoundError(f"{self.name}: {folder} does not exist; {self._prepare_hint()}")
+        images = sorted(path for path in images_dir.glob("*.png") if not path.name.startswith("."))
+        if not images:
+            raise DatasetNotFoundError(f"{self.name}: {images_dir} holds no .png images; {self._prepare_hint()}")
+        items = [(image, masks_dir / f"{image.stem}{self.mask_suffix}.png") for image in images]
+        missing = [mask for _, mask in items if not mask.is_file()]
+        if missing:
+            listed = ", ".join(path.name for path in missing[:3])
+            raise DatasetNotFoundError(
+                f"{self.name}: {len(missing)} of {len(items)} images in {images_dir} have no mask in {masks_dir} "
+                f"(expected e.g. {listed}); each image X.png needs X{self.mask_suffix}.png. "
+                f"Re-run the preparation to complete it, or remove the unpaired images")
+        return items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read item ``index`` untransformed: (image (H, W, 3) uint8 RGB, mask (H, W) uint8).
+
+        Raises:
+            OSError: unreadable file; ValueError: mask not single-channel 8-bit, wrong size or values
+                outside {0..K-1, 255}.
+        """
+        image_path, mask_path = self.items[index]
+        bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+        for array, path in ((bgr, image_path), (mask, mask_path)):
+            if array is None:
+                raise OSError(f"{path}: cannot be read (missing, truncated or not an image)")
+        if mask.ndim != 2 or mask.dtype != np.uint8:
+            raise ValueError(f"{mask_path}: expected a single-channel 8-bit label-id mask, found {mask.dtype} "
+                             f"{mask.shape}; colour masks must be converted with tools/prepare_dataset.py")
+        if mask.shape != bgr.shape[:2]:
+            raise ValueError(f"{mask_path}: mask size {mask.shape} differs from its image {bgr.shape[:2]}")
+        if not self._valid_values[mask].all():
+            bad = sorted(set(np.unique(mask).tolist()) - set(np.flatnonzero(self._valid_values).tolist()))
+            raise ValueError(f"{mask_path}: label ids {bad} are not classes of {self.name} "
+                             f"(0..{self.num_classes - 1}, {self.ignore_label} = ignore)")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), mask
+
+    def __getitem__(self, key: int | tuple[int, tuple[int, int] | None]) -> dict:
+        index, centroid = key if isinstance(key, tuple) else (key, None)
+        image, mask = self.read_pair(index)
+        if self.joint_transform is not None:
+            image, mask = self.joint_transform(image, mask, centroid=centroid)
+        sample = {
+            "image": normalize_image(image),
+            "mask": torch.from_numpy(mask.astype(np.int64)),
+            "name": self.items[index][0].stem,
+        }
+        if self.with_edge:
+            sample["edge"] = torch.from_numpy(boundary_target(mask, self.edge_thickness))[None]
+        return sample
+
+    @classmethod
+    def colorize(cls, mask: np.ndarray) -> np.ndarray:
+        """(H, W) label ids -> (H, W, 3) uint8 RGB with the dataset palette; ignore (255) is black."""
+        table = np.zeros((256, 3), np.uint8)
+        table[: cls.num_classes] = cls.palette
+        return table[np.asarray(mask, np.uint8)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, items={len(self)})"

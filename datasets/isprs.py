@@ -1,0 +1,57 @@
+"""ISPRS Potsdam and Vaihingen (patches prepared by ``tools/prepare_dataset.py potsdam|vaihingen``)."""
+
+from typing import ClassVar
+
+import numpy as np
+
+from datasets.base import SegmentationFolder
+from datasets.classes import ISPRS_CLASS_NAMES, ISPRS_MASK_SUFFIX, ISPRS_PALETTE
+
+
+class _ISPRSDataset(SegmentationFolder):
+    """Shared definition of the two ISPRS 2D semantic labelling benchmarks (6 classes, 255 = ignore)."""
+
+    num_classes: ClassVar[int] = 6
+    class_names: ClassVar[tuple[str, ...]] = ISPRS_CLASS_NAMES
+    palette: ClassVar[np.ndarray] = np.asarray(ISPRS_PALETTE, np.uint8)
+    mask_suffix: ClassVar[str] = ISPRS_MASK_SUFFIX
+
+
+class PotsdamDataset(_ISPRSDataset):
+    """ISPRS Potsdam: 38 true orthophoto tiles of 6000 x 6000 px at 5 cm, RGB (IR and DSM unused).
+
+    ISPRS 2D Semantic Labeling Contest, https://www.isprs.org/education/benchmarks/UrbanSemLab/.
+    Classes (label id: name, RGB colour of the official labels): 0 impervious surfaces (255,255,255),
+    1 building (0,0,255), 2 low vegetation (0,255,255), 3 tree (0,255,0), 4 car (255,255,0),
+    5 clutter (255,0,0).  Clutter is trained and evaluated, as in the original code.
+
+    On disk (after ``tools/prepare_dataset.py potsdam``: 896 x 896 patches, stride 512; 24 train and
+    14 test tiles of the official split)::
+
+        {root}/{train,test}/images/top_potsdam_2_10_RGB_0_896_0_896.png
+        {root}/{train,test}/masks/top_potsdam_2_10_RGB_0_896_0_896_gray_mask.png
+
+    The original validates on ``test`` (it has no separate validation tiles).  Registry names:
+    ``"Posdam"`` (the original's spelling) and ``"potsdam"``.
+    """
+
+    name: ClassVar[str] = "Potsdam"
+    prepare_name: ClassVar[str] = "potsdam"
+
+
+class VaihingenDataset(_ISPRSDataset):
+    """ISPRS Vaihingen: 33 true orthophoto tiles (~2000 x 2500 px, 9 cm) in IR-R-G false colour.
+
+    ISPRS 2D Semantic Labeling Contest, https://www.isprs.org/education/benchmarks/UrbanSemLab/.
+    Same six classes and colours as Potsdam.  The IR-R-G channels flow through the network as if
+    they were RGB (as in the original, with the ImageNet normalisation).
+
+    On disk (after ``tools/prepare_dataset.py vaihingen``: 768 x 768 patches, stride 512; 16 train and
+    17 test tiles of the official split)::
+
+        {root}/{train,test}/images/top_mosaic_09cm_area1_0_768_0_768.png
+        {root}/{train,test}/masks/top_mosaic_09cm_area1_0_768_0_768_gray_mask.png
+    """
+
+    name: ClassVar[str] = "Vaihingen"
+    prepare_name: ClassVar[str] = "vaihingen"

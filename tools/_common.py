@@ -1,0 +1,281 @@
+"""Shared machinery of the data tools: safe file output, image reading, worker pool and run summary.
+
+Every tool turns its inputs into a list of independent jobs (one per source image), runs them with
+``run_jobs`` in a process pool and prints one progress bar and one summary.  A job reports problems
+with its input by raising ``InputError``; ``run_jobs`` either stops at the first one
+(``on_error="error"``) or skips that input and lists it at the end (``on_error="skip"``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import time
+from contextlib import closing
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+ON_ERROR_CHOICES = ("error", "skip")
+PARTIAL_MARK = ".partial-"
+"""Temporary outputs are named ``.{final name}.partial-{pid}`` until they are renamed into place."""
+
+
+class InputError(Exception):
+    """A problem with one input file; the message names the file and says how to fix it."""
+
+
+class ToolError(RuntimeError):
+    """A run stopped because of bad input (raised by ``run_jobs`` with ``on_error="error"``)."""
+
+
+@dataclass
+class JobResult:
+    """What one job did: files written, finished outputs found and kept, patches, notes for the user."""
+
+    name: str
+    written: int = 0
+    existing: int = 0
+    patches: int = 0
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class RunSummary:
+    """Totals of one tool run, printed at the end (``str(summary)``).
+
+    ``skipped`` lists inputs left out because of errors, ``warnings`` problems that did not stop the
+    run (unknown colours written under a policy), ``notes`` plain information (tiles found, exclusions).
+    """
+
+    tool: str
+    inputs: int = 0
+    written: int = 0
+    existing: int = 0
+    patches: int = 0
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, result: JobResult) -> None:
+        """Fold one job's result into the totals."""
+        self.inputs += 1
+        self.written += result.written
+        self.existing += result.existing
+        self.patches += result.patches
+        self.warnings.extend(result.warnings)
+        if result.error is not None:
+            self.skipped.append(result.error)
+
+    def __str__(self) -> str:
+        patches = f"{self.patches} patches, " if self.patches else ""
+        lines = [f"{self.tool}: {self.inputs} inputs, {self.written} files written, "
+                 f"{self.existing} finished outputs kept, {patches}{self.seconds:.1f} s"]
+        lines.extend(self.notes)
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s):")
+            lines.extend(f"  {message}" for message in self.warnings)
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} input(s) skipped because of errors:")
+            lines.extend(f"  {message}" for message in self.skipped)
+        return "\n".join(lines)
+
+
+def natural_key(name: str) -> list:
+    """Sort key ordering embedded numbers by value ("P2" before "P10"), like natsort."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def default_workers() -> int:
+    """Number of CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_output_outside_input(source: Path, output: Path) -> None:
+    """Refuse an output folder equal to, or inside, the input folder (raw data is never written to).
+
+    Raises:
+        ToolError: naming both folders.
+    """
+    source_real, output_real = Path(source).resolve(), Path(output).resolve()
+    if output_real == source_real or source_real in output_real.parents:
+        raise ToolError(f"output folder {output} is inside the input folder {source}; the tools never write "
+                        "into the source tree. Choose an output folder outside it.")
+
+
+def remove_partial_files(folder: Path) -> int:
+    """Delete temporary files left in ``folder`` by an interrupted run; returns how many."""
+    if not folder.is_dir():
+        return 0
+    stale = [path for path in folder.iterdir() if path.name.startswith(".") and PARTIAL_MARK in path.name]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def _temporary_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{PARTIAL_MARK}{os.getpid()}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never a half-written ``path``."""
+    temporary = _temporary_path(path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def atomic_write_image(path: Path, image: np.ndarray) -> None:
+    """Encode ``image`` (H, W) or (H, W, 3) uint8, BGR order, in the format of ``path``'s suffix; write atomically."""
+    ok, encoded = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise OSError(f"OpenCV could not encode {path} (array {image.shape} {image.dtype})")
+    atomic_write_bytes(path, encoded.tobytes())
+
+
+def atomic_copy(source: Path, target: Path) -> None:
+    """Copy a file's bytes to ``target`` atomically."""
+    atomic_write_bytes(target, Path(source).read_bytes())
+
+
+def png_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of a PNG from its header without decoding it; None if ``path`` is not a PNG."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(24)
+    except OSError:
+        return None
+    if len(header) < 24 or header[:8] != b"\x89PNG\r\n\x1a\n" or header[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", header[16:24])
+    return height, width
+
+
+def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """Read an image with OpenCV (BGR order for colour).
+
+    Raises:
+        InputError: if the file is missing, truncated, corrupt or not an image.
+    """
+    image = cv2.imread(str(path), flags)
+    if image is None:
+        state = ("cannot be decoded (truncated, corrupt or not an image)" if Path(path).exists()
+                 else "does not exist")
+        raise InputError(f"{path}: {state}; re-download or re-extract it, or run with --on-error skip")
+    return image
+
+
+def read_label_image(path: Path) -> np.ndarray:
+    """Read a single-channel uint8 label-id image (H, W); a 3-channel file with equal channels is accepted.
+
+    Raises:
+        InputError: if unreadable or not a gray 8-bit image.
+    """
+    image = read_image(path, cv2.IMREAD_UNCHANGED)
+    if image.dtype != np.uint8:
+        raise InputError(f"{path}: label image must be 8-bit, found {image.dtype}")
+    if image.ndim == 3:
+        if image.shape[2] == 4:
+            image = image[..., :3]
+        if not ((image == image[..., :1]).all()):
+            raise InputError(f"{path}: expected a gray label-id image but its channels differ; "
+                             "convert colour labels first (tools/convert_isprs_mask2graymask.py)")
+        image = np.ascontiguousarray(image[..., 0])
+    return image
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)
+
+
+def _run_one(job_function: Callable[..., JobResult], job) -> JobResult:
+    try:
+        return job_function(job)
+    except InputError as problem:
+        return JobResult(name=str(getattr(job, "name", job)), error=str(problem))
+
+
+def run_jobs(tool: str, job_function: Callable[..., JobResult], jobs: Sequence, workers: int | None,
+             on_error: str = "error", progress: bool = True) -> RunSummary:
+    """Run ``job_function(job)`` for every job, in ``workers`` processes, with one progress bar.
+
+    Args:
+        tool: name shown on the progress bar and in the summary.
+        job_function: picklable top-level function returning a ``JobResult``; raises ``InputError``
+            for bad input.
+        jobs: picklable job descriptions, each with a ``name`` attribute.
+        workers: process count (None: all cores; 1: run in this process).
+        on_error: ``"error"`` stops at the first bad input, ``"skip"`` skips it and lists it at the end.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The run's totals.
+
+    Raises:
+        ToolError: on the first bad input when ``on_error == "error"``.
+    """
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    summary = RunSummary(tool)
+    start = time.perf_counter()
+    results = _results(job_function, jobs, min(workers, max(1, len(jobs))))
+    with closing(results), tqdm(total=len(jobs), desc=tool, unit="image", disable=not progress or not jobs) as bar:
+        for result in results:
+            if result.error is not None and on_error == "error":
+                raise ToolError(result.error)
+            summary.add(result)
+            bar.update(1)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _results(job_function: Callable[..., JobResult], jobs: Sequence, workers: int) -> Iterator[JobResult]:
+    """Yield job results as they finish; leaving the generator early cancels the jobs not started."""
+    if workers == 1:
+        for job in jobs:
+            yield _run_one(job_function, job)
+        return
+    executor = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker)
+    try:
+        pending: set[Future] = set()
+        queue = iter(jobs)
+        # Keep a few jobs per worker in flight so that a stop does not leave many started.
+        for job in queue:
+            pending.add(executor.submit(_run_one, job_function, job))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+                next_job = next(queue, None)
+                if next_job is not None:
+                    pending.add(executor.submit(_run_one, job_function, next_job))
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def add_common_arguments(parser) -> None:
+    """Add ``--workers``, ``--overwrite`` and ``--on-error`` to an argparse parser."""
+    parser.add_argument("--workers", type=int, default=None,
+                        help=f"worker processes (default: all {default_workers()} cores; 1 = no pool)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rewrite outputs that already exist (default: keep finished outputs, so an "
+                             "interrupted run resumes where it stopped)")
+    parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="error",
+                        help="on an unreadable/corrupt image or an image/mask size mismatch: stop with an "
+                             "error naming the file (default), or skip that input and list it at the end")

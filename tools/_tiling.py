@@ -1,0 +1,191 @@
+"""Cutting one large image and its mask into overlapping patches, as the original split tools do.
+
+Window rule of the original ``split_iSAID.py`` / ``split_isprs.py``: window starts at
+``0, stride, 2*stride, ...`` below the image side (``stride = patch - overlap``); a window passing the
+border is shifted back to end exactly at the border, so every patch is full size and no padding is
+used.  Only images strictly larger than the patch in both dimensions are cut; smaller ones are written
+whole under their own name.  Patch names are ``{base}_{y0}_{y1}_{x0}_{x1}{suffix}.png`` (end-exclusive).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tools._common import (
+    InputError,
+    JobResult,
+    ToolError,
+    atomic_copy,
+    atomic_write_image,
+    png_size,
+    read_image,
+    read_label_image,
+)
+from tools._masks import ColourCoding, colours_to_ids
+
+MASK_READ_MODES = ("colour", "gray", "convert")
+
+
+def window_starts(length: int, patch: int, stride: int) -> list[int]:
+    """Start offsets of the windows along one axis of ``length`` pixels (distinct, increasing).
+
+    ``range(0, length, stride)`` with every window ending past ``length`` moved back to
+    ``length - patch``; the original visits such a shifted window several times and rewrites the same
+    file, so duplicates are dropped here.
+    """
+    if stride < 1:
+        raise ValueError(f"stride (patch - overlap) must be >= 1, got {stride}")
+    starts: list[int] = []
+    for start in range(0, length, stride):
+        start = min(start, length - patch)
+        if not starts or starts[-1] != start:
+            starts.append(start)
+    return starts
+
+
+def check_geometry(patch_height: int, patch_width: int, overlap: int) -> None:
+    """Raise ``ToolError`` unless patches are positive and the overlap leaves a positive stride."""
+    if patch_height < 1 or patch_width < 1 or overlap < 0 or overlap >= min(patch_height, patch_width):
+        raise ToolError(f"invalid patch geometry: {patch_width}x{patch_height} with overlap {overlap}; "
+                        "patch sides must be >= 1 and 0 <= overlap < patch side")
+
+
+def patch_windows(height: int, width: int, patch_height: int, patch_width: int,
+                  overlap: int) -> list[tuple[int, int, int, int]] | None:
+    """Windows ``(y0, y1, x0, x1)`` (end-exclusive) covering an image, or None if it is kept whole.
+
+    An image is cut only when ``height > patch_height`` and ``width > patch_width`` (strictly).
+    """
+    if not (height > patch_height and width > patch_width):
+        return None
+    rows = window_starts(height, patch_height, patch_height - overlap)
+    cols = window_starts(width, patch_width, patch_width - overlap)
+    return [(y0, y0 + patch_height, x0, x0 + patch_width) for x0 in cols for y0 in rows]
+
+
+@dataclass(frozen=True)
+class SplitJob:
+    """Cut one image (and optionally its mask) into patches.
+
+    Attributes:
+        name: label for messages (usually the image file name).
+        base: output file stem before the window suffix.
+        image_path: source image, read with OpenCV as 3-channel BGR.
+        image_out: folder for image patches.
+        mask_path: source mask, or None (e.g. iSAID test images).
+        mask_out: folder for mask patches.
+        mask_suffix: added after the window in mask names (``_instance_color_RGB``, ``_gray_mask``).
+        mask_mode: ``colour`` (3-channel, kept as is), ``gray`` (single-channel ids, kept as is) or
+            ``convert`` (colour mask turned into ids with ``coding``).
+        coding: colour table for ``convert``.
+        patch_height, patch_width, overlap: window geometry in pixels.
+        whole_copy: for images kept whole, copy the source files byte for byte under their own names
+            (the original's behaviour) instead of writing ``{base}.png`` / ``{base}{mask_suffix}.png``.
+        whole_only: never cut; write the whole image (for stitched whole-image evaluation).
+        overwrite: rewrite outputs that exist.
+    """
+
+    name: str
+    base: str
+    image_path: Path
+    image_out: Path
+    mask_path: Path | None
+    mask_out: Path | None
+    mask_suffix: str
+    mask_mode: str
+    coding: ColourCoding | None
+    patch_height: int
+    patch_width: int
+    overlap: int
+    whole_copy: bool = False
+    whole_only: bool = False
+    overwrite: bool = False
+
+
+def _output_names(job: SplitJob, windows: list | None) -> list[tuple[Path, Path | None]]:
+    """(image output, mask output) paths for each window, or the single whole-image pair."""
+    has_mask = job.mask_path is not None
+    if windows is None:
+        if job.whole_copy:
+            image_name, mask_name = job.image_path.name, job.mask_path.name if has_mask else None
+        else:
+            image_name, mask_name = f"{job.base}.png", f"{job.base}{job.mask_suffix}.png"
+        return [(job.image_out / image_name, job.mask_out / mask_name if has_mask else None)]
+    pairs = []
+    for y0, y1, x0, x1 in windows:
+        stem = f"{job.base}_{y0}_{y1}_{x0}_{x1}"
+        mask_target = job.mask_out / f"{stem}{job.mask_suffix}.png" if has_mask else None
+        pairs.append((job.image_out / f"{stem}.png", mask_target))
+    return pairs
+
+
+def _windows_for(job: SplitJob, height: int, width: int) -> list | None:
+    if job.whole_only:
+        return None
+    return patch_windows(height, width, job.patch_height, job.patch_width, job.overlap)
+
+
+def _all_exist(pairs: list[tuple[Path, Path | None]]) -> bool:
+    return all(image.exists() and (mask is None or mask.exists()) for image, mask in pairs)
+
+
+def _read_mask(job: SplitJob) -> tuple[np.ndarray, list[str]]:
+    if job.mask_mode == "colour":
+        return read_image(job.mask_path, cv2.IMREAD_COLOR), []
+    if job.mask_mode == "gray":
+        return read_label_image(job.mask_path), []
+    if job.mask_mode == "convert":
+        return colours_to_ids(read_image(job.mask_path, cv2.IMREAD_COLOR), job.coding, job.mask_path)
+    raise ValueError(f"mask_mode must be one of {MASK_READ_MODES}, got {job.mask_mode!r}")
+
+
+def split_one(job: SplitJob) -> JobResult:
+    """Run one ``SplitJob``: read, check, cut and write the missing outputs atomically.
+
+    Raises:
+        InputError: unreadable image or mask, missing mask, size mismatch, unknown mask colours.
+    """
+    result = JobResult(job.name)
+    if job.mask_path is not None and not job.mask_path.is_file():
+        raise InputError(f"{job.image_path}: its mask {job.mask_path} does not exist; add it, or run with "
+                         "--on-error skip to leave this image out")
+    header_size = png_size(job.image_path)
+    if header_size is not None and not job.overwrite:
+        pairs = _output_names(job, _windows_for(job, *header_size))
+        if _all_exist(pairs):
+            result.existing = sum(1 + (mask is not None) for _, mask in pairs)
+            result.patches = len(pairs)
+            return result
+    image = read_image(job.image_path, cv2.IMREAD_COLOR)
+    mask = None
+    if job.mask_path is not None:
+        mask, result.warnings = _read_mask(job)
+        if mask.shape[:2] != image.shape[:2]:
+            raise InputError(f"{job.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
+                             f"{job.image_path} is {image.shape[1]}x{image.shape[0]}; they must match pixel for pixel")
+    windows = _windows_for(job, *image.shape[:2])
+    pairs = _output_names(job, windows)
+    result.patches = len(pairs)
+    job.image_out.mkdir(parents=True, exist_ok=True)
+    if job.mask_out is not None and mask is not None:
+        job.mask_out.mkdir(parents=True, exist_ok=True)
+    crops = [(0, image.shape[0], 0, image.shape[1])] if windows is None else windows
+    copy_sources = windows is None and job.whole_copy
+    for (y0, y1, x0, x1), (image_target, mask_target) in zip(crops, pairs):
+        outputs = [(image_target, job.image_path, image[y0:y1, x0:x1])]
+        if mask_target is not None:
+            outputs.append((mask_target, job.mask_path, mask[y0:y1, x0:x1]))
+        for target, source, array in outputs:
+            if target.exists() and not job.overwrite:
+                result.existing += 1
+            elif copy_sources:
+                atomic_copy(source, target)
+                result.written += 1
+            else:
+                atomic_write_image(target, np.ascontiguousarray(array))
+                result.written += 1
+    return result

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Turn ISPRS Potsdam / Vaihingen colour labels into label-id ("gray") masks (the original tool's interface).
+
+Reads every ``*.tif`` in ``{root_path}/{phase}/masks/`` and writes ``{stem}.png`` (8-bit, single channel)
+to ``{root_path}/{phase}/{save_file_name}/``: impervious surfaces 0 (white), building 1 (blue), low
+vegetation 2 (cyan), tree 3 (green), car 4 (yellow), clutter 5 (red).  Unlike the original, which
+silently turned any unknown colour into 0 (impervious surfaces), unknown colours are reported and
+handled by ``--unknown-color``; ``--eroded`` maps the black borders of the ``*_noBoundary`` labels to 255.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools._common import RunSummary, ToolError, add_common_arguments  # noqa: E402
+from tools._masks import add_unknown_color_argument, convert_folder, isprs_coding  # noqa: E402
+
+
+def convert_isprs_masks(root_path: str | Path, save_file_name: str, phase: str, workers: int | None = None,
+                        overwrite: bool = False, on_error: str = "error", unknown_color: str = "error",
+                        eroded: bool = False, progress: bool = True) -> RunSummary:
+    """Convert ``{root_path}/{phase}/masks/*.tif`` into ``{root_path}/{phase}/{save_file_name}/*.png``.
+
+    Returns:
+        Totals of the run; warnings list files with unknown colours (policies ignore/background).
+    """
+    phase_dir = Path(root_path) / phase
+    return convert_folder("convert_isprs_mask2graymask", phase_dir / "masks", phase_dir / save_file_name,
+                          ".tif", isprs_coding(unknown_color, eroded), workers, overwrite, on_error, progress)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root_path", required=True, help="root holding {phase}/masks/*.tif (colour labels)")
+    parser.add_argument("--save_file_name", required=True,
+                        help="name of the output folder created beside masks/ in {root_path}/{phase}/")
+    parser.add_argument("--phase", choices=["train", "val", "test"], required=True, help="which split to convert")
+    parser.add_argument("--eroded", action="store_true",
+                        help="labels are the eroded '_noBoundary' variant: black borders become 255 (ignore)")
+    add_common_arguments(parser)
+    add_unknown_color_argument(parser)
+    args = parser.parse_args(argv)
+    try:
+        summary = convert_isprs_masks(args.root_path, args.save_file_name, args.phase, args.workers,
+                                      args.overwrite, args.on_error, args.unknown_color, args.eroded)
+    except ToolError as error:
+        sys.exit(f"error: {error}")
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Cut iSAID images and their colour masks into overlapping patches (the original tool's interface).
+
+Reads ``{src}/{set}/{image_sub_folder}/P*.png`` (files without an underscore are images) and, for every
+set but ``test``, the colour mask ``P*_instance_color_RGB.png`` beside each image.  Writes
+``{tar}/{set}/{image_sub_folder}/images/{base}_{y0}_{y1}_{x0}_{x1}.png`` and
+``.../masks/{base}_{y0}_{y1}_{x0}_{x1}_instance_color_RGB.png`` (colours kept, convert them afterwards
+with convert_iSAID_mask2graymask.py); images not larger than a patch are copied whole.  P1527 and P1530
+are skipped, as in the original.  Defaults are the original's (800 x 800, overlap 200); the paper used
+896 x 896 with overlap 384 (stride 512), which ``tools/prepare_dataset.py isaid`` uses by default.
+
+Differences from the original: the masks are cut for every train/val set (the original picked the
+file list from the *last* ``--set`` entry, so its default ``train,val,test`` cut no masks at all);
+``--patch_width`` is the patch width (the original swapped the two names; identical for square
+patches); outputs are written atomically and finished ones are kept on a re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools._common import (  # noqa: E402
+    RunSummary,
+    ToolError,
+    add_common_arguments,
+    check_output_outside_input,
+    natural_key,
+    remove_partial_files,
+    run_jobs,
+)
+from tools._tiling import SplitJob, check_geometry, split_one  # noqa: E402
+from datasets.classes import ISAID_MASK_SUFFIX  # noqa: E402
+
+EXCLUDED_IMAGES = ("P1527", "P1530")
+"""Images the original tool skips."""
+
+
+def isaid_base_images(folder: Path) -> list[Path]:
+    """The iSAID images in ``folder``: ``*.png`` without an underscore in the name, natural order."""
+    images = [path for path in folder.glob("*.png") if "_" not in path.name]
+    return sorted(images, key=lambda path: natural_key(path.name))
+
+
+def split_isaid(src: str | Path, tar: str | Path, image_sub_folder: str = "images",
+                sets: tuple[str, ...] = ("train", "val", "test"), patch_width: int = 800,
+                patch_height: int = 800, overlap_area: int = 200, workers: int | None = None,
+                overwrite: bool = False, on_error: str = "error", progress: bool = True) -> RunSummary:
+    """Cut every set of an iSAID devkit tree into patches; see the module docstring for names.
+
+    Returns:
+        Totals of the run (inputs, files written, finished outputs kept, patches, skipped inputs).
+
+    Raises:
+        ToolError: output inside the input, a missing set folder, or bad input with ``on_error="error"``.
+    """
+    src, tar = Path(src), Path(tar)
+    check_output_outside_input(src, tar)
+    check_geometry(patch_height, patch_width, overlap_area)
+    jobs, excluded = [], []
+    for set_name in sets:
+        source = src / set_name / image_sub_folder
+        if not source.is_dir():
+            raise ToolError(f"{source} does not exist; expected the iSAID {set_name} images there "
+                            "(see --src, --set and --image_sub_folder)")
+        target = tar / set_name / image_sub_folder
+        for folder in (target / "images", target / "masks"):
+            remove_partial_files(folder)
+        for image_path in isaid_base_images(source):
+            if image_path.stem in EXCLUDED_IMAGES:
+                excluded.append(f"{image_path}: excluded by the original tool")
+                continue
+            with_mask = set_name != "test"
+            jobs.append(SplitJob(
+                name=str(image_path), base=image_path.stem, image_path=image_path,
+                image_out=target / "images",
+                mask_path=image_path.with_name(f"{image_path.stem}{ISAID_MASK_SUFFIX}.png") if with_mask else None,
+                mask_out=target / "masks", mask_suffix=ISAID_MASK_SUFFIX, mask_mode="colour", coding=None,
+                patch_height=patch_height, patch_width=patch_width, overlap=overlap_area,
+                whole_copy=True, overwrite=overwrite))
+    summary = run_jobs("split_iSAID", split_one, jobs, workers, on_error, progress)
+    summary.notes.extend(excluded)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", default="./dataset/iSAID", help="iSAID root holding {set}/{image_sub_folder}/")
+    parser.add_argument("--tar", default="./dataset/iSAID_patches",
+                        help="output root (must not be inside --src); patches go to {tar}/{set}/{image_sub_folder}/")
+    parser.add_argument("--image_sub_folder", default="images",
+                        help="sub-folder of each set holding images and colour masks ('' for none)")
+    parser.add_argument("--set", default="train,val,test",
+                        help="comma-separated sets to cut; 'test' has images only, others images and masks")
+    parser.add_argument("--patch_width", type=int, default=800, help="patch width in pixels")
+    parser.add_argument("--patch_height", type=int, default=800, help="patch height in pixels")
+    parser.add_argument("--overlap_area", type=int, default=200,
+                        help="overlap of neighbouring patches in pixels (stride = patch - overlap)")
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        summary = split_isaid(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
+                              args.patch_width, args.patch_height, args.overlap_area, args.workers,
+                              args.overwrite, args.on_error)
+    except ToolError as error:
+        sys.exit(f"error: {error}")
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Cut ISPRS Potsdam / Vaihingen tiles and their gray masks into overlapping patches (original interface).
+
+Reads every ``*.tif`` in ``{src}/{set}/{image_sub_folder}/`` as an image, with its label-id mask
+``{base}_gray_mask.png`` beside it (convert the colour labels with convert_isprs_mask2graymask.py and
+name them after the image; ``tools/prepare_dataset.py`` does all of this in one command).  Writes
+``{tar}/{set}/{image_sub_folder}/images/{base}_{y0}_{y1}_{x0}_{x1}.png`` and
+``.../masks/{base}_{y0}_{y1}_{x0}_{x1}_gray_mask.png``.  Windows follow the original (last window shifted
+back inside the image, no padding); defaults are the original's 800 x 800 with overlap 200.
+
+Differences from the original: a tile not larger than a patch is written whole as ``{base}.png`` (the
+original copied the ``.tif``, which the datasets cannot pair with its ``.png`` mask); a mask whose
+channels differ is refused instead of being turned into luminance; ``--patch_width`` is the width;
+outputs are written atomically and finished ones are kept on a re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools._common import (  # noqa: E402
+    RunSummary,
+    ToolError,
+    add_common_arguments,
+    check_output_outside_input,
+    natural_key,
+    remove_partial_files,
+    run_jobs,
+)
+from datasets.classes import ISPRS_MASK_SUFFIX  # noqa: E402
+from tools._tiling import SplitJob, check_geometry, split_one  # noqa: E402
+
+
+def split_isprs(src: str | Path, tar: str | Path, image_sub_folder: str = "images",
+                sets: tuple[str, ...] = ("train", "val", "test"), patch_width: int = 800,
+                patch_height: int = 800, overlap_area: int = 200, workers: int | None = None,
+                overwrite: bool = False, on_error: str = "error", progress: bool = True) -> RunSummary:
+    """Cut every set of an ISPRS tree into patches; see the module docstring for names.
+
+    Returns:
+        Totals of the run.
+
+    Raises:
+        ToolError: output inside the input, a missing set folder, or bad input with ``on_error="error"``.
+    """
+    src, tar = Path(src), Path(tar)
+    check_output_outside_input(src, tar)
+    check_geometry(patch_height, patch_width, overlap_area)
+    jobs = []
+    for set_name in sets:
+        source = src / set_name / image_sub_folder
+        if not source.is_dir():
+            raise ToolError(f"{source} does not exist; expected the {set_name} tiles there "
+                            "(see --src, --set and --image_sub_folder)")
+        target = tar / set_name / image_sub_folder
+        for folder in (target / "images", target / "masks"):
+            remove_partial_files(folder)
+        for image_path in sorted(source.glob("*.tif"), key=lambda path: natural_key(path.name)):
+            jobs.append(SplitJob(
+                name=str(image_path), base=image_path.stem, image_path=image_path, image_out=target / "images",
+                mask_path=image_path.with_name(f"{image_path.stem}{ISPRS_MASK_SUFFIX}.png"),
+                mask_out=target / "masks", mask_suffix=ISPRS_MASK_SUFFIX, mask_mode="gray", coding=None,
+                patch_height=patch_height, patch_width=patch_width, overlap=overlap_area, overwrite=overwrite))
+    return run_jobs("split_isprs", split_one, jobs, workers, on_error, progress)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", default="./dataset/posdam", help="root holding {set}/{image_sub_folder}/*.tif")
+    parser.add_argument("--tar", default="./dataset/posdam_patches",
+                        help="output root (must not be inside --src); patches go to {tar}/{set}/{image_sub_folder}/")
+    parser.add_argument("--image_sub_folder", default="images",
+                        help="sub-folder of each set holding the .tif tiles and their _gray_mask.png ('' for none)")
+    parser.add_argument("--set", default="train,val,test", help="comma-separated sets to cut")
+    parser.add_argument("--patch_width", type=int, default=800, help="patch width in pixels")
+    parser.add_argument("--patch_height", type=int, default=800, help="patch height in pixels")
+    parser.add_argument("--overlap_area", type=int, default=200,
+                        help="overlap of neighbouring patches in pixels (stride = patch - overlap)")
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        summary = split_isprs(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
+                              args.patch_width, args.patch_height, args.overlap_area, args.workers,
+                              args.overwrite, args.on_error)
+    except ToolError as error:
+        sys.exit(f"error: {error}")
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
