@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
 import datasets
 import network
 import transforms
 from config import ConfigError, cfg, effective_config, merge_sections, parse_override, read_experiment_file, save_config, set_dotted
+from datasets.uniform import ClassUniformSampler
 from loss import get_loss
 from utils.checkpoint import load_checkpoint, unwrap_model
 from utils.distributed import DistContext, all_gather_objects, all_reduce_sum, barrier, close_distributed, init_distributed
@@ -66,12 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Potsdam/Vaihingen: random scale in [--scale_min, --scale_max] + random crop instead of a resize")
     data.add_argument("--scale_min", type=float, default=1.0, help="smallest random scale (with --with_aug)")
     data.add_argument("--scale_max", type=float, default=1.0, help="largest random scale (with --with_aug)")
+    data.add_argument("--pre_size", type=int, default=None,
+                      help="with --with_aug: scale the shorter side to this before the random scale")
+    data.add_argument("--color_aug", type=float, default=0.0, help="colour jitter strength (0 = off, as the original)")
+    data.add_argument("--gblur", action=argparse.BooleanOptionalAction, default=True,
+                      help="random Gaussian blur of every training image (always on in the original)")
     data.add_argument("--thicky", type=int, default=8, help="thickness in pixels of the boundary target (edge loss)")
     data.add_argument("--class_uniform_pct", type=float, default=0.0,
-                      help="accepted for the original's scripts; it had no effect there (plain shuffled patches) "
-                           "and has none here")
-    data.add_argument("--class_uniform_tile", type=int, default=1024, help="accepted, no effect (see --class_uniform_pct)")
-    data.add_argument("--max_cu_epoch", type=int, default=100000, help="accepted, no effect (see --class_uniform_pct)")
+                      help="share of each epoch drawn around class centroids, only with --class_uniform_sampling "
+                           "(in the original it had no effect: its datasets never built class-uniform epochs)")
+    data.add_argument("--class_uniform_tile", type=int, default=1024, help="tile side for the class centroids")
+    data.add_argument("--class_uniform_sampling", action="store_true",
+                      help="turn on class-uniform sampling (not part of the published recipe, which saw plain "
+                           "shuffled patches)")
+    data.add_argument("--max_cu_epoch", type=int, default=100000, help="accepted for the original's scripts, no effect")
     data.add_argument("--bs_mult", type=int, default=4, help="training batch per process (per GPU); at least 2")
     data.add_argument("--bs_mult_val", type=int, default=1, help="validation batch per process")
     data.add_argument("--num_workers", type=int, default=4, help="data-loading worker processes per training process")
@@ -187,9 +196,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> lis
     if args.apex:
         notes.append("--apex: apex is not needed; under torchrun the processes use torch DistributedDataParallel "
                      "(the original's --apex selected apex DDP, its scripts trained in float32: --amp off)")
-    if args.class_uniform_pct:
+    if args.class_uniform_pct and not args.class_uniform_sampling:
         notes.append("--class_uniform_pct: no effect, as in the original (its aerial datasets never built "
-                     "class-uniform epochs); patches are shuffled uniformly")
+                     "class-uniform epochs); add --class_uniform_sampling to sample by class")
+    if args.class_uniform_sampling and not 0.0 < args.class_uniform_pct <= 1.0:
+        parser.error("--class_uniform_sampling needs --class_uniform_pct in (0, 1], e.g. 0.5")
     if args.aux:
         notes.append("--aux: no effect (PFNet has no auxiliary head; the original ignored it with the joint loss)")
     if args.bs_mult < 2:
@@ -219,33 +230,42 @@ def flag_values(args: argparse.Namespace) -> dict:
 
 
 def build_datasets(args: argparse.Namespace):
-    """Training and validation datasets (validation sharded over processes by the caller)."""
-    name = args.dataset
-    root = cfg.DATASET[DATASET_ROOT_KEYS[name.lower()]]
+    """Training dataset (with the boundary target for the edge loss) and validation dataset."""
+    root = cfg.DATASET[DATASET_ROOT_KEYS[args.dataset.lower()]]
     train_transform = transforms.build_train_transform(
-        name, crop_size=args.crop_size, with_aug=args.with_aug, scale_min=args.scale_min, scale_max=args.scale_max)
-    eval_transform = transforms.build_eval_transform(name, crop_size=args.crop_size)
-    train_set = datasets.get_dataset(name, "train", root, joint_transform=train_transform,
+        args.dataset, args.crop_size, scale_min=args.scale_min, scale_max=args.scale_max, with_aug=args.with_aug,
+        color_aug=args.color_aug, gaussian_blur=args.gblur, pre_size=args.pre_size)
+    train_set = datasets.get_dataset(args.dataset, "train", root, joint_transform=train_transform,
                                      with_edge=args.joint_edge_loss_pfnet, edge_thickness=args.thicky)
-    val_split = args.val_split or VAL_SPLITS[name.lower()]
-    val_set = datasets.get_dataset(name, val_split, root, joint_transform=eval_transform)
+    val_split = args.val_split or VAL_SPLITS[args.dataset.lower()]
+    val_set = datasets.get_dataset(args.dataset, val_split, root,
+                                   joint_transform=transforms.build_eval_transform(args.dataset, args.crop_size))
     return train_set, val_set
 
 
+def build_train_sampler(args: argparse.Namespace, ctx: DistContext, train_set) -> Sampler:
+    """The original's sampler (permutation seeded by the epoch, wrap-around padding, rank r takes every
+    world-th index), or with --class_uniform_sampling the class-uniform sampler, sharded the same way."""
+    if args.class_uniform_sampling:
+        return ClassUniformSampler(train_set, class_uniform_pct=args.class_uniform_pct,
+                                   class_uniform_tile=args.class_uniform_tile, seed=args.seed,
+                                   rank=ctx.rank, world_size=ctx.world_size)
+    return DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed,
+                              drop_last=False)
+
+
 def build_loaders(args: argparse.Namespace, ctx: DistContext, train_set, val_set) -> tuple[DataLoader, DataLoader]:
-    """Training loader: the original's sampler (epoch-seeded permutation, padded, rank r takes every
-    world-th index), ``drop_last``. Validation: rank r scores images r, r + world, ... (none dropped)."""
-    train_sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                       seed=args.seed, drop_last=False)
+    """Training loader with ``drop_last`` (as the original); validation: rank r scores images r, r + world, ...
+    (none dropped or repeated)."""
     pin = ctx.device.type == "cuda"
-    train_loader = DataLoader(train_set, batch_size=args.bs_mult, sampler=train_sampler, drop_last=True,
-                              num_workers=args.num_workers, pin_memory=pin)
+    train_loader = DataLoader(train_set, batch_size=args.bs_mult, sampler=build_train_sampler(args, ctx, train_set),
+                              drop_last=True, num_workers=args.num_workers, pin_memory=pin)
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_set)} training images give no full batch of {args.bs_mult} per process "
                          f"over {ctx.world_size} processes; lower --bs_mult")
     val_shard = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))
     val_loader = DataLoader(val_shard, batch_size=args.bs_mult_val, shuffle=False,
-                            num_workers=max(args.num_workers // 2, 0), pin_memory=pin)
+                            num_workers=args.num_workers // 2, pin_memory=pin)
     return train_loader, val_loader
 
 
