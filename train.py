@@ -41,7 +41,7 @@ from utils.metrics import ConfusionMatrix, format_table, metrics_summary
 from utils.optim import build_scheduler, build_sgd, lr_factor
 from utils.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from utils.run_checkpoint import LAST_NAME, TrainingState, record_validation, resume_training, training_payload, write_epoch_checkpoints
-from utils.train_log import RunLog, prediction_panel, setup_logger
+from utils.train_log import RunLog, close_logger, prediction_panel, setup_logger
 
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 VAL_SPLITS = {"isaid": "val", "posdam": "test", "potsdam": "test", "vaihingen": "test"}
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--config", default=None,
                         help="YAML experiment file: flag names and cfg sections (see config.py); flags given "
                              "on the command line win")
-    config.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+    config.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="overrides applied last: flag names (lr=0.01) or cfg keys (DATASET.ISAID_DIR=/data/iSAID)")
     return parser
 
@@ -507,6 +507,7 @@ def train(args: argparse.Namespace, notes: list[str], ctx: DistContext) -> dict:
             epochs_this_run += 1
     finally:
         run_log.close()
+        close_logger(log)
     return {"run_dir": str(run_dir), "best": vars(state.best)}
 
 

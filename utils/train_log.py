@@ -46,6 +46,13 @@ def setup_logger(log_file: Path | None, is_main: bool) -> logging.Logger:
     return logger
 
 
+def close_logger(logger: logging.Logger) -> None:
+    """Close and remove the handlers :func:`setup_logger` attached (the log file is released)."""
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+
+
 def _json_safe(value):
     """NaN and infinities -> None; tensors and NumPy scalars -> Python numbers; containers recursively."""
     if isinstance(value, dict):
