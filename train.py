@@ -385,7 +385,7 @@ def validate(model, loader, val_criterion, args, ctx: DistContext, num_classes: 
 def log_validation(run_log: RunLog, log, epoch: int, summary: dict, val_loss: float, panels) -> None:
     """Print the per-class table; record the means, per-class IoU and prediction panels."""
     log.info(f"validation after epoch {epoch}:\n{format_table(summary)}\nval loss {val_loss:.5f}")
-    means = {key: summary[key] for key in ("miou", "mean_f1", "mean_accuracy", "overall_accuracy", "fwiou")}
+    means = {key: summary[key] for key in ("miou", "mean_f1", "mean_accuracy", "overall_accuracy", "fwiou", "pixels")}
     per_class_iou = {row["name"]: row["iou"] for row in summary["classes"]}
     run_log.record("val", epoch, {**means, "val_loss": val_loss, "iou": per_class_iou})
     run_log.scalars("val_iou", per_class_iou, epoch)
