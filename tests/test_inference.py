@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from datasets import normalize_image
 from utils.inference import (
     infer_logits,
-    normalize_image,
     predict_large_image,
     sliding_window_logits,
     window_starts,
@@ -101,14 +101,6 @@ def test_train_mode_output_is_refused():
 
     with pytest.raises(TypeError, match="eval mode"):
         infer_logits(TupleModel(), torch.zeros(1, 3, 4, 4))
-
-
-def test_normalize_matches_imagenet_formula():
-    pixels = np.array([[[0, 128, 255]]], dtype=np.uint8)
-    expected = (np.array([0, 128, 255]) / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
-    np.testing.assert_allclose(normalize_image(pixels)[:, 0, 0].numpy(), expected, rtol=1e-6)
-    with pytest.raises(ValueError, match="uint8"):
-        normalize_image(np.zeros((4, 4, 3), dtype=np.uint16))
 
 
 @pytest.mark.parametrize("height, width", [(50, 37), (37, 50)])

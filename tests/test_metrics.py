@@ -118,3 +118,19 @@ def test_undefined_values_are_null_in_json(tmp_path):
     assert summary["classes"][1]["iou"] is None
     write_metrics_json(tmp_path / "m.json", summary)
     assert json.loads((tmp_path / "m.json").read_text())["classes"][1]["iou"] is None
+
+
+def test_erode_class_boundaries_by_hand():
+    import numpy as np
+
+    from utils.metrics import erode_class_boundaries
+
+    mask = np.zeros((5, 8), dtype=np.int64)
+    mask[:, 4:] = 1
+    mask[0, 0] = 255  # an ignored pixel is no boundary
+    eroded = erode_class_boundaries(mask, 1)
+    expected = mask.copy()
+    expected[:, 3:5] = 255  # the border between columns 3 and 4 becomes a 2-pixel band
+    np.testing.assert_array_equal(eroded, expected)
+    assert (erode_class_boundaries(mask, 2)[2] == [0, 0, 255, 255, 255, 255, 1, 1]).all()
+    np.testing.assert_array_equal(erode_class_boundaries(mask, 0), mask)

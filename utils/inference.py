@@ -18,23 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalize_image(image: np.ndarray) -> torch.Tensor:
-    """uint8 RGB (H, W, 3) array -> float32 (3, H, W) tensor, ToTensor then ImageNet Normalize.
-
-    The arithmetic (divide by 255, subtract mean, divide by std, in float32) is the one of
-    torchvision's ``ToTensor`` + ``Normalize`` used by the original, so results are bit-identical.
-    """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected a uint8 (H, W, 3) RGB array, got {image.dtype} {image.shape}")
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    return tensor.sub(mean).div(std)
-
+from datasets import normalize_image
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Start offsets of windows covering ``[0, length)``; the last window is shifted back inside.

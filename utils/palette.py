@@ -74,3 +74,19 @@ def save_image(path: str | os.PathLike, image: np.ndarray | Image.Image) -> None
         image = Image.fromarray(image)
     with atomic_path(path) as temp_path:
         image.save(temp_path)
+
+
+def default_palette(num_classes: int) -> np.ndarray:
+    """Distinct colours for K classes when no dataset palette is known: (K, 3) uint8.
+
+    The bit-interleaving scheme of the PASCAL VOC colour map (class 0 black).
+    """
+    palette = np.zeros((num_classes, 3), dtype=np.uint8)
+    for class_id in range(num_classes):
+        code, colour = class_id, [0, 0, 0]
+        for bit in range(7, -1, -1):
+            for channel in range(3):
+                colour[channel] |= ((code >> channel) & 1) << bit
+            code >>= 3
+        palette[class_id] = colour
+    return palette
