@@ -493,7 +493,8 @@ def train(args: argparse.Namespace, notes: list[str], ctx: DistContext) -> dict:
             improved, stale_best = False, ""
             if epoch % args.val_freq == 0 or epoch == args.max_epoch - 1:
                 summary, val_loss, panels = validate(model, val_loader, val_criterion, args, ctx, num_classes, dataset_cls)
-                improved, stale_best = record_validation(state, epoch, summary["miou"] if summary["miou"] is not None else math.nan)
+                miou = summary["miou"] if summary["miou"] is not None else 0.0  # None: no labelled pixel
+                improved, stale_best = record_validation(state, epoch, miou)
                 log_validation(run_log, log, epoch, summary, val_loss, panels)
             state.next_epoch = epoch + 1
             rng_states = all_gather_objects(capture_rng_state())

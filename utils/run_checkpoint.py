@@ -43,7 +43,7 @@ class TrainingState:
 
     next_epoch: int = 0
     global_step: int = 0
-    last_mean_iu: float = math.nan
+    last_mean_iu: float = 0.0  # 0.0 with last_mean_iu_epoch -1: not validated yet (the original's start value)
     last_mean_iu_epoch: int = -1
     best: BestRecord | None = None
 
@@ -127,7 +127,7 @@ def resume_training(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     state = TrainingState(
         next_epoch=int(extras["epoch"]) + 1,
         global_step=int(extras.get("global_step", 0)),
-        last_mean_iu=float(extras.get("mean_iu", math.nan)),
+        last_mean_iu=float(extras.get("mean_iu", 0.0)),
         last_mean_iu_epoch=int(extras.get("mean_iu_epoch", -1)),
         best=best,
     )
