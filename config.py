@@ -39,12 +39,17 @@ class ConfigError(ValueError):
     """An experiment file or override names an unknown key or holds a malformed value."""
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split ``KEY=VALUE`` into the key and the YAML-parsed value (``lr=0.01`` -> ``("lr", 0.01)``)."""
+def parse_override(text: str) -> tuple[str, str]:
+    """Split ``KEY=VALUE`` into the key and the value text (``"lr=0.01"`` -> ``("lr", "0.01")``)."""
     key, sep, raw_value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. DATASET.ISAID_DIR=/data/iSAID or lr=0.01)")
-    return key.strip(), yaml.safe_load(raw_value)
+    return key.strip(), raw_value
+
+
+def yaml_value(text: str) -> Any:
+    """A value written on the command line, read as YAML (``"[a, b]"`` -> list, ``"true"`` -> True)."""
+    return yaml.safe_load(text)
 
 
 def set_dotted(config: EasyDict, dotted_key: str, value: Any, source: str) -> None:

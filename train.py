@@ -32,7 +32,8 @@ from tqdm import tqdm
 import datasets
 import network
 import transforms
-from config import ConfigError, cfg, effective_config, merge_sections, parse_override, read_experiment_file, save_config, set_dotted
+from config import (ConfigError, cfg, effective_config, merge_sections, parse_override, read_experiment_file, save_config,
+                    set_dotted, yaml_value)
 from datasets.uniform import ClassUniformSampler
 from loss import get_loss
 from utils.checkpoint import load_checkpoint, unwrap_model
@@ -177,14 +178,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
             merge_sections(cfg, cfg_sections, source=config_path)
         args = parser.parse_args(argv)
         for override in args.overrides:
-            key, value = parse_override(override)
+            key, text = parse_override(override)
             if key in known_flags:
-                setattr(args, key, value)
+                setattr(args, key, flag_value(known_flags[key], text, override))
             else:
-                set_dotted(cfg, key, value, source=f"--set {override}")
+                set_dotted(cfg, key, yaml_value(text), source=f"--set {override}")
     except ConfigError as error:
         parser.error(str(error))
     return args, check_args(parser, args)
+
+
+def flag_value(action: argparse.Action, text: str, override: str):
+    """``text`` converted as argparse would for this flag (its type, else YAML: true/false/null)."""
+    try:
+        value = action.type(text) if action.type is not None else yaml_value(text)
+    except ValueError as error:
+        raise ConfigError(f"--set {override}: {error}") from error
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"--set {override}: choose from {sorted(action.choices)}")
+    return value
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:

@@ -25,11 +25,12 @@ def test_precedence_defaults_file_flags_overrides(tmp_path):
     experiment = tmp_path / "exp.yaml"
     experiment.write_text("lr: 0.05\nmax_epoch: 7\nohem: true\nDATASET:\n  ISAID_DIR: /from/file\n")
     args, _ = train.parse_args(["--config", str(experiment), "--max_epoch", "9", "--set", "poly_exp=0.9",
-                                "DATASET.VAIHINGEN_DIR=/from/set"])
+                                "DATASET.VAIHINGEN_DIR=/from/set", "--set", "weight_decay=1e-3", "syncbn=true"])
     assert args.lr == 0.05  # file over default
     assert args.max_epoch == 9  # command line over file
     assert args.ohem is True
     assert args.poly_exp == 0.9  # --set
+    assert args.weight_decay == 0.001 and args.syncbn is True  # typed as the flag ("1e-3" is a string in YAML)
     assert config.cfg.DATASET.ISAID_DIR == "/from/file"
     assert config.cfg.DATASET.VAIHINGEN_DIR == "/from/set"
     assert args.bs_mult == 4  # untouched default (the original's)
@@ -69,6 +70,9 @@ def test_bad_override_is_rejected(capsys):
     assert "--set DATASET.NOPE=1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train.parse_args(["--set", "justtext"])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--set", "amp=fp8"])
+    assert "choose from" in capsys.readouterr().err
 
 
 def test_original_apex_flags_map_to_native_amp_and_ddp():
