@@ -21,6 +21,7 @@ import re
 import sys
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -361,7 +362,7 @@ def mean_over_processes(values: dict[str, torch.Tensor], ctx: DistContext) -> di
 
 
 @torch.no_grad()
-def validate(model, loader, val_criterion, args, ctx: DistContext, num_classes: int, dataset_cls):
+def validate(model, loader, val_criterion, args, ctx: DistContext, dataset_cls):
     """Score the (sharded) validation set with the shared confusion-matrix code.
 
     Returns:
@@ -372,7 +373,7 @@ def validate(model, loader, val_criterion, args, ctx: DistContext, num_classes: 
     bare = unwrap_model(model)
     bare.eval()
     amp_dtype = AMP_DTYPES[args.amp]
-    confusion = ConfusionMatrix(num_classes, device=ctx.device)
+    confusion = ConfusionMatrix(dataset_cls.num_classes, device=ctx.device)
     loss_and_pixels = torch.zeros(2, dtype=torch.float64, device=ctx.device)
     panels = []
     for batch in tqdm(loader, desc="validating", disable=None if ctx.is_main else True, dynamic_ncols=True, leave=False):
@@ -427,17 +428,60 @@ def prepare_run_dir(args: argparse.Namespace, ctx: DistContext) -> tuple[Path, P
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Train; returns the best record ``{"epoch", "mean_iu", "file_name"}`` and the run folder."""
+    """Train; returns ``{"run_dir": ..., "best": {"epoch", "mean_iu", "file_name"}}``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, notes = parse_args(argv)
     ctx = init_distributed(args.device)
     try:
-        return train(args, notes, ctx)
+        return train(args, notes, ctx, command=" ".join(argv))
     finally:
         close_distributed()
 
 
-def train(args: argparse.Namespace, notes: list[str], ctx: DistContext) -> dict:
-    """The epoch loop (see :func:`main`)."""
+def build_optimisation(args: argparse.Namespace, ctx: DistContext, model: nn.Module, snapshot: dict | None):
+    """SGD (optionally with the --snapshot's state), the per-epoch LR schedule and the gradient scaler."""
+    optimizer = build_sgd(model, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    if snapshot is not None and args.restore_optimizer:
+        if "optimizer" not in snapshot:
+            raise ValueError(f"--restore_optimizer: {args.snapshot} holds no optimizer state")
+        optimizer.load_state_dict(snapshot["optimizer"])
+    factor = lr_factor(args.lr_schedule, max_epoch=args.max_epoch, poly_exp=args.poly_exp,
+                       rescale_epoch=args.rlx_off_epoch, rescale=args.rescale, repoly=args.repoly)
+    scheduler = build_scheduler(optimizer, factor)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp == "fp16")
+    return optimizer, scheduler, scaler
+
+
+def resume(args: argparse.Namespace, ctx: DistContext, model, optimizer, scheduler, scaler, config: dict,
+           log) -> TrainingState:
+    """Restore a --resume checkpoint, this process's RNG streams included."""
+    state, extras = resume_training(args.resume, model, optimizer, scheduler, scaler)
+    check_resume_config(extras.get("config", {}), config, log)
+    rng_states = extras["rng_states"]
+    if len(rng_states) == ctx.world_size:
+        restore_rng_state(rng_states[ctx.rank])
+    else:
+        log.warning(f"--resume: saved by {len(rng_states)} processes, now {ctx.world_size}: the random streams "
+                    f"restart (the run continues, not bit-exactly)")
+        seed_everything(args.seed + ctx.rank + 1000 * state.next_epoch)
+    log.info(f"resuming {args.resume} at epoch {state.next_epoch} (best mIoU so far {state.best.mean_iu:.5f})")
+    return state
+
+
+def save_epoch(run_dir: Path, model, optimizer, scheduler, scaler, state: TrainingState, epoch: int, config: dict,
+               command: str, seed: int, improved: bool, stale_best: str, ctx: DistContext, log) -> None:
+    """Gather every process's RNG state; rank 0 writes last.pth (and the new best snapshot)."""
+    rng_states = all_gather_objects(capture_rng_state())
+    if ctx.is_main:
+        payload = training_payload(model, optimizer, scheduler, scaler, state, epoch, rng_states, config, command, seed)
+        write_epoch_checkpoints(run_dir, payload, state.best.file_name if improved else "", stale_best)
+        log.info(f"epoch {epoch}: saved {run_dir / LAST_NAME}"
+                 + (f" and {state.best.file_name} (best mIoU {state.best.mean_iu:.5f})" if improved else ""))
+    barrier()
+
+
+def train(args: argparse.Namespace, notes: list[str], ctx: DistContext, command: str) -> dict:
+    """Set up data, model and optimisation (or resume), then run the epochs (see :func:`main`)."""
     seed_everything(args.seed + ctx.rank)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS needs it
@@ -454,46 +498,24 @@ def train(args: argparse.Namespace, notes: list[str], ctx: DistContext) -> dict:
 
     train_set, val_set = build_datasets(args)
     dataset_cls = type(train_set)
-    num_classes = dataset_cls.num_classes
     train_loader, val_loader = build_loaders(args, ctx, train_set, val_set)
     log.info(f"{len(train_set)} training images ({len(train_loader)} iterations per epoch), {len(val_set)} validation")
-
-    model = build_model(args, ctx, num_classes, log)
+    model = build_model(args, ctx, dataset_cls.num_classes, log)
+    snapshot = None
     if args.snapshot:
         snapshot = load_checkpoint(args.snapshot, model, strict_shapes=not args.snapshot_partial)
-        log.info(f"weights from {args.snapshot}" + (f" ({len(snapshot['skipped'])} tensors skipped)" if snapshot["skipped"] else ""))
+        log.info(f"weights from {args.snapshot} ({len(snapshot['skipped'])} tensors skipped)")
     model = wrap_model(model, args, ctx)
     criterion, val_criterion = get_loss(joint_edge_loss_pfnet=args.joint_edge_loss_pfnet, ohem=args.ohem,
                                         edge_weight=args.edge_weight, seg_weight=args.seg_weight,
                                         ignore_index=dataset_cls.ignore_label)
-    optimizer = build_sgd(model, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    if args.snapshot and args.restore_optimizer:
-        optimizer.load_state_dict(snapshot["optimizer"])
-    factor = lr_factor(args.lr_schedule, max_epoch=args.max_epoch, poly_exp=args.poly_exp,
-                       rescale_epoch=args.rlx_off_epoch, rescale=args.rescale, repoly=args.repoly)
-    scheduler = build_scheduler(optimizer, factor)
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp == "fp16")
-
-    state = TrainingState()
-    if args.resume:
-        state, extras = resume_training(args.resume, model, optimizer, scheduler, scaler)
-        check_resume_config(extras.get("config", {}), config, log)
-        rng_states = extras["rng_states"]
-        if len(rng_states) == ctx.world_size:
-            restore_rng_state(rng_states[ctx.rank])
-        else:
-            log.warning(f"--resume: saved by {len(rng_states)} processes, now {ctx.world_size}: the random streams "
-                        f"restart (the run continues, not bit-exactly)")
-            seed_everything(args.seed + ctx.rank + 1000 * state.next_epoch)
-        log.info(f"resuming {args.resume} at epoch {state.next_epoch} (best mIoU so far {state.best.mean_iu:.5f})")
+    optimizer, scheduler, scaler = build_optimisation(args, ctx, model, snapshot)
+    state = resume(args, ctx, model, optimizer, scheduler, scaler, config, log) if args.resume else TrainingState()
 
     run_log = RunLog(run_dir / "log.jsonl", tb_dir, enabled=ctx.is_main)
-    epochs_this_run = 0
+    end_epoch = args.max_epoch if args.stop_after is None else min(args.max_epoch, state.next_epoch + args.stop_after)
     try:
-        for epoch in range(state.next_epoch, args.max_epoch):
-            if args.stop_after is not None and epochs_this_run >= args.stop_after:
-                log.info(f"stopping after {epochs_this_run} epochs (--stop_after); continue with --resume {run_dir / LAST_NAME}")
-                break
+        for epoch in range(state.next_epoch, end_epoch):
             with warnings.catch_warnings():
                 # the original steps its per-epoch schedule before the epoch's first optimizer step, on purpose
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
@@ -504,24 +526,19 @@ def train(args: argparse.Namespace, notes: list[str], ctx: DistContext) -> dict:
             run_log.record("epoch", epoch, {**epoch_losses, "lr": optimizer.param_groups[0]["lr"]})
             improved, stale_best = False, ""
             if epoch % args.val_freq == 0 or epoch == args.max_epoch - 1:
-                summary, val_loss, panels = validate(model, val_loader, val_criterion, args, ctx, num_classes, dataset_cls)
+                summary, val_loss, panels = validate(model, val_loader, val_criterion, args, ctx, dataset_cls)
                 miou = summary["miou"] if summary["miou"] is not None else 0.0  # None: no labelled pixel
                 improved, stale_best = record_validation(state, epoch, miou)
                 log_validation(run_log, log, epoch, summary, val_loss, panels)
             state.next_epoch = epoch + 1
-            rng_states = all_gather_objects(capture_rng_state())
-            if ctx.is_main:
-                payload = training_payload(model, optimizer, scheduler, scaler, state, epoch, rng_states, config,
-                                           " ".join(sys.argv[1:]), args.seed)
-                write_epoch_checkpoints(run_dir, payload, state.best.file_name if improved else "", stale_best)
-                log.info(f"epoch {epoch}: saved {run_dir / LAST_NAME}"
-                         + (f" and {state.best.file_name} (best mIoU {state.best.mean_iu:.5f})" if improved else ""))
-            barrier()
-            epochs_this_run += 1
+            save_epoch(run_dir, model, optimizer, scheduler, scaler, state, epoch, config, command, args.seed,
+                       improved, stale_best, ctx, log)
+        if end_epoch < args.max_epoch:
+            log.info(f"stopped after {args.stop_after} epochs (--stop_after); continue with --resume {run_dir / LAST_NAME}")
     finally:
         run_log.close()
         close_logger(log)
-    return {"run_dir": str(run_dir), "best": vars(state.best)}
+    return {"run_dir": str(run_dir), "best": asdict(state.best)}
 
 
 if __name__ == "__main__":
