@@ -367,8 +367,8 @@ def validate(model, loader, val_criterion, args, ctx: DistContext, dataset_cls):
 
     Returns:
         ``(summary, val_loss, panels)``: :func:`utils.metrics.metrics_summary` of the all-reduced matrix, the
-        cross-entropy per labelled pixel over all processes, and up to NUM_VAL_PANELS image/truth/prediction
-        panels from this process.
+        cross-entropy per labelled pixel over all processes, and (on rank 0) up to NUM_VAL_PANELS
+        image/truth/prediction panels.
     """
     bare = unwrap_model(model)
     bare.eval()
@@ -386,9 +386,9 @@ def validate(model, loader, val_criterion, args, ctx: DistContext, dataset_cls):
         loss_and_pixels[1] += (masks != dataset_cls.ignore_label).sum()
         predictions = logits.argmax(dim=1)
         confusion.update(predictions, masks)
-        for index in range(min(len(images), NUM_VAL_PANELS - len(panels))):
-            panels.append(prediction_panel(images[index], masks[index], predictions[index], dataset_cls.palette,
-                                           datasets.IMAGENET_MEAN, datasets.IMAGENET_STD))
+        wanted = min(len(images), NUM_VAL_PANELS - len(panels)) if ctx.is_main else 0
+        panels += [prediction_panel(images[i], masks[i], predictions[i], dataset_cls.palette,
+                                    datasets.IMAGENET_MEAN, datasets.IMAGENET_STD) for i in range(wanted)]
     all_reduce_sum(confusion.matrix)
     all_reduce_sum(loss_and_pixels)
     val_loss = float(loss_and_pixels[0] / loss_and_pixels[1]) if loss_and_pixels[1] > 0 else math.nan
