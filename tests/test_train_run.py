@@ -12,6 +12,7 @@ import network
 import train
 from train_data import make_tiny_potsdam, tiny_run_flags
 from utils.checkpoint import load_checkpoint
+from utils.distributed import DistContext
 
 MAX_EPOCH = 3
 # 8 patches, batch 4: 2 iterations per epoch; a data-loading worker, so its seeding is resumed too
@@ -136,3 +137,23 @@ def test_bf16_autocast_trains_and_validates(potsdam_root, tmp_path):
     losses = [record["loss"] for record in records if record["kind"] == "train"]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     assert result["best"]["epoch"] == 0 and result["best"]["mean_iu"] > 0
+
+
+def test_class_uniform_sampling_is_sharded_and_feeds_the_loader(potsdam_root, tmp_path):
+    flags = tiny_run_flags(potsdam_root, tmp_path) + ["--bs_mult", "2", "--num_workers", "0",
+                                                      "--class_uniform_sampling", "--class_uniform_pct", "1.0"]
+    args, notes = train.parse_args(flags)
+    assert notes == []
+    train_set, val_set = train.build_datasets(args)
+    shards = []
+    for rank in (0, 1):
+        ctx = DistContext(rank=rank, local_rank=rank, world_size=2, device=torch.device("cpu"))
+        train_loader, val_loader = train.build_loaders(args, ctx, train_set, val_set)
+        train_loader.sampler.set_epoch(3)
+        shards.append(list(train_loader.sampler))
+        assert len(val_loader.dataset) == 2  # 4 test patches, 2 per process
+    assert len(shards[0]) == len(shards[1]) == 4  # 8 patches over 2 processes
+    # int(8 * 1.0 / 6) = 1 centroid per class present, the rest plain patches
+    assert any(centroid is not None for _, centroid in shards[0] + shards[1])
+    batch = next(iter(train_loader))
+    assert batch["image"].shape == (2, 3, 64, 64) and batch["edge"].shape == (2, 1, 64, 64)
