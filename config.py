@@ -105,7 +105,8 @@ def read_experiment_file(path: str | os.PathLike) -> tuple[dict, dict]:
     with path.open() as handle:
         content = yaml.safe_load(handle) or {}
     if not isinstance(content, dict):
-        raise ConfigError(f"{path}: expected a YAML mapping of flag names and cfg sections, got {type(content).__name__}")
+        raise ConfigError(f"{path}: expected a YAML mapping of flag names and cfg sections, "
+                          f"got {type(content).__name__}")
     flag_values = {key: value for key, value in content.items() if key.islower()}
     cfg_sections = {key: value for key, value in content.items() if key.isupper()}
     mixed = sorted(set(content) - set(flag_values) - set(cfg_sections))

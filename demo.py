@@ -34,7 +34,8 @@ from tools.prepare_dataset import prepare  # noqa: E402
 MARKER = ".pfnet_demo"  # written into the output folder so a rerun only ever deletes a demo's folder
 PATCH = 128
 # Model options scaled to 128 px inputs (the paper's 14 / 9 / 128 are for 896 px patches).
-MODEL_FLAGS = ["--arch", "pfnet_r50", "--maxpool_size", "4", "--avgpool_size", "4", "--edge_points", "16", "--match_dim", "64"]
+MODEL_FLAGS = ["--arch", "pfnet_r50", "--maxpool_size", "4", "--avgpool_size", "4", "--edge_points", "16",
+               "--match_dim", "64"]
 
 
 def fresh_output_dir(out: Path) -> None:

@@ -33,21 +33,24 @@ from tqdm import tqdm
 import datasets
 import network
 import transforms
-from config import (ConfigError, cfg, effective_config, merge_sections, parse_override, read_experiment_file, save_config,
-                    set_dotted, yaml_value)
+from config import (ConfigError, cfg, effective_config, merge_sections, parse_override, read_experiment_file,
+                    save_config, set_dotted, yaml_value)
 from datasets.uniform import ClassUniformSampler
 from loss import get_loss
 from utils.checkpoint import load_checkpoint, unwrap_model
-from utils.distributed import DistContext, all_gather_objects, all_reduce_sum, barrier, close_distributed, init_distributed
+from utils.distributed import (DistContext, all_gather_objects, all_reduce_sum, barrier, close_distributed,
+                               init_distributed)
 from utils.metrics import ConfusionMatrix, format_table, metrics_summary
 from utils.optim import build_scheduler, build_sgd, lr_factor
 from utils.reproducibility import capture_rng_state, restore_rng_state, seed_everything
-from utils.run_checkpoint import LAST_NAME, TrainingState, record_validation, resume_training, training_payload, write_epoch_checkpoints
+from utils.run_checkpoint import (LAST_NAME, TrainingState, record_validation, resume_training, training_payload,
+                                  write_epoch_checkpoints)
 from utils.train_log import RunLog, close_logger, prediction_panel, setup_logger
 
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 VAL_SPLITS = {"isaid": "val", "posdam": "test", "potsdam": "test", "vaihingen": "test"}
-DATASET_ROOT_KEYS = {"isaid": "ISAID_DIR", "posdam": "POSDAM_DIR", "potsdam": "POSDAM_DIR", "vaihingen": "VAIHINGEN_DIR"}
+DATASET_ROOT_KEYS = {"isaid": "ISAID_DIR", "posdam": "POSDAM_DIR", "potsdam": "POSDAM_DIR",
+                     "vaihingen": "VAIHINGEN_DIR"}
 NUM_VAL_PANELS = 4
 # Flags that say how to run, not what to train: left out of the resume consistency check.
 RUN_CONTROL_FLAGS = {"resume", "stop_after", "config", "overrides", "overwrite", "num_workers", "device"}
@@ -60,13 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="iSAID", help="iSAID, Posdam (or potsdam) or Vaihingen; root from cfg.DATASET")
+    data.add_argument("--dataset", default="iSAID",
+                      help="iSAID, Posdam (or potsdam) or Vaihingen; root from cfg.DATASET")
     data.add_argument("--cv", type=int, default=0, help="cross-validation split; the aerial datasets have one (0)")
     data.add_argument("--val_split", default=None,
                       help="split validated during training (default as the original: val for iSAID, test for ISPRS)")
     data.add_argument("--crop_size", type=int, default=720, help="training patch size (resize or crop, see --with_aug)")
     data.add_argument("--with_aug", action="store_true",
-                      help="Potsdam/Vaihingen: random scale in [--scale_min, --scale_max] + random crop instead of a resize")
+                      help="Potsdam/Vaihingen: random scale in [--scale_min, --scale_max] + random crop instead of "
+                           "a resize")
     data.add_argument("--scale_min", type=float, default=1.0, help="smallest random scale (with --with_aug)")
     data.add_argument("--scale_max", type=float, default=1.0, help="largest random scale (with --with_aug)")
     data.add_argument("--pre_size", type=int, default=None,
@@ -89,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model")
     model.add_argument("--arch", default="pfnet_r50",
-                       help="pfnet_r50, pfnet_r101 or the original's network.pointflow_resnet_with_max_avg_pool.* names")
+                       help="pfnet_r50, pfnet_r101 or the original's "
+                            "network.pointflow_resnet_with_max_avg_pool.* names")
     model.add_argument("--maxpool_size", type=int, default=9, help="salient-point grid of the point-flow modules")
     model.add_argument("--avgpool_size", type=int, default=9, help="edge-suppression grid of the point-flow modules")
     model.add_argument("--edge_points", type=int, default=32, help="edge points per point-flow module")
@@ -312,13 +318,18 @@ def wrap_model(model: nn.Module, args: argparse.Namespace, ctx: DistContext) -> 
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=not args.joint_edge_loss_pfnet)
 
 
+def progress_disabled(ctx: DistContext) -> bool | None:
+    """tqdm's ``disable``: bars on rank 0 when it writes to a terminal (None = tqdm decides), else off."""
+    return None if ctx.is_main else True
+
+
 def train_one_epoch(model, loader, criterion, optimizer, scaler, args, ctx: DistContext, epoch: int,
                     state: TrainingState, run_log: RunLog, log) -> dict[str, float]:
     """One pass over the training loader; returns the epoch's mean loss terms (averaged over processes)."""
     model.train()
     amp_dtype = AMP_DTYPES[args.amp]
     totals: dict[str, float] = {}
-    progress = tqdm(loader, desc=f"epoch {epoch}", disable=None if ctx.is_main else True, dynamic_ncols=True, leave=False)
+    progress = tqdm(loader, desc=f"epoch {epoch}", disable=progress_disabled(ctx), dynamic_ncols=True, leave=False)
     tick = time.perf_counter()
     for iteration, batch in enumerate(progress):
         images = batch["image"].to(ctx.device, non_blocking=True)
@@ -350,7 +361,8 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, args, ctx: Dist
                       "images_per_s": images_per_s}
             run_log.record("train", state.global_step, record)
             log.info(f"[epoch {epoch}] [iter {iteration + 1} / {len(loader)}] "
-                     + " ".join(f"[{k} {v:.5f}]" for k, v in values.items()) + f" [lr {lr:.6f}] [{images_per_s:.1f} img/s]")
+                     + " ".join(f"[{k} {v:.5f}]" for k, v in values.items())
+                     + f" [lr {lr:.6f}] [{images_per_s:.1f} img/s]")
     return {name: total / len(loader) for name, total in totals.items()}
 
 
@@ -376,7 +388,7 @@ def validate(model, loader, val_criterion, args, ctx: DistContext, dataset_cls):
     confusion = ConfusionMatrix(dataset_cls.num_classes, device=ctx.device)
     loss_and_pixels = torch.zeros(2, dtype=torch.float64, device=ctx.device)
     panels = []
-    for batch in tqdm(loader, desc="validating", disable=None if ctx.is_main else True, dynamic_ncols=True, leave=False):
+    for batch in tqdm(loader, desc="validating", disable=progress_disabled(ctx), dynamic_ncols=True, leave=False):
         images = batch["image"].to(ctx.device, non_blocking=True)
         masks = batch["mask"].to(ctx.device, non_blocking=True)
         with torch.autocast(ctx.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -534,7 +546,8 @@ def train(args: argparse.Namespace, notes: list[str], ctx: DistContext, command:
             save_epoch(run_dir, model, optimizer, scheduler, scaler, state, epoch, config, command, args.seed,
                        improved, stale_best, ctx, log)
         if end_epoch < args.max_epoch:
-            log.info(f"stopped after {args.stop_after} epochs (--stop_after); continue with --resume {run_dir / LAST_NAME}")
+            log.info(f"stopped after {args.stop_after} epochs (--stop_after); "
+                     f"continue with --resume {run_dir / LAST_NAME}")
     finally:
         run_log.close()
         close_logger(log)

@@ -103,11 +103,14 @@ def script_flags(script: Path) -> list[str]:
 @pytest.mark.parametrize(
     ("script", "expected"),
     [
-        ("train_iSAID_pfnet_r50.sh", dict(dataset="iSAID", arch="pfnet_r50", lr=0.007, max_epoch=16, crop_size=896, with_aug=False)),
-        ("train_iSAID_pfnet_r101.sh", dict(dataset="iSAID", arch="pfnet_r101", lr=0.007, max_epoch=16, crop_size=896, with_aug=False)),
+        ("train_iSAID_pfnet_r50.sh", dict(dataset="iSAID", arch="pfnet_r50", lr=0.007, max_epoch=16, crop_size=896,
+                                          with_aug=False)),
+        ("train_iSAID_pfnet_r101.sh", dict(dataset="iSAID", arch="pfnet_r101", lr=0.007, max_epoch=16, crop_size=896,
+                                           with_aug=False)),
         ("train_posdam896_pfnet_r50.sh", dict(dataset="Posdam", arch="pfnet_r50", lr=0.01, max_epoch=100, crop_size=896,
                                               with_aug=True, scale_min=0.5, scale_max=2.0)),
-        ("train_vaihingen768_pfnet_r50.sh", dict(dataset="Vaihingen", arch="pfnet_r50", lr=0.01, max_epoch=200, crop_size=768,
+        ("train_vaihingen768_pfnet_r50.sh", dict(dataset="Vaihingen", arch="pfnet_r50", lr=0.01, max_epoch=200,
+                                                 crop_size=768,
                                                  with_aug=True, scale_min=0.5, scale_max=2.0)),
     ],
 )

@@ -98,7 +98,8 @@ def test_checkpoint_has_the_original_format_plus_extras(finished_run):
     model = network.get_model("pfnet_r50", 6, maxpool_size=2, avgpool_size=2, edge_points=8)
     extras = load_checkpoint(last, model)
     assert extras["skipped"] == []
-    assert torch.equal(model.state_dict()["head.conv_last.1.weight"], payload["state_dict"]["module.head.conv_last.1.weight"])
+    classifier = "head.conv_last.1.weight"
+    assert torch.equal(model.state_dict()[classifier], payload["state_dict"]["module." + classifier])
 
 
 def test_refuses_to_start_over_an_existing_run(finished_run, potsdam_root):
@@ -114,7 +115,8 @@ def test_resume_continues_bit_exactly(finished_run, potsdam_root):
     train.main(tiny_run_flags(potsdam_root, out) + RUN_FLAGS + ["--exp", "split", "--stop_after", "1"])
     first_part = torch.load(split_dir / "last.pth", weights_only=True)
     assert first_part["epoch"] == 0
-    train.main(tiny_run_flags(potsdam_root, out) + RUN_FLAGS + ["--exp", "split", "--resume", str(split_dir / "last.pth")])
+    train.main(tiny_run_flags(potsdam_root, out) + RUN_FLAGS
+               + ["--exp", "split", "--resume", str(split_dir / "last.pth")])
     straight = torch.load(out / "ckpt" / "single" / "Posdam-pfnet_r50" / "last.pth", weights_only=True)
     resumed = torch.load(split_dir / "last.pth", weights_only=True)
     assert resumed["epoch"] == straight["epoch"] == MAX_EPOCH - 1
@@ -131,8 +133,8 @@ def test_resume_continues_bit_exactly(finished_run, potsdam_root):
 
 
 def test_bf16_autocast_trains_and_validates(potsdam_root, tmp_path):
-    result = train.main(tiny_run_flags(potsdam_root, tmp_path) + ["--max_epoch", "1", "--bs_mult", "4", "--num_workers", "0",
-                                                                  "--amp", "bf16", "--exp", "bf16"])
+    result = train.main(tiny_run_flags(potsdam_root, tmp_path)
+                        + ["--max_epoch", "1", "--bs_mult", "4", "--num_workers", "0", "--amp", "bf16", "--exp", "bf16"])
     records = [json.loads(line) for line in (tmp_path / "ckpt" / "bf16" / "Posdam-pfnet_r50" / "log.jsonl").open()]
     losses = [record["loss"] for record in records if record["kind"] == "train"]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)

@@ -89,7 +89,8 @@ def record_validation(state: TrainingState, epoch: int, mean_iu: float) -> tuple
     return True, stale
 
 
-def write_epoch_checkpoints(run_dir: Path, payload: dict[str, Any], best_file: str = "", stale_best_file: str = "") -> None:
+def write_epoch_checkpoints(run_dir: Path, payload: dict[str, Any], best_file: str = "",
+                            stale_best_file: str = "") -> None:
     """Write ``last.pth``; with ``best_file``, copy it there too, then delete ``stale_best_file``."""
     last_path = run_dir / LAST_NAME
     save_checkpoint(last_path, payload)

@@ -140,4 +140,5 @@ def prediction_panel(image: torch.Tensor, truth: torch.Tensor, prediction: torch
     """
     truth_ids = truth.detach().cpu().numpy().astype(np.uint8)
     prediction_ids = prediction.detach().cpu().numpy().astype(np.uint8)
-    return side_by_side([denormalize(image, mean, std), colorize(truth_ids, palette), colorize(prediction_ids, palette)])
+    return side_by_side([denormalize(image, mean, std), colorize(truth_ids, palette),
+                         colorize(prediction_ids, palette)])
