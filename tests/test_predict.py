@@ -85,11 +85,11 @@ def test_refuses_to_overwrite(tmp_path, model_and_checkpoint, capsys):
 
 def test_geotiff_keeps_georeference(tmp_path, model_and_checkpoint):
     rasterio = pytest.importorskip("rasterio", reason="rasterio (optional) not installed")
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
 
     model, checkpoint = model_and_checkpoint
     pixels = blocky_image(np.random.default_rng(2), 70, 130)  # wider than tall
-    transform = from_origin(367000.0, 5810000.0, 0.05, 0.05)
+    transform = Affine(0.05, 0.0, 367000.0, 0.0, -0.05, 5810000.0)  # 5 cm pixels, UTM 33N
     with rasterio.open(tmp_path / "tile.tif", "w", driver="GTiff", height=70, width=130, count=4, dtype="uint8",
                        crs="EPSG:32633", transform=transform) as dst:
         dst.write(pixels.transpose(2, 0, 1), indexes=[1, 2, 3])
