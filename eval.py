@@ -168,8 +168,9 @@ class ProtocolDataset(Dataset):
         class_ids = np.asarray(mask).astype(np.int64)
         unexpected = np.setdiff1d(np.unique(class_ids), [*range(self.num_classes), 255])
         if unexpected.size:
-            raise ValueError(f"{mask_path} holds label ids {unexpected.tolist()}, not classes 0..{self.num_classes - 1} "
-                             "or 255 (ignore): is it a mask of this dataset, converted to class ids?")
+            raise ValueError(f"{mask_path} holds label ids {unexpected.tolist()}, not classes "
+                             f"0..{self.num_classes - 1} or 255 (ignore): is it a mask of this dataset, "
+                             "converted to class ids?")
         if self.boundary_ignore:
             class_ids = erode_class_boundaries(class_ids, self.boundary_ignore)
         return {

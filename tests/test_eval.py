@@ -63,7 +63,8 @@ def reference_confusion(model, root, resize):
     matrix = np.zeros((6, 6), dtype=np.int64)
     predictions = {}
     for name in NAMES:
-        image = Image.open(root / "test" / "images" / f"{name}.png").convert("RGB").resize((resize, resize), Image.BICUBIC)
+        image = Image.open(root / "test" / "images" / f"{name}.png").convert("RGB")
+        image = image.resize((resize, resize), Image.BICUBIC)
         mask = Image.open(root / "test" / "masks" / f"{name}_gray_mask.png").resize((resize, resize), Image.NEAREST)
         pixels = ((np.asarray(image).astype(np.float32) / 255 - MEAN) / STD).transpose(2, 0, 1)
         with torch.no_grad():
@@ -132,7 +133,8 @@ def test_class_count_mismatch_is_explained(tmp_path, model_and_checkpoint, vaihi
     (isaid_root / "val" / "images").mkdir(parents=True)
     (isaid_root / "val" / "masks").mkdir(parents=True)
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(isaid_root / "val" / "images" / "P0001.png")
-    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(isaid_root / "val" / "masks" / "P0001_instance_color_RGB.png")
+    mask_path = isaid_root / "val" / "masks" / "P0001_instance_color_RGB.png"
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(mask_path)
     with pytest.raises(SystemExit):
         evaluation.main(["--dataset", "iSAID", "--dataset_dir", str(isaid_root), "--snapshot", str(checkpoint),
                          "--arch", "pfnet_r50", "--out_dir", str(tmp_path / "out"), "--device", "cpu"])
@@ -205,7 +207,8 @@ def test_official_script_runs(tmp_path, model_and_checkpoint, vaihingen_root):
     completed = subprocess.run(
         ["sh", str(script), str(checkpoint), str(tmp_path / "results"), "--num_workers", "0", "--device", "cpu",
          "--resize_scale", "64", "--report_samples", "0"],
-        cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "Running inference on" in completed.stdout and "mIoU" in completed.stdout

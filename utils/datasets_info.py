@@ -8,7 +8,9 @@ from datasets import dataset_class, get_dataset
 DATASET_NAMES = ("iSAID", "Posdam", "potsdam", "Vaihingen")
 _ROOT_KEYS = {"isaid": "ISAID_DIR", "posdam": "POSDAM_DIR", "potsdam": "POSDAM_DIR", "vaihingen": "VAIHINGEN_DIR"}
 # the original's roots, used when config.py (training area) is not importable
-_ORIGINAL_ROOTS = {"ISAID_DIR": "./data/iSAID", "POSDAM_DIR": "./data/posdam896", "VAIHINGEN_DIR": "./data/vaihingen768"}
+_ORIGINAL_ROOTS = {
+    "ISAID_DIR": "./data/iSAID", "POSDAM_DIR": "./data/posdam896", "VAIHINGEN_DIR": "./data/vaihingen768",
+}
 
 
 def default_root(name: str) -> str:

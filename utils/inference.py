@@ -74,7 +74,8 @@ def sliding_window_logits(
     """
     num_images, _, height, width = images.shape
     window_h, window_w = min(window, height), min(window, width)
-    boxes = [(top, left) for top in window_starts(height, window, stride) for left in window_starts(width, window, stride)]
+    lefts = window_starts(width, window, stride)
+    boxes = [(top, left) for top in window_starts(height, window, stride) for left in lefts]
     logit_sum = None
     counts = torch.zeros(height, width, dtype=torch.float32, device=images.device)
     for top, left in boxes:
