@@ -134,8 +134,10 @@ class SegmentationFolder(Dataset):
     def __getitem__(self, key: int | tuple[int, tuple[int, int] | None]) -> dict:
         index, centroid = key if isinstance(key, tuple) else (key, None)
         image, mask = self.read_pair(index)
-        if self.joint_transform is not None:
+        if self.joint_transform is not None and centroid is not None:
             image, mask = self.joint_transform(image, mask, centroid=centroid)
+        elif self.joint_transform is not None:
+            image, mask = self.joint_transform(image, mask)
         sample = {
             "image": normalize_image(image),
             "mask": torch.from_numpy(mask.astype(np.int64)),

@@ -37,6 +37,19 @@ def conv3x3_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+class ConcatClassifier(nn.Sequential):
+    """``nn.Sequential`` applied to the channel concatenation of a list of maps.
+
+    Holding the concatenation in a module of its own lets ``network.optimize_for_inference`` replace it
+    with split convolutions (``split_concat``) while the state_dict keys stay those of a plain Sequential.
+
+    Shapes: ``[(N, C_i, H, W)]`` -> the Sequential's output for (N, sum C_i, H, W).
+    """
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        return super().forward(torch.cat(levels, dim=1))
+
+
 class PointFlowHead(nn.Module):
     """PFNet's decoder (the original ``UperNetAlignHeadMaxAvgpool``).
 
@@ -71,7 +84,7 @@ class PointFlowHead(nn.Module):
                             edge_points=edge_points, norm_layer=norm_layer)
             for _ in TRUNK_CHANNELS[:-1]
         )
-        self.conv_last = nn.Sequential(
+        self.conv_last = ConcatClassifier(
             conv3x3_bn_relu(len(TRUNK_CHANNELS) * FPN_DIM, FPN_DIM),
             nn.Conv2d(FPN_DIM, num_classes, kernel_size=1),
         )
@@ -91,7 +104,7 @@ class PointFlowHead(nn.Module):
         pyramid.reverse()
         size = pyramid[0].shape[2:]
         fused = [pyramid[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=True) for p in pyramid[1:]]
-        return self.conv_last(torch.cat(fused, dim=1)), edge_logits
+        return self.conv_last(fused), edge_logits
 
 
 class PFNet(nn.Module):

@@ -1,9 +1,6 @@
 """PFNet: state_dict layout, registry, forward contract and numerical parity with the original."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,9 +9,7 @@ import network
 from network.pfnet import PFNet
 from network.point_flow import coarse_to_fine_index
 from network.resnet_d import load_imagenet_weights
-from parity_weights import parity_state_dict
-
-PARITY_DIR = Path(__file__).parent / "data" / "parity"
+from parity_case import PARITY_DIR, load_case_a, parity_bound
 
 
 def read_key_table(num_classes: int) -> list[tuple[str, tuple[int, ...], str]]:
@@ -99,16 +94,8 @@ def record_results(module: torch.nn.Module, method_name: str, sink: list) -> Non
 
 @pytest.fixture(scope="module")
 def case_a():
-    config = json.loads((PARITY_DIR / "case_a_isaid16.json").read_text())
-    reference = dict(np.load(PARITY_DIR / "case_a_isaid16_compact.npz"))
+    model, images, reference = load_case_a()
     intermediates = dict(np.load(PARITY_DIR / "case_a_isaid16_intermediates.npz"))
-    model = network.get_model("pfnet_r50", config["num_classes"], maxpool_size=config["maxpool_size"],
-                              avgpool_size=config["avgpool_size"], edge_points=config["edge_points"],
-                              match_dim=config["match_dim"]).eval()
-    model.load_state_dict(parity_state_dict(model.state_dict()))
-    images = torch.from_numpy(
-        np.random.default_rng(config["input_seed"]).standard_normal(config["input_shape"]).astype(np.float32))
-    assert np.array_equal(images.numpy(), reference["input"])
 
     captured = {"certainty": [], "edge_index": [], "salient_index": [], "pf_out": []}
     for module in model.head.fpn_out_align:
@@ -122,7 +109,7 @@ def case_a():
             lambda m, i, out, index=index: captured.update({f"layer{index}": out}))
     with torch.no_grad():
         logits = model(images)
-    bound = 1e-4 * float(np.abs(reference["logits_every4"]).max())
+    bound = parity_bound(reference)
     return {"model": model, "images": images, "logits": logits, "captured": captured,
             "reference": reference, "intermediates": intermediates, "bound": bound}
 

@@ -86,9 +86,14 @@ def test_isaid_default_geometry_is_the_papers_896_stride_512(tmp_path):
         (raw / split / "Semantic_masks" / "images").mkdir(parents=True)
         cv2.imwrite(str(raw / split / "Semantic_masks" / "images" / "P0001_instance_color_RGB.png"),
                     np.zeros((1000, 1500, 3), np.uint8))
+    (raw / "test" / "images").mkdir(parents=True)
+    cv2.imwrite(str(raw / "test" / "images" / "P0002.png"), np.zeros((900, 700, 3), np.uint8))
     prepare("isaid", raw, tmp_path / "out", workers=1, progress=False)
     names = {p.stem for p in (tmp_path / "out" / "train" / "images").iterdir()}
     assert names == {f"P0001_{y}_{y + 896}_{x}_{x + 896}" for y in (0, 104) for x in (0, 512, 604)}
+    # Test images have no masks; one narrower than a window is written whole.
+    assert [p.name for p in (tmp_path / "out" / "test" / "images").iterdir()] == ["P0002.png"]
+    assert not (tmp_path / "out" / "test" / "masks").exists()
 
 
 @pytest.mark.parametrize("dataset", ["potsdam", "vaihingen"])

@@ -8,9 +8,11 @@ with its input by raising ``InputError``; ``run_jobs`` either stops at the first
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import struct
+import sys
 import time
 from contextlib import closing
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -32,7 +34,8 @@ class InputError(Exception):
 
 
 class ToolError(RuntimeError):
-    """A run stopped because of bad input (raised by ``run_jobs`` with ``on_error="error"``)."""
+    """A run could not start (bad arguments, unrecognised layout, output inside the input) or stopped
+    at bad input with ``on_error="error"``; the message says what to change."""
 
 
 @dataclass
@@ -249,7 +252,9 @@ def _results(job_function: Callable[..., JobResult], jobs: Sequence, workers: in
         for job in jobs:
             yield _run_one(job_function, job)
         return
-    executor = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker)
+    # Fresh interpreters, not fork: forking a process whose OpenCV thread pool has run can deadlock.
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker)
     try:
         pending: set[Future] = set()
         queue = iter(jobs)
@@ -269,10 +274,23 @@ def _results(job_function: Callable[..., JobResult], jobs: Sequence, workers: in
         executor.shutdown(wait=True, cancel_futures=True)
 
 
+def run_tool(action: Callable[[], RunSummary]) -> None:
+    """Run a tool from its command line: print the summary; bad input or Ctrl-C end with a short message."""
+    try:
+        summary = action()
+    except ToolError as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the outputs written so far are complete (atomic writes); run the same command "
+                 "again to finish")
+    print(summary)
+
+
 def add_common_arguments(parser) -> None:
     """Add ``--workers``, ``--overwrite`` and ``--on-error`` to an argparse parser."""
     parser.add_argument("--workers", type=int, default=None,
-                        help=f"worker processes (default: all {default_workers()} cores; 1 = no pool)")
+                        help=f"worker processes (default: all {default_workers()} cores; 1 = no pool); each "
+                             "holds one image in memory, up to ~1.5 GB for the largest iSAID scenes")
     parser.add_argument("--overwrite", action="store_true",
                         help="rewrite outputs that already exist (default: keep finished outputs, so an "
                              "interrupted run resumes where it stopped)")

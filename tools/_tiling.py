@@ -106,6 +106,12 @@ class SplitJob:
     overwrite: bool = False
 
 
+def largest_first(jobs: list[SplitJob]) -> list[SplitJob]:
+    """Jobs ordered by source file size, largest first, so no big image is left to run alone at the end."""
+    return sorted(jobs, key=lambda job: job.image_path.stat().st_size if job.image_path.exists() else 0,
+                  reverse=True)
+
+
 def _output_names(job: SplitJob, windows: list | None) -> list[tuple[Path, Path | None]]:
     """(image output, mask output) paths for each window, or the single whole-image pair."""
     has_mask = job.mask_path is not None

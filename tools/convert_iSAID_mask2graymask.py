@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools._common import RunSummary, ToolError, add_common_arguments  # noqa: E402
+from tools._common import RunSummary, add_common_arguments, run_tool  # noqa: E402
 from tools._masks import add_unknown_color_argument, convert_folder, isaid_coding  # noqa: E402
 
 
@@ -43,12 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     add_common_arguments(parser)
     add_unknown_color_argument(parser)
     args = parser.parse_args(argv)
-    try:
-        summary = convert_isaid_masks(args.root_path, args.save_file_name, args.phase, args.workers,
-                                      args.overwrite, args.on_error, args.unknown_color)
-    except ToolError as error:
-        sys.exit(f"error: {error}")
-    print(summary)
+    run_tool(lambda: convert_isaid_masks(args.root_path, args.save_file_name, args.phase, args.workers,
+                                         args.overwrite, args.on_error, args.unknown_color))
 
 
 if __name__ == "__main__":

@@ -220,7 +220,7 @@ def _isprs_image(rng: np.random.Generator, canvas: _Canvas, infrared: bool) -> n
     return _to_uint8(image)
 
 
-def _eroded_labels(labels: np.ndarray, radius: int) -> np.ndarray:
+def _class_borders(labels: np.ndarray, radius: int) -> np.ndarray:
     """Bool (H, W): pixels within ``radius`` of a border between two classes (blanked in noBoundary GT)."""
     kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
     return cv2.dilate(labels, kernel) != cv2.erode(labels, kernel)
@@ -432,7 +432,7 @@ def _make_isprs(dataset: str, out_dir: Path, seed: int, num_images: int, size: i
         image = _isprs_image(rng, canvas, infrared=dataset == "vaihingen")
         colours = _colorize(canvas.labels, ISPRS_PALETTE)
         eroded = colours.copy()
-        eroded[_eroded_labels(canvas.labels, ERODED_BORDER_RADIUS)] = eroded_colour
+        eroded[_class_borders(canvas.labels, ERODED_BORDER_RADIUS)] = eroded_colour
         _write_rgb(out_dir / folders["image"] / names["image"], image)
         _write_rgb(out_dir / folders["label"] / names["label"], colours)
         _write_rgb(out_dir / folders["eroded"] / names["eroded"], eroded)

@@ -8,7 +8,7 @@ Splits, converts colour labels to label ids and arranges the result in one go::
     {out}/{split}/masks/{stem}_gray_mask.png            (Potsdam, Vaihingen)
 
 iSAID: splits ``train`` and ``val`` (and ``test``, images only, when present) with the paper's setting,
-896 x 896 windows with stride 512 (overlap 384; lxtGH/PFSegNets issues #5, #12), not the 800 / 200
+896 x 896 windows with stride 512 (overlap 384; lxtGH/PFSegNets issue #5), not the 800 / 200
 defaults of ``split_iSAID.py``.  P1527 and P1530 are skipped as in the original.
 Potsdam (896 x 896) and Vaihingen (768 x 768): tiles go to ``train`` and ``test`` by the official ISPRS
 split (``tools/raw_layout.py``; the original trains on ``train`` and validates on ``test``), with
@@ -35,13 +35,14 @@ from tools._common import (  # noqa: E402
     RunSummary,
     ToolError,
     add_common_arguments,
+    run_tool,
     check_output_outside_input,
     natural_key,
     remove_partial_files,
     run_jobs,
 )
 from tools._masks import ColourCoding, add_unknown_color_argument, isaid_coding, isprs_coding  # noqa: E402
-from tools._tiling import SplitJob, check_geometry, split_one  # noqa: E402
+from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
 from tools.raw_layout import ISAID_MASK_FOLDERS, ISPRS_FOLDERS, SPLIT_TILES, isprs_file_names  # noqa: E402
 from tools.split_iSAID import EXCLUDED_IMAGES, isaid_base_images  # noqa: E402
 
@@ -187,7 +188,7 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, patch_size: int |
                                   split_tiles or SPLIT_TILES[dataset], whole_held_out, overwrite)
     for folder in {job.image_out for job in jobs} | {job.mask_out for job in jobs}:
         remove_partial_files(folder)
-    summary = run_jobs(f"prepare {dataset}", split_one, jobs, workers, on_error, progress)
+    summary = run_jobs(f"prepare {dataset}", split_one, largest_first(jobs), workers, on_error, progress)
     summary.notes.extend(notes)
     return summary
 
@@ -224,15 +225,11 @@ def main(argv: list[str] | None = None) -> None:
         if not (args.train_tiles and args.test_tiles):
             parser.error("--train-tiles and --test-tiles go together")
         split_tiles = {"train": _parse_tiles(args.train_tiles), "test": _parse_tiles(args.test_tiles)}
-    try:
-        summary = prepare(args.dataset, args.raw, args.out, patch_size=args.patch_size, stride=args.stride,
-                          label_variant=args.label_variant, workers=args.workers, overwrite=args.overwrite,
-                          on_error=args.on_error, unknown_color=args.unknown_color,
-                          whole_held_out=args.whole_held_out, image_dir=args.image_dir, label_dir=args.label_dir,
-                          split_tiles=split_tiles)
-    except ToolError as error:
-        sys.exit(f"error: {error}")
-    print(summary)
+    run_tool(lambda: prepare(args.dataset, args.raw, args.out, patch_size=args.patch_size, stride=args.stride,
+                             label_variant=args.label_variant, workers=args.workers, overwrite=args.overwrite,
+                             on_error=args.on_error, unknown_color=args.unknown_color,
+                             whole_held_out=args.whole_held_out, image_dir=args.image_dir, label_dir=args.label_dir,
+                             split_tiles=split_tiles))
 
 
 if __name__ == "__main__":

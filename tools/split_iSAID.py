@@ -28,12 +28,13 @@ from tools._common import (  # noqa: E402
     RunSummary,
     ToolError,
     add_common_arguments,
+    run_tool,
     check_output_outside_input,
     natural_key,
     remove_partial_files,
     run_jobs,
 )
-from tools._tiling import SplitJob, check_geometry, split_one  # noqa: E402
+from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
 from datasets.classes import ISAID_MASK_SUFFIX  # noqa: E402
 
 EXCLUDED_IMAGES = ("P1527", "P1530")
@@ -82,7 +83,7 @@ def split_isaid(src: str | Path, tar: str | Path, image_sub_folder: str = "image
                 mask_out=target / "masks", mask_suffix=ISAID_MASK_SUFFIX, mask_mode="colour", coding=None,
                 patch_height=patch_height, patch_width=patch_width, overlap=overlap_area,
                 whole_copy=True, overwrite=overwrite))
-    summary = run_jobs("split_iSAID", split_one, jobs, workers, on_error, progress)
+    summary = run_jobs("split_iSAID", split_one, largest_first(jobs), workers, on_error, progress)
     summary.notes.extend(excluded)
     return summary
 
@@ -102,13 +103,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="overlap of neighbouring patches in pixels (stride = patch - overlap)")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        summary = split_isaid(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
-                              args.patch_width, args.patch_height, args.overlap_area, args.workers,
-                              args.overwrite, args.on_error)
-    except ToolError as error:
-        sys.exit(f"error: {error}")
-    print(summary)
+    run_tool(lambda: split_isaid(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
+                                 args.patch_width, args.patch_height, args.overlap_area, args.workers,
+                                 args.overwrite, args.on_error))
 
 
 if __name__ == "__main__":

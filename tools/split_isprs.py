@@ -27,13 +27,14 @@ from tools._common import (  # noqa: E402
     RunSummary,
     ToolError,
     add_common_arguments,
+    run_tool,
     check_output_outside_input,
     natural_key,
     remove_partial_files,
     run_jobs,
 )
 from datasets.classes import ISPRS_MASK_SUFFIX  # noqa: E402
-from tools._tiling import SplitJob, check_geometry, split_one  # noqa: E402
+from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
 
 
 def split_isprs(src: str | Path, tar: str | Path, image_sub_folder: str = "images",
@@ -66,7 +67,7 @@ def split_isprs(src: str | Path, tar: str | Path, image_sub_folder: str = "image
                 mask_path=image_path.with_name(f"{image_path.stem}{ISPRS_MASK_SUFFIX}.png"),
                 mask_out=target / "masks", mask_suffix=ISPRS_MASK_SUFFIX, mask_mode="gray", coding=None,
                 patch_height=patch_height, patch_width=patch_width, overlap=overlap_area, overwrite=overwrite))
-    return run_jobs("split_isprs", split_one, jobs, workers, on_error, progress)
+    return run_jobs("split_isprs", split_one, largest_first(jobs), workers, on_error, progress)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,13 +84,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="overlap of neighbouring patches in pixels (stride = patch - overlap)")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        summary = split_isprs(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
-                              args.patch_width, args.patch_height, args.overlap_area, args.workers,
-                              args.overwrite, args.on_error)
-    except ToolError as error:
-        sys.exit(f"error: {error}")
-    print(summary)
+    run_tool(lambda: split_isprs(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
+                                 args.patch_width, args.patch_height, args.overlap_area, args.workers,
+                                 args.overwrite, args.on_error))
 
 
 if __name__ == "__main__":

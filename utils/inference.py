@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from datasets import normalize_image
 
+
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Start offsets of windows covering ``[0, length)``; the last window is shifted back inside.
 
@@ -50,6 +51,7 @@ def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
 
 
+@torch.inference_mode()
 def sliding_window_logits(
     model: torch.nn.Module,
     images: torch.Tensor,

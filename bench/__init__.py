@@ -1,0 +1,1 @@
+"""Speed benchmark of PFNet (``python -m bench``); see :mod:`bench.run`."""

@@ -1,0 +1,43 @@
+"""The benchmark harness runs end to end in its tiny CI mode (no timing is asserted)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import network
+from bench.run import parse_args
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_run_writes_table_and_json(tmp_path):
+    json_path = tmp_path / "bench.json"
+    completed = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--json", str(json_path)],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "| task | input | config | median ms |" in completed.stdout
+    report = json.loads(json_path.read_text())
+    rows = {(r["task"], r["config"]): r for r in report["results"]}
+    assert set(rows) == {("eval", "original"), ("eval", "optimized"), ("train", "fp32")}
+    assert report["matmul_gflops"]["float32"] > 0
+    parameter_bytes = 4 * sum(p.numel() for p in network.get_model("pfnet_r50", 16).parameters())
+    for (task, config), row in rows.items():
+        assert len(row["seconds"]) == 2 and min(row["seconds"]) > 0
+        assert row["flops"] > 0
+        # Each row ran in its own process holding the model's float32 weights (at least once more for the
+        # optimised copy, and with gradients and momentum buffers when training).
+        copies = {"original": 1, "optimized": 2, "fp32": 3}[config]
+        assert row["peak_bytes"] > copies * parameter_bytes, (task, config)
+    assert rows["eval", "original"]["flops"] == rows["eval", "optimized"]["flops"]
+    # Forward + backward of a batch of 2 costs well over twice the single-image forward.
+    assert rows["train", "fp32"]["flops"] > 4 * rows["eval", "original"]["flops"]
+
+
+def test_train_batch_below_two_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--train-batch", "1"])
+    assert "--train-batch must be >= 2" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""optimize_for_inference: batch-norm folding, split concatenation, channels_last and bf16 keep the results."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import network
+from network.optimize import SplitConcatClassifier, fold_batch_norm_, fold_batch_norms
+from network.pfnet import ConcatClassifier
+from parity_case import load_case_a, parity_bound
+
+
+def random_batch_norm(channels: int, affine: bool, seed: int) -> nn.BatchNorm2d:
+    """An eval-mode batch-norm with non-trivial running statistics (and affine parameters)."""
+    generator = torch.Generator().manual_seed(seed)
+    norm = nn.BatchNorm2d(channels, affine=affine, eps=1e-3).eval()
+    norm.running_mean.copy_(torch.randn(channels, generator=generator))
+    norm.running_var.copy_(torch.rand(channels, generator=generator) * 2 + 0.1)
+    if affine:
+        norm.weight.data.copy_(torch.randn(channels, generator=generator))
+        norm.bias.data.copy_(torch.randn(channels, generator=generator))
+    return norm
+
+
+@pytest.mark.parametrize("conv_bias,affine", [(False, True), (True, True), (True, False)])
+def test_fold_batch_norm_matches_float64_reference(conv_bias, affine):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 7, kernel_size=3, stride=2, padding=1, bias=conv_bias)
+    norm = random_batch_norm(7, affine, seed=1)
+    images = torch.randn(2, 5, 11, 13)
+    # Reference: convolution then the batch-norm formula, all in float64.
+    conv_out = F.conv2d(images.double(), conv.weight.double(),
+                        conv.bias.double() if conv_bias else None, stride=2, padding=1)
+    mean, var = norm.running_mean.double().view(1, -1, 1, 1), norm.running_var.double().view(1, -1, 1, 1)
+    expected = (conv_out - mean) / torch.sqrt(var + norm.eps)
+    if affine:
+        expected = expected * norm.weight.double().view(1, -1, 1, 1) + norm.bias.double().view(1, -1, 1, 1)
+
+    fold_batch_norm_(conv, norm)
+    with torch.no_grad():
+        folded = conv(images)
+    assert conv.bias is not None
+    assert torch.allclose(folded.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+def test_fold_batch_norm_refuses_training_mode_and_missing_statistics():
+    with pytest.raises(ValueError, match="eval"):
+        fold_batch_norm_(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4).train())
+    with pytest.raises(ValueError, match="running statistics"):
+        fold_batch_norm_(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False).eval())
+
+
+def test_fold_batch_norms_folds_every_norm_of_pfnet():
+    model = network.get_model("pfnet_r50", 6).eval()
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert norms == 70  # 55 in the trunk, 15 in the head: each one directly follows a convolution
+    assert fold_batch_norms(model) == norms
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_split_concat_classifier_equals_concatenation():
+    torch.manual_seed(0)
+    classifier = ConcatClassifier(
+        nn.Sequential(nn.Conv2d(12, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()), nn.Conv2d(8, 3, 1)).eval()
+    levels = [torch.randn(2, c, 9, 10) for c in (4, 5, 3)]
+    split = SplitConcatClassifier(classifier, [4, 5, 3])
+    with torch.no_grad():
+        assert torch.allclose(split(levels), classifier(levels), atol=1e-6)
+    assert [conv.bias is not None for conv in split.level_convs] == [True, False, False]
+    with pytest.raises(ValueError, match="cannot split"):
+        SplitConcatClassifier(classifier, [4, 4])
+
+
+def test_bad_options_are_refused():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1))
+    with pytest.raises(ValueError, match="dtype"):
+        network.optimize_for_inference(model, dtype=torch.float64)
+    with pytest.raises(ValueError, match="PFNet"):
+        network.optimize_for_inference(model, split_concat=True)
+
+
+def test_compile_switch_returns_compiled_module():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    optimized = network.optimize_for_inference(model, compile=True)
+    assert isinstance(optimized, torch._dynamo.eval_frame.OptimizedModule)
+
+
+# --- case A of the parity fixtures: results of the optimised model against the unoptimised one -----------
+
+@pytest.fixture(scope="module")
+def case_a():
+    model, images, reference = load_case_a()
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        logits = model(images)
+    return {"model": model, "images": images, "logits": logits, "bound": parity_bound(reference),
+            "state_before": state_before}
+
+
+@pytest.mark.parametrize("options", [{}, {"split_concat": True, "channels_last": False}],
+                         ids=["defaults", "split_concat_nchw"])
+def test_float32_paths_within_parity_bound(case_a, options):
+    optimized = network.optimize_for_inference(case_a["model"], **options)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in optimized.modules())
+    with torch.no_grad():
+        logits = optimized(case_a["images"])
+    assert logits.dtype == torch.float32 and logits.shape == case_a["logits"].shape
+    assert float((logits - case_a["logits"]).abs().max()) <= case_a["bound"]
+    # The model passed in is untouched: same modules, same values, still with its batch-norms.
+    assert isinstance(case_a["model"].layer1[0].bn1, nn.BatchNorm2d)
+    for key, value in case_a["model"].state_dict().items():
+        assert torch.equal(value, case_a["state_before"][key]), key
+
+
+def test_bf16_argmax_agrees_with_float32(case_a):
+    optimized = network.optimize_for_inference(case_a["model"], dtype=torch.bfloat16)
+    assert optimized.model.head.conv_last[1].weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        logits = optimized(case_a["images"])
+    assert logits.dtype == torch.float32
+    agreement = (logits.argmax(1) == case_a["logits"].argmax(1)).float().mean().item()
+    assert agreement >= 0.995
+    # Low precision did change the logits: this is not the float32 path.
+    assert float((logits - case_a["logits"]).abs().max()) > case_a["bound"]
+    assert np.isfinite(logits.numpy()).all()
