@@ -298,7 +298,7 @@ def build_loaders(args: argparse.Namespace, ctx: DistContext, train_set, val_set
 
 
 def build_model(args: argparse.Namespace, ctx: DistContext, num_classes: int, log) -> nn.Module:
-    """PFNet on CPU with the flags' options, initial weights from --pretrained / --snapshot applied."""
+    """PFNet on the CPU with the flags' options: ImageNet trunk from --pretrained, SyncBN, activation checkpointing."""
     sync = args.syncbn and ctx.device.type == "cuda" and ctx.is_distributed
     if args.syncbn and not sync:
         log.info("--syncbn: plain BatchNorm (synchronised BatchNorm needs several GPU processes)")
