@@ -53,7 +53,7 @@ DATASET_ROOT_KEYS = {"isaid": "ISAID_DIR", "posdam": "POSDAM_DIR", "potsdam": "P
                      "vaihingen": "VAIHINGEN_DIR"}
 NUM_VAL_PANELS = 4
 # Flags that say how to run, not what to train: left out of the resume consistency check.
-RUN_CONTROL_FLAGS = {"resume", "stop_after", "config", "overrides", "overwrite", "num_workers", "device"}
+RUN_CONTROL_FLAGS = {"resume", "stop_after", "config", "overrides", "overwrite", "num_workers", "device", "local_rank"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,13 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--arch", default="pfnet_r50",
                        help="pfnet_r50, pfnet_r101 or the original's "
                             "network.pointflow_resnet_with_max_avg_pool.* names")
-    model.add_argument("--maxpool_size", type=int, default=9, help="salient-point grid of the point-flow modules")
+    model.add_argument("--maxpool_size", type=int, default=9,
+                       help="salient-point grid of the point-flow modules (the original train.py's default; "
+                            "the official scripts use 14)")
     model.add_argument("--avgpool_size", type=int, default=9, help="edge-suppression grid of the point-flow modules")
-    model.add_argument("--edge_points", type=int, default=32, help="edge points per point-flow module")
+    model.add_argument("--edge_points", type=int, default=32,
+                       help="edge points per point-flow module (the official scripts use 128)")
     model.add_argument("--match_dim", type=int, default=64, help="embedding channels of the point matcher")
     model.add_argument("--pretrained", default=None,
                        help="ImageNet trunk weights (the original's pretrained_models/resnet50-deep.pth); "
                             "default: random initialisation")
+    model.add_argument("--activation_checkpointing", action="store_true",
+                       help="recompute the activations of layer0-layer2 in the backward pass: less GPU memory, "
+                            "same result, a few percent more compute")
     model.add_argument("--syncbn", action="store_true",
                        help="synchronised BatchNorm across GPU processes (plain BatchNorm on the CPU)")
 
@@ -123,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--apex", action="store_true",
                        help="accepted for the original's scripts: apex DDP is replaced by torch DDP under torchrun")
     optim.add_argument("--fp16", action="store_true", help="the original's apex AMP flag: same as --amp fp16")
+    optim.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                       help="passed by the deprecated torch.distributed.launch; ignored (use torchrun, which sets "
+                            "LOCAL_RANK)")
     optim.add_argument("--seed", type=int, default=0, help="random seed (process r uses seed + r)")
     optim.add_argument("--deterministic", action="store_true",
                        help="deterministic algorithms (bit-exact reruns and resumes; slower on GPUs)")
@@ -289,7 +298,7 @@ def build_loaders(args: argparse.Namespace, ctx: DistContext, train_set, val_set
 
 
 def build_model(args: argparse.Namespace, ctx: DistContext, num_classes: int, log) -> nn.Module:
-    """PFNet on CPU with the flags' options, initial weights from --pretrained / --snapshot applied."""
+    """PFNet on the CPU with the flags' options: ImageNet trunk from --pretrained, SyncBN, activation checkpointing."""
     sync = args.syncbn and ctx.device.type == "cuda" and ctx.is_distributed
     if args.syncbn and not sync:
         log.info("--syncbn: plain BatchNorm (synchronised BatchNorm needs several GPU processes)")
@@ -298,6 +307,8 @@ def build_model(args: argparse.Namespace, ctx: DistContext, num_classes: int, lo
         edge_points=args.edge_points, match_dim=args.match_dim, pretrained=args.pretrained,
         norm_layer=nn.SyncBatchNorm if sync else nn.BatchNorm2d,
     )
+    if args.activation_checkpointing:
+        network.enable_activation_checkpointing(model)
     if sync:
         log.info("synchronised BatchNorm (torch.nn.SyncBatchNorm); head.fpn_out and head.conv_last keep plain "
                  "BatchNorm2d as in the original")

@@ -132,10 +132,10 @@ def test_resume_continues_bit_exactly(finished_run, potsdam_root):
     assert resumed["best_record"] == {**straight["best_record"]}
 
 
-def test_bf16_autocast_trains_and_validates(potsdam_root, tmp_path):
+def test_bf16_autocast_with_activation_checkpointing_trains_and_validates(potsdam_root, tmp_path):
     result = train.main(tiny_run_flags(potsdam_root, tmp_path)
                         + ["--max_epoch", "1", "--bs_mult", "4", "--num_workers", "0", "--amp", "bf16",
-                           "--exp", "bf16"])
+                           "--activation_checkpointing", "--exp", "bf16"])
     records = [json.loads(line) for line in (tmp_path / "ckpt" / "bf16" / "Posdam-pfnet_r50" / "log.jsonl").open()]
     losses = [record["loss"] for record in records if record["kind"] == "train"]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
