@@ -3,24 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from config import cfg
 from datasets import dataset_class, get_dataset
 
 DATASET_NAMES = ("iSAID", "Posdam", "potsdam", "Vaihingen")
 _ROOT_KEYS = {"isaid": "ISAID_DIR", "posdam": "POSDAM_DIR", "potsdam": "POSDAM_DIR", "vaihingen": "VAIHINGEN_DIR"}
-# the original's roots, used when config.py (training area) is not importable
-_ORIGINAL_ROOTS = {
-    "ISAID_DIR": "./data/iSAID", "POSDAM_DIR": "./data/posdam896", "VAIHINGEN_DIR": "./data/vaihingen768",
-}
 
 
 def default_root(name: str) -> str:
     """The dataset root configured in ``config.cfg.DATASET`` (the original's ``./data/...`` folders)."""
-    key = _ROOT_KEYS[name.lower()]
-    try:
-        from config import cfg
-    except ImportError:
-        return _ORIGINAL_ROOTS[key]
-    return cfg.DATASET[key]
+    return cfg.DATASET[_ROOT_KEYS[name.lower()]]
 
 
 def dataset_table(name: str) -> tuple[list[str], np.ndarray]:

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from utils.atomic import atomic_path, temporary_path_beside
+from utils.atomic import atomic_path, publish, temporary_path_beside
 from utils.palette import full_palette, palette_image
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
@@ -181,7 +181,7 @@ class GeoTiffMaskSink:
 
     def close(self) -> None:
         self.dataset.close()
-        os.replace(self.temp_path, self.path)
+        publish(self.temp_path, self.path)
 
     def abort(self) -> None:
         """Drop the unfinished file."""
