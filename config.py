@@ -35,6 +35,19 @@ cfg.DATASET.VAIHINGEN_DIR = "./data/vaihingen768"
 cfg.DATASET.CV_SPLITS = 3
 
 
+# cfg.DATASET key of each dataset name's root (both spellings of Potsdam).
+DATASET_ROOT_KEYS = {"isaid": "ISAID_DIR", "posdam": "POSDAM_DIR", "potsdam": "POSDAM_DIR",
+                     "vaihingen": "VAIHINGEN_DIR"}
+
+
+def dataset_root(name: str) -> str:
+    """The configured root folder of dataset ``name`` (``iSAID``, ``Posdam``/``potsdam``, ``Vaihingen``).
+
+    Raises:
+        KeyError: unknown dataset name.
+    """
+    return cfg.DATASET[DATASET_ROOT_KEYS[name.lower()]]
+
 class ConfigError(ValueError):
     """An experiment file or override names an unknown key or holds a malformed value."""
 

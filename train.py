@@ -33,8 +33,8 @@ from tqdm import tqdm
 import datasets
 import network
 import transforms
-from config import (ConfigError, cfg, effective_config, merge_sections, parse_override, read_experiment_file,
-                    save_config, set_dotted, yaml_value)
+from config import (DATASET_ROOT_KEYS, ConfigError, cfg, dataset_root, effective_config, merge_sections,
+                    parse_override, read_experiment_file, save_config, set_dotted, yaml_value)
 from datasets.uniform import ClassUniformSampler
 from loss import get_loss
 from utils.checkpoint import load_checkpoint, unwrap_model
@@ -49,8 +49,6 @@ from utils.train_log import RunLog, close_logger, prediction_panel, setup_logger
 
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 VAL_SPLITS = {"isaid": "val", "posdam": "test", "potsdam": "test", "vaihingen": "test"}
-DATASET_ROOT_KEYS = {"isaid": "ISAID_DIR", "posdam": "POSDAM_DIR", "potsdam": "POSDAM_DIR",
-                     "vaihingen": "VAIHINGEN_DIR"}
 NUM_VAL_PANELS = 4
 # Flags that say how to run, not what to train: left out of the resume consistency check.
 RUN_CONTROL_FLAGS = {"resume", "stop_after", "config", "overrides", "overwrite", "num_workers", "device", "local_rank"}
@@ -259,7 +257,7 @@ def flag_values(args: argparse.Namespace) -> dict:
 
 def build_datasets(args: argparse.Namespace):
     """Training dataset (with the boundary target for the edge loss) and validation dataset."""
-    root = cfg.DATASET[DATASET_ROOT_KEYS[args.dataset.lower()]]
+    root = dataset_root(args.dataset)
     train_transform = transforms.build_train_transform(
         args.dataset, args.crop_size, scale_min=args.scale_min, scale_max=args.scale_max, with_aug=args.with_aug,
         color_aug=args.color_aug, gaussian_blur=args.gblur, pre_size=args.pre_size)

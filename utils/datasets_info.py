@@ -3,18 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from config import cfg
+from config import dataset_root
 from datasets import dataset_class, get_dataset
 
 DATASET_NAMES = ("iSAID", "Posdam", "potsdam", "Vaihingen")
-_ROOT_KEYS = {"isaid": "ISAID_DIR", "posdam": "POSDAM_DIR", "potsdam": "POSDAM_DIR", "vaihingen": "VAIHINGEN_DIR"}
-
-
-def default_root(name: str) -> str:
-    """The dataset root configured in ``config.cfg.DATASET`` (the original's ``./data/...`` folders)."""
-    return cfg.DATASET[_ROOT_KEYS[name.lower()]]
-
-
 def dataset_table(name: str) -> tuple[list[str], np.ndarray]:
     """(class names, (K, 3) uint8 RGB palette) of ``iSAID``, ``Posdam``/``potsdam`` or ``Vaihingen``."""
     cls = dataset_class(name)
@@ -27,6 +19,6 @@ def load_split(name: str, split: str, root: str | None) -> tuple[list[tuple[str,
     Raises:
         datasets.DatasetNotFoundError: missing or incomplete folder (the message says how to prepare it).
     """
-    dataset = get_dataset(name, split, root or default_root(name))
+    dataset = get_dataset(name, split, root or dataset_root(name))
     names, palette = dataset_table(name)
     return [(str(image), str(mask)) for image, mask in dataset.items], names, palette
