@@ -33,19 +33,20 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import network
 
-EVAL_CONFIGS = ("original", "channels_last", "fold_bn", "optimized", "optimized+split", "bf16", "fp16",
+EVAL_CONFIGS = ("original", "channels_last", "fold_bn", "fold_bn+channels_last", "optimized", "bf16", "fp16",
                 "compile", "compile+bf16")
 TRAIN_CONFIGS = ("fp32", "channels_last", "amp", "checkpoint", "compile")
-DEFAULT_EVAL = {"cpu": ("original", "channels_last", "fold_bn", "optimized", "optimized+split", "bf16"),
-                "cuda": ("original", "channels_last", "optimized", "optimized+split", "bf16", "fp16")}
+DEFAULT_EVAL = {"cpu": ("original", "channels_last", "fold_bn", "fold_bn+channels_last", "optimized", "bf16"),
+                "cuda": ("original", "channels_last", "fold_bn+channels_last", "optimized", "bf16", "fp16")}
 DEFAULT_TRAIN = {"cpu": ("fp32", "channels_last", "amp", "checkpoint"),
                  "cuda": ("fp32", "channels_last", "amp", "checkpoint")}
-# optimize_for_inference switches of each eval configuration ("original" is the model as built).
+# optimize_for_inference switches of each eval configuration ("original" is the model as built);
+# "optimized" is its defaults: fold_bn, channels_last and split_concat.
 EVAL_OPTIONS: dict[str, dict] = {
-    "channels_last": dict(fold_bn=False, channels_last=True),
-    "fold_bn": dict(fold_bn=True, channels_last=False),
+    "channels_last": dict(fold_bn=False, split_concat=False),
+    "fold_bn": dict(channels_last=False, split_concat=False),
+    "fold_bn+channels_last": dict(split_concat=False),
     "optimized": {},
-    "optimized+split": dict(split_concat=True),
     "bf16": dict(dtype=torch.bfloat16),
     "fp16": dict(dtype=torch.float16),
     "compile": dict(compile=True),
@@ -235,8 +236,9 @@ class ConfigProcess:
 
 
 def measure_group(task: str, arch: str, configs: list[str], device: torch.device, batch: int, size: int,
-                  warmup: int, repeats: int) -> list[Result]:
-    """Rows of one task and input size, timed round-robin across their worker processes."""
+                  warmup: int, repeats: int, probe: Callable[[], None]) -> list[Result]:
+    """Rows of one task and input size, timed round-robin across their worker processes; ``probe`` runs
+    in this process after each timed round (the matmul reference, under the same load)."""
     plain = "original" if task == "eval" else "fp32"
     workers: dict[str, ConfigProcess] = {}
     try:
@@ -254,6 +256,8 @@ def measure_group(task: str, arch: str, configs: list[str], device: torch.device
                 elapsed = workers[config].ask("time")
                 if round_index >= warmup:
                     seconds[config].append(elapsed)
+            if round_index >= warmup:
+                probe()
         return [Result(task, config, batch, size, seconds[config], flops, workers[config].ask("peak"))
                 for config in configs]
     finally:
@@ -276,20 +280,30 @@ def machine_description(device: torch.device) -> str:
     return text
 
 
-def measure(args: argparse.Namespace, device: torch.device) -> tuple[dict, list[Result]]:
-    """Matmul rates, then every (task, size) group of rows; returns (matmul GFLOP/s by dtype, rows)."""
-    low_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-    peaks = {str(dtype).removeprefix("torch."): matmul_rate(device, dtype, args.matmul_size, args.warmup,
-                                                             args.repeats)
-             for dtype in (torch.float32, low_dtype)}
+def measure(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, float], list[Result]]:
+    """Every (task, size) group of rows, and the matmul rates measured between their rounds.
+
+    Returns (median matmul GFLOP/s by dtype name, rows). The matmul reference is sampled once before the
+    groups and once after every timed round, so it saw the same machine load as the rows did.
+    """
+    dtypes = (torch.float32, torch.bfloat16 if device.type == "cpu" else torch.float16)
+    samples: dict[str, list[float]] = {str(dtype).removeprefix("torch."): [] for dtype in dtypes}
+
+    def probe() -> None:
+        for dtype in dtypes:
+            samples[str(dtype).removeprefix("torch.")].append(
+                matmul_rate(device, dtype, args.matmul_size, warmup=1, repeats=3))
+
+    probe()
     groups = [("eval", args.eval_batch, size, args.eval_configs) for size in args.eval_sizes]
     groups += [("train", args.train_batch, args.train_size, args.train_configs)]
     results = []
     for task, batch, size, configs in groups:
         if configs:
             print(f"[bench] {task} {batch}x{size}x{size}: {', '.join(configs)}", file=sys.stderr, flush=True)
-            results += measure_group(task, args.arch, configs, device, batch, size, args.warmup, args.repeats)
-    return peaks, results
+            results += measure_group(task, args.arch, configs, device, batch, size, args.warmup, args.repeats,
+                                     probe)
+    return {name: statistics.median(rates) for name, rates in samples.items()}, results
 
 
 def compute_dtype(config: str, device_type: str) -> str:
@@ -350,7 +364,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"(default: {' '.join(DEFAULT_TRAIN['cpu'])})")
     parser.add_argument("--compile", action="store_true",
                         help="add the torch.compile configurations (compile, compile+bf16; train compile)")
-    parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n float32 matmul reference")
+    parser.add_argument("--matmul-size", type=int, default=2048,
+                        help="n of the n x n matmul reference (float32 and bfloat16 on CPU / float16 on CUDA)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls of each configuration first")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each configuration (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

@@ -74,12 +74,16 @@ def test_split_concat_classifier_equals_concatenation():
         SplitConcatClassifier(classifier, [4, 4])
 
 
-def test_bad_options_are_refused():
-    model = nn.Sequential(nn.Conv2d(3, 4, 1))
+def test_other_models_and_bad_dtype():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), random_batch_norm(4, affine=True, seed=0), nn.ReLU()).eval()
+    images = torch.randn(2, 3, 8, 8)
+    optimized = network.optimize_for_inference(model)  # no PFNet head: nothing to split
+    with torch.no_grad():
+        assert torch.allclose(optimized(images), model(images), atol=1e-5)
+    assert isinstance(optimized.model[1], nn.Identity)
     with pytest.raises(ValueError, match="dtype"):
         network.optimize_for_inference(model, dtype=torch.float64)
-    with pytest.raises(ValueError, match="PFNet"):
-        network.optimize_for_inference(model, split_concat=True)
 
 
 def test_compile_switch_returns_compiled_module():
@@ -100,11 +104,13 @@ def case_a():
             "state_before": state_before}
 
 
-@pytest.mark.parametrize("options", [{}, {"split_concat": True, "channels_last": False}],
-                         ids=["defaults", "split_concat_nchw"])
+@pytest.mark.parametrize("options", [{}, {"split_concat": False, "channels_last": False}],
+                         ids=["defaults", "fold_bn_only"])
 def test_float32_paths_within_parity_bound(case_a, options):
     optimized = network.optimize_for_inference(case_a["model"], **options)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in optimized.modules())
+    split = isinstance(optimized.model.head.conv_last, SplitConcatClassifier)
+    assert split == options.get("split_concat", True)
     with torch.no_grad():
         logits = optimized(case_a["images"])
     assert logits.dtype == torch.float32 and logits.shape == case_a["logits"].shape
@@ -117,7 +123,7 @@ def test_float32_paths_within_parity_bound(case_a, options):
 
 def test_bf16_argmax_agrees_with_float32(case_a):
     optimized = network.optimize_for_inference(case_a["model"], dtype=torch.bfloat16)
-    assert optimized.model.head.conv_last[1].weight.dtype == torch.bfloat16
+    assert optimized.model.head.conv_last.rest[-1].weight.dtype == torch.bfloat16
     with torch.no_grad():
         logits = optimized(case_a["images"])
     assert logits.dtype == torch.float32
