@@ -50,7 +50,7 @@ from utils.metrics import (
 )
 from utils.palette import blend, colorize, error_map, palette_image, save_image, side_by_side
 from utils.report import make_sample, write_report
-from utils.restore import add_model_options, model_options, restore_model
+from utils.restore import add_model_options, inference_options, model_options, restore_model
 
 log = logging.getLogger("eval")
 
@@ -259,7 +259,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     model, checkpoint_extras = restore_model(
         args.arch, args.snapshot, len(class_names), device=args.device, trusted_pickle=args.trusted_pickle,
-        **model_options(args),
+        **inference_options(args), **model_options(args),
     )
     stride = sliding_stride(args) if sliding else None
     log.info("snapshot %s (epoch %s), arch %s, dataset %s/%s: %d images", args.snapshot,

@@ -26,7 +26,8 @@ from utils.datasets_info import dataset_table
 from utils.inference import predict_large_image
 from utils.palette import default_palette
 from utils.raster_io import IMAGE_SUFFIXES, GeoTiffMaskSink, PaletteMaskSink, open_image
-from utils.restore import add_model_options, checkpoint_num_classes, model_options, restore_model
+from utils.restore import (add_model_options, checkpoint_num_classes, inference_options, model_options,
+                           restore_model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             palette = default_palette(num_classes)
         model, _ = restore_model(
             args.arch, args.snapshot, num_classes, device=args.device, trusted_pickle=args.trusted_pickle,
-            **model_options(args),
+            **inference_options(args), **model_options(args),
         )
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:
         parser.error(str(error))

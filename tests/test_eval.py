@@ -214,3 +214,18 @@ def test_fixture_model_predicts_several_classes(model_and_checkpoint, vaihingen_
     model, _ = model_and_checkpoint
     _, predictions = reference_confusion(model, vaihingen_root, 64)
     assert len(np.unique(np.concatenate([p.ravel() for p in predictions.values()]))) >= 3
+
+
+def test_unoptimized_and_bf16_paths(tmp_path, model_and_checkpoint, vaihingen_root):
+    model, checkpoint = model_and_checkpoint
+    expected, _ = reference_confusion(model, vaihingen_root, 64)
+    protocol = ("-im", "whole", "--single_scale", "--no_flip", "--resize_scale", "64")
+    run_eval(vaihingen_root, checkpoint, tmp_path / "plain", *protocol, "--no_optimize")
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert plain["confusion_matrix"] == expected.tolist()
+    run_eval(vaihingen_root, checkpoint, tmp_path / "bf16", *protocol, "--precision", "bf16")
+    bf16 = np.array(json.loads((tmp_path / "bf16" / "metrics.json").read_text())["confusion_matrix"])
+    # Same pixels counted; predictions move on under 10% of them (this random model's logits are close
+    # together, so bf16 rounding flips more pixels than on a trained model; a broken path flips most).
+    assert bf16.sum() == expected.sum()
+    assert 0 < np.abs(bf16 - expected).sum() / 2 <= 0.10 * expected.sum()

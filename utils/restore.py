@@ -11,6 +11,7 @@ import network
 from utils.checkpoint import CheckpointMismatchError, load_checkpoint, read_checkpoint
 
 CLASSIFIER_WEIGHT = "head.conv_last.1.weight"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def checkpoint_num_classes(path: str | os.PathLike, trusted_pickle: bool = False) -> int:
@@ -32,11 +33,15 @@ def restore_model(
     *,
     device: torch.device | str = "cpu",
     trusted_pickle: bool = False,
+    optimize: bool = True,
+    precision: str = "fp32",
     **model_options,
 ) -> tuple[nn.Module, dict]:
     """``network.get_model(arch, num_classes, **model_options)`` filled from ``snapshot``, in eval mode.
 
     No ImageNet weights are read (the checkpoint holds every tensor). Shapes must match exactly.
+    With ``optimize`` the model goes through ``network.optimize_for_inference`` (float32: same results
+    within the parity bound, faster); ``precision`` ``bf16`` / ``fp16`` runs it under autocast (lossy).
 
     Returns:
         (model on ``device`` in eval mode, the checkpoint's other entries: epoch, mean_iu, ...).
@@ -60,7 +65,10 @@ def restore_model(
                 f"Potsdam/Vaihingen: 6)."
             ) from error
         raise
-    return model.to(device).eval(), extras
+    model = model.to(device).eval()
+    if optimize or precision != "fp32":
+        model = network.optimize_for_inference(model, dtype=PRECISIONS[precision])
+    return model, extras
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -73,8 +81,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--edge_points", type=int, default=128,
                        help="edge points per point-flow module (default 128; the original eval.py defaulted to 32)")
     group.add_argument("--match_dim", type=int, default=64, help="point-matcher embedding width (default 64)")
+    group.add_argument("--no_optimize", action="store_true",
+                       help="run the model as built, without network.optimize_for_inference (batch-norm folding, "
+                            "channels_last, split head concatenation; float32 results agree within 1e-4 of max|logit|)")
+    group.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
+                       help="fp32 (default, exact protocol), or bf16 / fp16 autocast: faster on CPUs with bf16 "
+                            "support and on GPUs, argmax agrees with fp32 on >= 99.5%% of pixels")
 
 
 def model_options(args: argparse.Namespace) -> dict:
-    """The options added by :func:`add_model_options`, as keyword arguments for ``get_model``."""
+    """The point-flow options added by :func:`add_model_options`, as keyword arguments for ``get_model``."""
     return {name: getattr(args, name) for name in ("maxpool_size", "avgpool_size", "edge_points", "match_dim")}
+
+
+def inference_options(args: argparse.Namespace) -> dict:
+    """``optimize`` and ``precision`` keyword arguments of :func:`restore_model` from the parsed flags."""
+    return {"optimize": not args.no_optimize, "precision": args.precision}
