@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -130,6 +131,9 @@ def test_save_is_atomic_and_replaces(tmp_path):
     save_checkpoint(path, {"epoch": 1, "state_dict": {"w": torch.zeros(2)}})
     save_checkpoint(path, {"epoch": 2, "state_dict": {"w": torch.ones(2)}})
     assert read_checkpoint(path)["epoch"] == 2
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     with pytest.raises(Exception):
         save_checkpoint(path, {"epoch": 3, "unpicklable": lambda: None})
     assert read_checkpoint(path)["epoch"] == 2

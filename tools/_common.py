@@ -24,10 +24,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-ON_ERROR_CHOICES = ("error", "skip")
-PARTIAL_MARK = ".partial-"
-"""Temporary outputs are named ``.{final name}.partial-{pid}`` until they are renamed into place."""
+from utils.atomic import atomic_write_bytes
 
+ON_ERROR_CHOICES = ("error", "skip")
 
 class InputError(Exception):
     """A problem with one input file; the message names the file and says how to fix it."""
@@ -112,31 +111,6 @@ def check_output_outside_input(source: Path, output: Path) -> None:
     if output_real == source_real or source_real in output_real.parents:
         raise ToolError(f"output folder {output} is inside the input folder {source}; the tools never write "
                         "into the source tree. Choose an output folder outside it.")
-
-
-def remove_partial_files(folder: Path) -> int:
-    """Delete temporary files left in ``folder`` by an interrupted run; returns how many."""
-    if not folder.is_dir():
-        return 0
-    stale = [path for path in folder.iterdir() if path.name.startswith(".") and PARTIAL_MARK in path.name]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
-
-
-def _temporary_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}{PARTIAL_MARK}{os.getpid()}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never a half-written ``path``."""
-    temporary = _temporary_path(path)
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def atomic_write_image(path: Path, image: np.ndarray) -> None:

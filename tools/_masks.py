@@ -19,9 +19,9 @@ from tools._common import (
     check_output_outside_input,
     natural_key,
     read_image,
-    remove_partial_files,
     run_jobs,
 )
+from utils.atomic import remove_partial_files
 
 UNKNOWN_COLOR_CHOICES = ("error", "ignore", "background")
 _UNMAPPED = np.uint16(0xFFFF)

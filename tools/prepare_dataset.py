@@ -38,9 +38,9 @@ from tools._common import (  # noqa: E402
     run_tool,
     check_output_outside_input,
     natural_key,
-    remove_partial_files,
     run_jobs,
 )
+from utils.atomic import remove_partial_files  # noqa: E402
 from tools._masks import ColourCoding, add_unknown_color_argument, isaid_coding, isprs_coding  # noqa: E402
 from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
 from tools.raw_layout import ISAID_MASK_FOLDERS, ISPRS_FOLDERS, SPLIT_TILES, isprs_file_names  # noqa: E402

@@ -30,9 +30,9 @@ from tools._common import (  # noqa: E402
     run_tool,
     check_output_outside_input,
     natural_key,
-    remove_partial_files,
     run_jobs,
 )
+from utils.atomic import remove_partial_files  # noqa: E402
 from datasets.classes import ISPRS_MASK_SUFFIX  # noqa: E402
 from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
 

@@ -11,15 +11,15 @@ caller passes ``trusted_pickle=True`` for a legacy file it trusts.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from utils.atomic import atomic_path
 
 WRAPPER_PREFIX = "module."
 
@@ -150,17 +150,9 @@ def load_checkpoint(path: str | Path, model: nn.Module, *, strict_shapes: bool =
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` with ``torch.save`` atomically (temporary file in the same folder, then rename).
+    """Write ``payload`` with ``torch.save`` atomically (see :func:`utils.atomic.atomic_path`).
 
     An interrupted save never leaves a truncated file at ``path``; parent folders are created.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temp_name:
         torch.save(payload, temp_name)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise

@@ -1,0 +1,330 @@
+"""Evaluate a checkpoint on a dataset split: the original PFSegNets ``eval.py`` protocol and flags.
+
+Per image, step for step as the original (the published numbers depend on it): the image is read as
+RGB and, with ``--resize_scale S``, resized to S x S with PIL bicubic and its mask with PIL nearest;
+ToTensor + ImageNet normalisation; logits of the whole image (``-im whole``) or of sliding windows
+(``-im sliding``), averaged over ``--scales`` and the horizontal flip unless ``--no_flip``, resized to
+the evaluated size (bilinear, align_corners=True); argmax; one confusion matrix over all pixels whose
+label is below K (255 ignored). mIoU is the nan-mean over the classes present in truth or prediction.
+
+Writes to the output folder (``--out_dir``, else ``{ckpt_path}/{exp_name}/{split}`` as the original):
+``metrics.json``, ``metrics.csv``, ``report.html`` (+ ``report_iou.png``, ``report_samples.png``),
+``eval_{date}.log`` and, with ``--dump_images``, ``rgb/``, ``pred/``, ``compose/``, ``diff/`` (and
+``side_by_side/`` with ``--dump_side_by_side``).
+
+Example (what scripts/pointflow/test/test_iSAID_pfnet_R50.sh runs)::
+
+    python eval.py --dataset iSAID --arch network.pointflow_resnet_with_max_avg_pool.DeepR50_PF_maxavg_deeply \\
+        --inference_mode whole --single_scale --scales 1.0 --split val --cv_split 0 --maxpool_size 14 \\
+        --avgpool_size 9 --edge_points 128 --match_dim 64 --resize_scale 896 --mode semantic --no_flip \\
+        --ckpt_path results --snapshot iSAID_pfnet_r50.pth
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from datasets import normalize_image
+from utils.checkpoint import CheckpointMismatchError
+from utils.datasets_info import DATASET_NAMES, load_split
+from utils.inference import infer_logits
+from utils.metrics import (
+    ConfusionMatrix,
+    erode_class_boundaries,
+    format_table,
+    metrics_summary,
+    parse_class_list,
+    write_metrics_csv,
+    write_metrics_json,
+)
+from utils.palette import blend, colorize, error_map, palette_image, save_image, side_by_side
+from utils.report import make_sample, write_report
+from utils.restore import add_model_options, inference_options, model_options, restore_model
+
+log = logging.getLogger("eval")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_argument_group("what to evaluate")
+    what.add_argument("--dataset", required=True, choices=DATASET_NAMES,
+                      help="dataset (original spellings; potsdam is accepted for Posdam)")
+    what.add_argument("--dataset_dir", default=None,
+                      help="dataset root holding {split}/images and {split}/masks (default: the config's root)")
+    what.add_argument("--split", default="val", help="split folder to evaluate (default val; Potsdam/Vaihingen: test)")
+    what.add_argument("--snapshot", required=True, help="checkpoint file (.pth) to evaluate")
+    what.add_argument("--arch", required=True,
+                      help="model: pfnet_r50, pfnet_r101 or the original dotted names "
+                           "(network.pointflow_resnet_with_max_avg_pool.DeepR50_PF_maxavg_deeply)")
+    what.add_argument("--mode", default="semantic", choices=("semantic",),
+                      help="dataset quality; only 'semantic' exists for these datasets (kept for the scripts)")
+    what.add_argument("--cv_split", type=int, default=None,
+                      help="accepted for the original scripts; these datasets have a single split")
+    what.add_argument("--trusted-pickle", dest="trusted_pickle", action="store_true",
+                      help="allow arbitrary pickled objects in the checkpoint (only for files you trust)")
+
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument("--resize_scale", type=int, default=None,
+                          help="resize every image (bicubic) and mask (nearest) to S x S before inference and "
+                               "score at that size, as the original (official scripts: 896; Vaihingen 768)")
+    protocol.add_argument("-im", "--inference_mode", choices=("whole", "sliding"), default="sliding",
+                          help="whole image in one forward pass, or overlapping windows averaged (default "
+                               "sliding, as the original; the official scripts use whole)")
+    protocol.add_argument("--single_scale", action="store_true", help="use scale 1.0 only (ignores --scales)")
+    protocol.add_argument("--scales", default="0.5,1.0,2.0",
+                          help="comma-separated test-time scales whose logits are averaged (default 0.5,1.0,2.0)")
+    protocol.add_argument("--no_flip", action="store_true",
+                          help="do not average in the horizontally flipped image (flip is on by default)")
+    protocol.add_argument("--crop_size", type=int, default=513, help="sliding-window size in pixels (default 513)")
+    protocol.add_argument("--sliding_overlap", type=float, default=1 / 3,
+                          help="window overlap: a fraction (<= 1) of the window, or pixels (> 1) (default 1/3)")
+    protocol.add_argument("--stride", type=int, default=None,
+                          help="sliding-window step in pixels; overrides --sliding_overlap")
+    protocol.add_argument("--exclude-classes", "--exclude_classes", dest="exclude_classes", default="",
+                          help="class ids or names left out of the means, e.g. 'clutter' or '0' "
+                               "(default: none; the published numbers include background/clutter)")
+    protocol.add_argument("--eroded_masks", default=None,
+                          help="folder of eroded-boundary truth masks (ISPRS 'noBoundary' converted to class ids, "
+                               "255 on borders) named like the split's masks; scored instead of the full masks")
+    protocol.add_argument("--boundary_ignore", type=int, default=0,
+                          help="ignore truth pixels within this many pixels of a class boundary (ISPRS uses 3); "
+                               "applied at the evaluated size (default 0 = off)")
+
+    add_model_options(parser)
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--ckpt_path", default=None,
+                        help="output root; the folder is {ckpt_path}/{exp_name}/{split} (default: inferred from "
+                             "--snapshot as the original)")
+    output.add_argument("--exp_name", default=None,
+                        help="experiment name in the output path (default: the snapshot's grandparent folder)")
+    output.add_argument("--out_dir", default=None, help="write here instead of {ckpt_path}/{exp_name}/{split}")
+    output.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation")
+    output.add_argument("--dump_images", action="store_true",
+                        help="write rgb/{name}_color.png (palette), pred/{name}.png (class ids), "
+                             "compose/{name}_compose.png (blend) and diff/{name}_diff.png (errors)")
+    output.add_argument("--dump_side_by_side", action="store_true",
+                        help="also write side_by_side/{name}.png: image | ground truth | prediction")
+    output.add_argument("--report_samples", type=int, default=4,
+                        help="images shown in report_samples.png / report.html (default 4)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                     help="torch device (default: cuda if available, else cpu)")
+    run.add_argument("--batch_size", type=int, default=1,
+                     help="whole mode: images per forward pass (needs --resize_scale); sliding: windows per pass")
+    run.add_argument("--num_workers", type=int, default=4, help="data-loading processes (default 4)")
+    run.add_argument("--test_mode", action="store_true", help="stop after 7 images (a quick check)")
+    run.add_argument("--with_f1", action="store_true", help="accepted for compatibility: F1 is always reported")
+    return parser
+
+
+class ProtocolDataset(Dataset):
+    """(image, mask) files loaded the original evaluation's way.
+
+    Each item: ``image`` float32 (3, H, W) normalised, ``pixels`` uint8 (H, W, 3) (the evaluated RGB,
+    for dumps), ``mask`` int64 (H, W) class ids with 255 ignored, ``name`` the image's file stem.
+    """
+
+    def __init__(self, items: list[tuple[str, str]], num_classes: int, resize_scale: int | None = None,
+                 boundary_ignore: int = 0):
+        self.items = items
+        self.num_classes = num_classes
+        self.resize_scale = resize_scale
+        self.boundary_ignore = boundary_ignore
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        image_path, mask_path = self.items[index]
+        with Image.open(image_path) as image_file:
+            image = image_file.convert("RGB")
+        with Image.open(mask_path) as mask_file:
+            mask_file.load()
+            mask = mask_file
+        if mask.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(f"{mask_path} is a {mask.mode} image; masks must hold class ids in one channel "
+                             "(convert colour masks with the data preparation tools)")
+        if image.size != mask.size:
+            raise ValueError(f"{image_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} is "
+                             f"{mask.size[0]}x{mask.size[1]}")
+        if self.resize_scale:
+            size = (self.resize_scale, self.resize_scale)
+            image = image.resize(size, Image.Resampling.BICUBIC)
+            mask = mask.resize(size, Image.Resampling.NEAREST)
+        pixels = np.asarray(image)
+        class_ids = np.asarray(mask).astype(np.int64)
+        unexpected = np.setdiff1d(np.unique(class_ids), [*range(self.num_classes), 255])
+        if unexpected.size:
+            raise ValueError(f"{mask_path} holds label ids {unexpected.tolist()}, not classes "
+                             f"0..{self.num_classes - 1} or 255 (ignore): is it a mask of this dataset, "
+                             "converted to class ids?")
+        if self.boundary_ignore:
+            class_ids = erode_class_boundaries(class_ids, self.boundary_ignore)
+        return {
+            "image": normalize_image(pixels),
+            "pixels": torch.from_numpy(pixels.copy()),
+            "mask": torch.from_numpy(class_ids),
+            "name": Path(image_path).stem,
+        }
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """``--out_dir``, else the original's ``{ckpt_path}/{exp_name}/{split}`` where, by default,
+    ``exp_name`` is the snapshot's grandparent folder and ``ckpt_path`` the name of the folder above."""
+    if args.out_dir:
+        return Path(args.out_dir)
+    snapshot_dir = os.path.dirname(args.snapshot)
+    experiment_dir = os.path.dirname(snapshot_dir)
+    exp_name = args.exp_name if args.exp_name is not None else os.path.basename(experiment_dir)
+    ckpt_path = args.ckpt_path if args.ckpt_path is not None else os.path.basename(os.path.dirname(experiment_dir))
+    return Path(ckpt_path) / exp_name / args.split
+
+
+def sliding_stride(args: argparse.Namespace) -> int:
+    """``--stride``, else ``ceil(crop * (1 - overlap))`` for a fractional overlap or ``crop - overlap`` pixels."""
+    if args.stride:
+        return args.stride
+    if args.sliding_overlap <= 1:
+        return math.ceil(args.crop_size * (1 - args.sliding_overlap))
+    return args.crop_size - int(args.sliding_overlap)
+
+
+def replace_masks(items: list[tuple[str, str]], mask_dir: str) -> list[tuple[str, str]]:
+    """Pair each image with the same-named mask file in ``mask_dir`` (all must exist)."""
+    replaced = [(image, str(Path(mask_dir) / Path(mask).name)) for image, mask in items]
+    missing = [mask for _, mask in replaced if not os.path.isfile(mask)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} eroded masks missing in {mask_dir}, e.g. {missing[0]}")
+    return replaced
+
+
+def setup_logging(out_dir: Path) -> Path:
+    """Log to the console and to ``{out_dir}/eval_{date}.log``."""
+    log_path = out_dir / f"eval_{datetime.now().strftime('%Y_%m_%d_%H_%M_%S')}.log"
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)
+    formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%m-%d %H:%M:%S")
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(log_path)):
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
+    return log_path
+
+
+def dump_prediction(out_dir: Path, name: str, pixels: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
+                    palette: np.ndarray, side_by_side_panels: bool) -> None:
+    """Write the colour, class-id, blend and error images of one prediction (names after the input)."""
+    colours = colorize(prediction, palette)
+    overlay = blend(pixels, colours)
+    save_image(out_dir / "rgb" / f"{name}_color.png", palette_image(prediction, palette))
+    save_image(out_dir / "pred" / f"{name}.png", prediction.astype(np.uint8))
+    save_image(out_dir / "compose" / f"{name}_compose.png", overlay)
+    if (truth != 255).any():
+        save_image(out_dir / "diff" / f"{name}_diff.png", error_map(overlay, prediction, truth))
+    if side_by_side_panels:
+        panel = side_by_side([pixels, colorize(truth, palette), colours])
+        save_image(out_dir / "side_by_side" / f"{name}.png", panel)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Run the evaluation described by ``args``; return the metrics summary (see ``metrics_summary``)."""
+    items, class_names, palette = load_split(args.dataset, args.split, args.dataset_dir)
+    if args.eroded_masks:
+        items = replace_masks(items, args.eroded_masks)
+    exclude = parse_class_list(args.exclude_classes, class_names)
+    scales = (1.0,) if args.single_scale else tuple(float(value) for value in args.scales.split(","))
+    sliding = args.inference_mode == "sliding"
+    if args.batch_size > 1 and not sliding and not args.resize_scale:
+        raise ValueError("--batch_size > 1 in whole mode needs --resize_scale (images of one size)")
+    out_dir = output_dir(args)
+    if (out_dir / "metrics.json").exists() and not args.overwrite:
+        raise FileExistsError(f"{out_dir / 'metrics.json'} exists; pass --overwrite or choose --out_dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = setup_logging(out_dir)
+
+    model, checkpoint_extras = restore_model(
+        args.arch, args.snapshot, len(class_names), device=args.device, trusted_pickle=args.trusted_pickle,
+        **inference_options(args), **model_options(args),
+    )
+    stride = sliding_stride(args) if sliding else None
+    log.info("snapshot %s (epoch %s), arch %s, dataset %s/%s: %d images", args.snapshot,
+             checkpoint_extras.get("epoch"), args.arch, args.dataset, args.split, len(items))
+    log.info("mode %s, scales %s, flip %s, resize %s%s; output %s", args.inference_mode, scales, not args.no_flip,
+             args.resize_scale, f", window {args.crop_size} stride {stride}" if sliding else "", out_dir)
+
+    dataset = ProtocolDataset(items, len(class_names), args.resize_scale, args.boundary_ignore)
+    loader = DataLoader(dataset, batch_size=1 if sliding else args.batch_size, shuffle=False,
+                        num_workers=args.num_workers)
+    meter = ConfusionMatrix(len(class_names), device=args.device)
+    samples = []
+    images_scored = 0
+    progress = tqdm(loader, desc=f"eval {args.split}", unit="batch")
+    for batch_index, batch in enumerate(progress):
+        logits = infer_logits(
+            model, batch["image"].to(args.device), scales=scales, flip=not args.no_flip,
+            window=args.crop_size if sliding else None, stride=stride, batch_size=args.batch_size,
+        )
+        predictions = logits.argmax(1)
+        meter.update(predictions, batch["mask"])
+        images_scored += len(predictions)
+        progress.set_description(f"mIoU {100 * meter.compute()['miou']:.2f}")
+        for name, pixels, truth, prediction in zip(batch["name"], batch["pixels"], batch["mask"], predictions):
+            pixels, truth, prediction = pixels.numpy(), truth.numpy(), prediction.cpu().numpy().astype(np.uint8)
+            if args.dump_images:
+                dump_prediction(out_dir, name, pixels, truth, prediction, palette, args.dump_side_by_side)
+            if len(samples) < args.report_samples:
+                samples.append(make_sample(name, pixels, truth, prediction))
+        if args.test_mode and batch_index >= 6:
+            break
+
+    summary = metrics_summary(meter.matrix, class_names, exclude)
+    log.info("results on %s/%s:\n%s", args.dataset, args.split, format_table(summary))
+    extra = {
+        "dataset": args.dataset, "split": args.split, "snapshot": str(args.snapshot), "arch": args.arch,
+        "checkpoint_epoch": checkpoint_extras.get("epoch"),
+        "checkpoint_mean_iu": None if checkpoint_extras.get("mean_iu") is None
+        else float(checkpoint_extras["mean_iu"]),
+        "images": images_scored,
+        "protocol": {
+            "inference_mode": args.inference_mode, "scales": list(scales), "flip": not args.no_flip,
+            "resize_scale": args.resize_scale, "crop_size": args.crop_size if sliding else None,
+            "stride": stride, "eroded_masks": args.eroded_masks, "boundary_ignore": args.boundary_ignore,
+        },
+        "model_options": model_options(args),
+        "command": " ".join(sys.argv),
+    }
+    write_metrics_json(out_dir / "metrics.json", summary, extra)
+    write_metrics_csv(out_dir / "metrics.csv", summary)
+    report = write_report(out_dir, summary, palette, samples,
+                          title=f"{args.dataset} {args.split}: {Path(args.snapshot).name}")
+    log.info("wrote %s, %s, %s and %s", out_dir / "metrics.json", out_dir / "metrics.csv", report, log_path)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        evaluate(args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:
+        parser.error(str(error))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Shared helpers for the evaluation/prediction tests: a real PFNet whose predictions vary, test images."""
+import numpy as np
+import torch
+
+import network
+
+
+def blocky_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """uint8 (H, W, 3): a few flat coloured rectangles plus noise, so a random PFNet predicts several classes."""
+    pixels = np.zeros((height, width, 3))
+    for _ in range(6):
+        top, left = rng.integers(0, height), rng.integers(0, width)
+        pixels[top : top + rng.integers(8, 30), left : left + rng.integers(8, 30)] = rng.integers(0, 256, 3)
+    return np.clip(pixels + rng.normal(0, 10, pixels.shape), 0, 255).astype(np.uint8)
+
+
+def calibrated_pfnet(num_classes: int, seed: int = 0) -> torch.nn.Module:
+    """PFNet-R50 with random weights whose BatchNorm statistics were set on blocky images (eval mode).
+
+    With the default statistics (mean 0, variance 1) a random PFNet predicts one class almost everywhere,
+    which would make comparisons of predictions weak.
+    """
+    torch.manual_seed(seed)
+    model = network.get_model("pfnet_r50", num_classes)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average over the calibration batches
+    rng = np.random.default_rng(seed)
+    mean = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+    std = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            batch = np.stack([blocky_image(rng, 64, 64) for _ in range(2)]).astype(np.float32) / 255
+            model(torch.from_numpy(((batch - mean) / std).transpose(0, 3, 1, 2).copy()))
+    return model.eval()

@@ -1,0 +1,152 @@
+"""predict.py end to end with the real PFNet-R50 and a checkpoint written by save_checkpoint."""
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eval_fixtures import blocky_image, calibrated_pfnet
+import predict
+from utils.checkpoint import save_checkpoint
+from datasets import normalize_image
+from utils.inference import sliding_window_logits
+
+NUM_CLASSES = 6
+
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def model_and_checkpoint(tmp_path_factory):
+    model = calibrated_pfnet(NUM_CLASSES)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pth"
+    save_checkpoint(path, {"state_dict": model.state_dict(), "epoch": 3, "mean_iu": 0.5, "command": "test"})
+    return model, path
+
+
+def expected_ids(model, pixels, window, stride):
+    with torch.no_grad():
+        logits = sliding_window_logits(model, normalize_image(pixels)[None], window, stride)
+    return logits.argmax(1)[0].numpy().astype(np.uint8)
+
+
+def test_png_whole_image_matches_direct_forward(tmp_path, model_and_checkpoint):
+    model, checkpoint = model_and_checkpoint
+    pixels = blocky_image(np.random.default_rng(0), 40, 56)
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    predict.main([str(tmp_path / "scene.png"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
+                  "--window", "64", "--device", "cpu"])
+    with torch.no_grad():
+        direct = model(normalize_image(pixels)[None]).argmax(1)[0].numpy()
+    mask = Image.open(tmp_path / "out" / "scene_pred.png")
+    assert mask.mode == "P" and mask.size == (56, 40)
+    np.testing.assert_array_equal(np.asarray(mask), direct)
+
+
+def test_folder_of_images_with_overlapping_windows(tmp_path, model_and_checkpoint):
+    model, checkpoint = model_and_checkpoint
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    tall = blocky_image(rng, 90, 70)
+    Image.fromarray(tall).save(folder / "a.png")
+    Image.fromarray(tall[:50]).save(folder / "b.jpg", quality=100)
+    (folder / "notes.txt").write_text("not an image")
+    predict.main([str(folder), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
+                  "--window", "64", "--stride", "40", "--batch_size", "3", "--device", "cpu"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_pred.png", "b_pred.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "a_pred.png")),
+                                  expected_ids(model, tall, 64, 40))
+
+
+def test_refuses_to_overwrite(tmp_path, model_and_checkpoint, capsys):
+    _, checkpoint = model_and_checkpoint
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x_pred.png").write_bytes(b"keep me")
+    argv = [str(tmp_path / "x.png"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
+            "--window", "32", "--device", "cpu"]
+    with pytest.raises(SystemExit):
+        predict.main(argv)
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "out" / "x_pred.png").read_bytes() == b"keep me"
+    predict.main(argv + ["--overwrite"])
+    assert Image.open(tmp_path / "out" / "x_pred.png").size == (32, 32)
+
+
+def test_geotiff_keeps_georeference(tmp_path, model_and_checkpoint):
+    rasterio = pytest.importorskip("rasterio", reason="rasterio (optional) not installed")
+    from rasterio.transform import Affine
+
+    model, checkpoint = model_and_checkpoint
+    pixels = blocky_image(np.random.default_rng(2), 70, 130)  # wider than tall
+    transform = Affine(0.05, 0.0, 367000.0, 0.0, -0.05, 5810000.0)  # 5 cm pixels, UTM 33N
+    with rasterio.open(tmp_path / "tile.tif", "w", driver="GTiff", height=70, width=130, count=4, dtype="uint8",
+                       crs="EPSG:32633", transform=transform) as dst:
+        dst.write(pixels.transpose(2, 0, 1), indexes=[1, 2, 3])
+        dst.write(np.full((70, 130), 255, dtype=np.uint8), indexes=4)
+    predict.main([str(tmp_path / "tile.tif"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
+                  "--window", "64", "--stride", "48", "--device", "cpu"])
+    with rasterio.open(tmp_path / "out" / "tile_pred.tif") as result:
+        assert result.count == 1 and result.dtypes == ("uint8",)
+        assert (result.height, result.width) == (70, 130)
+        assert result.crs.to_epsg() == 32633
+        assert result.transform == transform
+        assert result.colormap(1)[1][:3] == (128, 0, 0)
+        np.testing.assert_array_equal(result.read(1), expected_ids(model, pixels, 64, 48))
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["tile_pred.tif"]
+
+
+@pytest.mark.filterwarnings("ignore:Dataset has no geotransform")
+def test_geotiff_png_output_and_band_selection(tmp_path, model_and_checkpoint):
+    rasterio = pytest.importorskip("rasterio", reason="rasterio (optional) not installed")
+    model, checkpoint = model_and_checkpoint
+    pixels = blocky_image(np.random.default_rng(3), 48, 40)
+    with rasterio.open(tmp_path / "irrg.tif", "w", driver="GTiff", height=48, width=40, count=3,
+                       dtype="uint8") as dst:
+        dst.write(pixels[..., ::-1].transpose(2, 0, 1))  # stored in reverse band order
+    predict.main([str(tmp_path / "irrg.tif"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
+                  "--window", "64", "--bands", "3,2,1", "--format", "png", "--device", "cpu"])
+    with torch.no_grad():
+        direct = model(normalize_image(pixels)[None]).argmax(1)[0].numpy()
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "irrg_pred.png")), direct)
+
+
+@pytest.mark.filterwarnings("ignore:Dataset has no geotransform")
+def test_sixteen_bit_geotiff_is_refused_clearly(tmp_path, model_and_checkpoint, capsys):
+    rasterio = pytest.importorskip("rasterio", reason="rasterio (optional) not installed")
+    _, checkpoint = model_and_checkpoint
+    with rasterio.open(tmp_path / "deep.tif", "w", driver="GTiff", height=8, width=8, count=3, dtype="uint16") as dst:
+        dst.write(np.zeros((3, 8, 8), dtype=np.uint16))
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path / "deep.tif"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "o"),
+                      "--device", "cpu"])
+    assert "expects 8-bit" in capsys.readouterr().err
+    assert not list((tmp_path / "o").glob("*"))
+
+
+def test_missing_rasterio_gives_install_hint(tmp_path, model_and_checkpoint, monkeypatch, capsys):
+    _, checkpoint = model_and_checkpoint
+    (tmp_path / "t.tif").write_bytes(b"II*\x00")
+    monkeypatch.setitem(sys.modules, "rasterio", None)
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path / "t.tif"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "o"),
+                      "--device", "cpu"])
+    assert "pip install rasterio" in capsys.readouterr().err
+
+
+def test_dataset_palette_and_class_count_mismatch(tmp_path, model_and_checkpoint, capsys):
+    model, checkpoint = model_and_checkpoint
+    pixels = blocky_image(np.random.default_rng(4), 32, 48)
+    Image.fromarray(pixels).save(tmp_path / "v.png")
+    predict.main([str(tmp_path / "v.png"), "--snapshot", str(checkpoint), "--dataset", "Vaihingen",
+                  "--out_dir", str(tmp_path / "out"), "--window", "64", "--device", "cpu"])
+    mask = Image.open(tmp_path / "out" / "v_pred.png")
+    assert mask.getpalette()[:6] == [255, 255, 255, 0, 0, 255]  # impervious surfaces, building
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path / "v.png"), "--snapshot", str(checkpoint), "--dataset", "iSAID",
+                      "--out_dir", str(tmp_path / "out16"), "--device", "cpu"])
+    assert "trained for 6 classes but 16 are expected" in capsys.readouterr().err

@@ -1,0 +1,123 @@
+"""train.py flags, YAML experiment files, dotted overrides, and the shipped training scripts."""
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import config
+import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def pristine_cfg():
+    """parse_args merges into the global cfg: restore it after each test."""
+    saved = copy.deepcopy(config.cfg)
+    yield
+    config.cfg.clear()
+    config.cfg.update(saved)
+
+
+def test_precedence_defaults_file_flags_overrides(tmp_path):
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text("lr: 0.05\nmax_epoch: 7\nohem: true\nDATASET:\n  ISAID_DIR: /from/file\n")
+    args, _ = train.parse_args(["--config", str(experiment), "--max_epoch", "9", "--set", "poly_exp=0.9",
+                                "DATASET.VAIHINGEN_DIR=/from/set", "--set", "weight_decay=1e-3", "syncbn=true"])
+    assert args.lr == 0.05  # file over default
+    assert args.max_epoch == 9  # command line over file
+    assert args.ohem is True
+    assert args.poly_exp == 0.9  # --set
+    assert args.weight_decay == 0.001 and args.syncbn is True  # typed as the flag ("1e-3" is a string in YAML)
+    assert config.cfg.DATASET.ISAID_DIR == "/from/file"
+    assert config.cfg.DATASET.VAIHINGEN_DIR == "/from/set"
+    assert args.bs_mult == 4  # untouched default (the original's)
+
+
+def test_effective_config_round_trips_through_config_yaml(tmp_path):
+    args, _ = train.parse_args(["--lr", "0.01", "--joint_edge_loss_pfnet", "--set", "DATASET.ISAID_DIR=/data/x"])
+    saved = config.effective_config(train.flag_values(args), config.cfg)
+    config.save_config(tmp_path / "config.yaml", saved)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["DATASET"]["ISAID_DIR"] == "/data/x"
+    config.cfg.DATASET.ISAID_DIR = "./elsewhere"
+    again, _ = train.parse_args(["--config", str(tmp_path / "config.yaml")])
+    assert train.flag_values(again) == train.flag_values(args)
+    assert config.cfg.DATASET.ISAID_DIR == "/data/x"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("lrr: 0.1\n", r"unknown flags \['lrr'\]"),
+        ("DATASET:\n  ISAID_ROOT: /x\n", "unknown config key 'DATASET.ISAID_ROOT'"),
+        ("- 1\n- 2\n", "expected a YAML mapping"),
+    ],
+)
+def test_bad_experiment_files_are_named(tmp_path, capsys, content, message):
+    experiment = tmp_path / "bad.yaml"
+    experiment.write_text(content)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--config", str(experiment)])
+    error = capsys.readouterr().err
+    assert re.search(message, error) and "bad.yaml" in error
+
+
+def test_bad_override_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--set", "DATASET.NOPE=1"])
+    assert "--set DATASET.NOPE=1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--set", "justtext"])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--set", "amp=fp8"])
+    assert "choose from" in capsys.readouterr().err
+
+
+def test_original_apex_flags_map_to_native_amp_and_ddp():
+    args, notes = train.parse_args(["--apex", "--fp16", "--class_uniform_pct", "0.5", "--aux"])
+    assert args.amp == "fp16"
+    assert any("--apex" in note and "DistributedDataParallel" in note for note in notes)
+    assert any("--class_uniform_pct" in note for note in notes)
+    args, _ = train.parse_args(["--apex"])
+    assert args.amp == "off"  # the original's --apex was DDP only: its scripts trained in float32
+
+
+@pytest.mark.parametrize("argv", [["--bs_mult", "1"], ["--lr_schedule", "scl-poly"], ["--dataset", "cityscapes"],
+                                  ["--resume", "a.pth", "--snapshot", "b.pth"], ["--amp", "fp8"]])
+def test_invalid_combinations_exit_with_a_message(argv, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv)
+    assert "error" in capsys.readouterr().err
+
+
+def script_flags(script: Path) -> list[str]:
+    """The train.py flags of a shipped script (shell variables replaced by their defaults)."""
+    text = script.read_text()
+    body = text.split("train.py \\\n", 1)[1].split('"$@"', 1)[0]
+    body = body.replace('"${BS_MULT}"', "2").replace('"${EXP_DIR}"', "/tmp/exp")
+    return body.replace("\\\n", " ").split()
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("train_iSAID_pfnet_r50.sh", dict(dataset="iSAID", arch="pfnet_r50", lr=0.007, max_epoch=16, crop_size=896,
+                                          with_aug=False)),
+        ("train_iSAID_pfnet_r101.sh", dict(dataset="iSAID", arch="pfnet_r101", lr=0.007, max_epoch=16, crop_size=896,
+                                           with_aug=False)),
+        ("train_posdam896_pfnet_r50.sh", dict(dataset="Posdam", arch="pfnet_r50", lr=0.01, max_epoch=100, crop_size=896,
+                                              with_aug=True, scale_min=0.5, scale_max=2.0)),
+        ("train_vaihingen768_pfnet_r50.sh", dict(dataset="Vaihingen", arch="pfnet_r50", lr=0.01, max_epoch=200,
+                                                 crop_size=768,
+                                                 with_aug=True, scale_min=0.5, scale_max=2.0)),
+    ],
+)
+def test_shipped_scripts_hold_the_recipe_as_it_ran(script, expected):
+    args, notes = train.parse_args(script_flags(REPO / "scripts" / "pointflow" / script))
+    recipe = dict(lr_schedule="poly", poly_exp=0.9, syncbn=True, maxpool_size=14, avgpool_size=9, edge_points=128,
+                  match_dim=64, joint_edge_loss_pfnet=True, edge_weight=25.0, ohem=True, bs_mult=2, amp="off",
+                  class_uniform_pct=0.0, **expected)
+    assert {key: getattr(args, key) for key in recipe} == recipe
+    assert notes == []

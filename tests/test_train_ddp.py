@@ -1,0 +1,63 @@
+"""Two CPU processes under torchrun (gloo): DDP training, sharded validation, checkpoint and exact resume."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from train_data import make_tiny_potsdam, tiny_run_flags
+
+REPO = Path(__file__).resolve().parents[1]
+# 8 patches over 2 processes x 2 patches: 2 iterations per epoch. The schedule has 3 epochs, so both
+# runs below stop after epoch 1, which still trains at a non-zero LR (the last epoch's is 0).
+RUN_FLAGS = ["--max_epoch", "3", "--bs_mult", "2", "--num_workers", "0", "--syncbn"]
+
+
+def torchrun(flags: list[str]) -> str:
+    """Run train.py in 2 processes on this machine; returns the combined output (fails the test on error)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ddp")
+    flags = tiny_run_flags(make_tiny_potsdam(base), base) + RUN_FLAGS
+    straight_log = torchrun(flags + ["--exp", "straight", "--stop_after", "2"])
+    split_dir = base / "ckpt" / "split" / "Posdam-pfnet_r50"
+    torchrun(flags + ["--exp", "split", "--stop_after", "1"])
+    resume_log = torchrun(flags + ["--exp", "split", "--resume", str(split_dir / "last.pth"), "--stop_after", "1"])
+    return base, straight_log, resume_log
+
+
+def test_two_processes_resume_bit_exactly(ddp_runs):
+    base, _, resume_log = ddp_runs
+    straight = torch.load(base / "ckpt" / "straight" / "Posdam-pfnet_r50" / "last.pth", weights_only=True)
+    resumed = torch.load(base / "ckpt" / "split" / "Posdam-pfnet_r50" / "last.pth", weights_only=True)
+    assert "resuming" in resume_log and "at epoch 1" in resume_log
+    assert straight["epoch"] == resumed["epoch"] == 1
+    assert straight["global_step"] == resumed["global_step"] == 4
+    assert len(resumed["rng_states"]) == 2  # one per process
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    for state_id, state in straight["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][state_id]["momentum_buffer"])
+
+
+def test_processes_agree_and_validation_covers_every_image(ddp_runs):
+    base, straight_log, _ = ddp_runs
+    assert "2 process(es) on cpu" in straight_log
+    assert "--syncbn: plain BatchNorm" in straight_log
+    records = [json.loads(line) for line in (base / "ckpt" / "straight" / "Posdam-pfnet_r50" / "log.jsonl").open()]
+    validations = [record for record in records if record["kind"] == "val"]
+    assert [record["step"] for record in validations] == [0, 1]
+    # 4 test patches of 64 x 64, two per process, summed over both processes by the all-reduce
+    assert all(record["pixels"] == 4 * 64 * 64 for record in validations)
+    assert len([record for record in records if record["kind"] == "train"]) == 4  # rank 0 logs only

@@ -1,0 +1,162 @@
+"""train.py end to end in one process on real (tiny, synthetic) prepared data and the real PFNet-R50."""
+import copy
+import json
+import math
+import re
+
+import pytest
+import torch
+
+import config
+import network
+import train
+from train_data import make_tiny_potsdam, tiny_run_flags
+from utils.checkpoint import load_checkpoint
+from utils.distributed import DistContext
+
+MAX_EPOCH = 3
+# 8 patches, batch 4: 2 iterations per epoch; a data-loading worker, so its seeding is resumed too
+RUN_FLAGS = ["--max_epoch", str(MAX_EPOCH), "--bs_mult", "4", "--val_freq", "2", "--num_workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def potsdam_root(tmp_path_factory):
+    return make_tiny_potsdam(tmp_path_factory.mktemp("train_data"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_globals():
+    """train.main changes the global cfg and torch's determinism switch: put them back after this module.
+    One intra-op thread: these tiny tensors gain nothing from two, and a busy data-loading worker or
+    another process on the machine would stall them."""
+    saved_cfg = copy.deepcopy(config.cfg)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    config.cfg.clear()
+    config.cfg.update(saved_cfg)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def finished_run(potsdam_root, tmp_path_factory):
+    """One 3-epoch run validating at epochs 0 and 2 (--val_freq 2 plus the last epoch)."""
+    out = tmp_path_factory.mktemp("run")
+    result = train.main(tiny_run_flags(potsdam_root, out) + RUN_FLAGS + ["--exp", "single"])
+    records = [json.loads(line) for line in (out / "ckpt" / "single" / "Posdam-pfnet_r50" / "log.jsonl").open()]
+    return out, result, records
+
+
+def test_run_folder_holds_checkpoints_config_and_logs(finished_run):
+    out, result, _ = finished_run
+    run_dir = out / "ckpt" / "single" / "Posdam-pfnet_r50"
+    assert result["run_dir"] == str(run_dir)
+    names = sorted(path.name for path in run_dir.iterdir())
+    best = [name for name in names if name.startswith("best_epoch_")]
+    assert len(best) == 1 and re.fullmatch(r"best_epoch_[02]_mean-iu_0\.\d{5}\.pth", best[0])
+    assert {"last.pth", "config.yaml", "log.jsonl", "train.log"} <= set(names)
+    assert not [name for name in names if name.endswith(".tmp")]
+    assert list((out / "tb" / "single" / "Posdam-pfnet_r50").glob("events.out.tfevents.*"))
+
+
+def test_validation_follows_val_freq_and_names_the_best(finished_run):
+    out, result, records = finished_run
+    val = {record["step"]: record for record in records if record["kind"] == "val"}
+    assert sorted(val) == [0, 2]
+    best_epoch = max(val, key=lambda epoch: val[epoch]["miou"])
+    assert result["best"]["epoch"] == best_epoch
+    assert result["best"]["file_name"] == f"best_epoch_{best_epoch}_mean-iu_{val[best_epoch]['miou']:.5f}.pth"
+    assert set(val[2]["iou"]) == {"impervious_surfaces", "building", "low_vegetation", "tree", "car", "clutter"}
+
+
+def test_lr_per_epoch_follows_the_poly_formula(finished_run):
+    _, _, records = finished_run
+    lrs = [record["lr"] for record in records if record["kind"] == "epoch"]
+    assert lrs == pytest.approx([0.01 * (1 - (epoch + 1) / MAX_EPOCH) ** 0.9 for epoch in range(MAX_EPOCH)])
+    train_records = [record for record in records if record["kind"] == "train"]
+    assert len(train_records) == MAX_EPOCH * 2  # 12 patches / batch 4, logged every iteration
+    terms = {"loss", "seg_loss", "edge_loss_layer3", "edge_loss_layer2", "edge_loss_layer1"}
+    for record in train_records:
+        assert terms <= set(record) and record["images_per_s"] > 0
+        assert record["loss"] == pytest.approx(sum(record[name] for name in terms - {"loss"}), rel=1e-5)
+
+
+def test_checkpoint_has_the_original_format_plus_extras(finished_run):
+    out, _, records = finished_run
+    last = out / "ckpt" / "single" / "Posdam-pfnet_r50" / "last.pth"
+    payload = torch.load(last, map_location="cpu", weights_only=True)
+    assert {"state_dict", "optimizer", "epoch", "mean_iu", "command"} <= set(payload)
+    assert {"scheduler", "scaler", "sampler", "rng_states", "best_record", "global_step", "config"} <= set(payload)
+    assert all(key.startswith("module.") for key in payload["state_dict"])
+    assert payload["epoch"] == MAX_EPOCH - 1 and payload["global_step"] == MAX_EPOCH * 2
+    last_val = [record for record in records if record["kind"] == "val"][-1]
+    assert math.isclose(payload["mean_iu"], last_val["miou"], rel_tol=1e-12)
+    assert payload["config"]["lr"] == 0.01 and payload["config"]["DATASET"]["POSDAM_DIR"].endswith("potsdam")
+    assert len(payload["rng_states"]) == 1
+    model = network.get_model("pfnet_r50", 6, maxpool_size=2, avgpool_size=2, edge_points=8)
+    extras = load_checkpoint(last, model)
+    assert extras["skipped"] == []
+    classifier = "head.conv_last.1.weight"
+    assert torch.equal(model.state_dict()[classifier], payload["state_dict"]["module." + classifier])
+
+
+def test_refuses_to_start_over_an_existing_run(finished_run, potsdam_root):
+    out, _, _ = finished_run
+    with pytest.raises(SystemExit, match="--resume"):
+        train.main(tiny_run_flags(potsdam_root, out) + ["--max_epoch", "1", "--bs_mult", "4", "--exp", "single"])
+
+
+def test_resume_continues_bit_exactly(finished_run, potsdam_root):
+    """N + M iterations straight equal N iterations, a stop, a resume and M more (CPU, deterministic)."""
+    out, _, _ = finished_run
+    split_dir = out / "ckpt" / "split" / "Posdam-pfnet_r50"
+    train.main(tiny_run_flags(potsdam_root, out) + RUN_FLAGS + ["--exp", "split", "--stop_after", "1"])
+    first_part = torch.load(split_dir / "last.pth", weights_only=True)
+    assert first_part["epoch"] == 0
+    train.main(tiny_run_flags(potsdam_root, out) + RUN_FLAGS
+               + ["--exp", "split", "--resume", str(split_dir / "last.pth")])
+    straight = torch.load(out / "ckpt" / "single" / "Posdam-pfnet_r50" / "last.pth", weights_only=True)
+    resumed = torch.load(split_dir / "last.pth", weights_only=True)
+    assert resumed["epoch"] == straight["epoch"] == MAX_EPOCH - 1
+    assert resumed["state_dict"].keys() == straight["state_dict"].keys()
+    trained = [key for key, value in straight["state_dict"].items()
+               if key.endswith("conv_last.1.weight") and not torch.equal(value, first_part["state_dict"][key])]
+    assert trained  # the resumed epochs did change the weights
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    for state_id, state in straight["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][state_id]["momentum_buffer"])
+    assert resumed["mean_iu"] == straight["mean_iu"]
+    assert resumed["best_record"] == {**straight["best_record"]}
+
+
+def test_bf16_autocast_with_activation_checkpointing_trains_and_validates(potsdam_root, tmp_path):
+    result = train.main(tiny_run_flags(potsdam_root, tmp_path)
+                        + ["--max_epoch", "1", "--bs_mult", "4", "--num_workers", "0", "--amp", "bf16",
+                           "--activation_checkpointing", "--exp", "bf16"])
+    records = [json.loads(line) for line in (tmp_path / "ckpt" / "bf16" / "Posdam-pfnet_r50" / "log.jsonl").open()]
+    losses = [record["loss"] for record in records if record["kind"] == "train"]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert result["best"]["epoch"] == 0 and result["best"]["mean_iu"] > 0
+
+
+def test_class_uniform_sampling_is_sharded_and_feeds_the_loader(potsdam_root, tmp_path):
+    flags = tiny_run_flags(potsdam_root, tmp_path) + ["--bs_mult", "2", "--num_workers", "0",
+                                                      "--class_uniform_sampling", "--class_uniform_pct", "1.0"]
+    args, notes = train.parse_args(flags)
+    assert notes == []
+    train_set, val_set = train.build_datasets(args)
+    shards = []
+    for rank in (0, 1):
+        ctx = DistContext(rank=rank, local_rank=rank, world_size=2, device=torch.device("cpu"))
+        train_loader, val_loader = train.build_loaders(args, ctx, train_set, val_set)
+        train_loader.sampler.set_epoch(3)
+        shards.append(list(train_loader.sampler))
+        assert len(val_loader.dataset) == 2  # 4 test patches, 2 per process
+    assert len(shards[0]) == len(shards[1]) == 4  # 8 patches over 2 processes
+    # int(8 * 1.0 / 6) = 1 centroid per class present, the rest plain patches
+    assert any(centroid is not None for _, centroid in shards[0] + shards[1])
+    batch = next(iter(train_loader))
+    assert batch["image"].shape == (2, 3, 64, 64) and batch["edge"].shape == (2, 1, 64, 64)
