@@ -19,7 +19,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import network
+from utils.atomic import atomic_write_bytes
 
 EVAL_CONFIGS = ("original", "channels_last", "fold_bn", "fold_bn+channels_last", "optimized", "bf16", "fp16",
                 "compile", "compile+bf16")
@@ -337,15 +337,6 @@ def format_table(peaks: dict[str, float], results: list[Result], machine: str, d
     return "\n".join(lines)
 
 
-def write_json_atomic(path: str, payload: dict) -> None:
-    """Write ``payload`` as JSON through a temporary file and ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as handle:
-        json.dump(payload, handle, indent=1)
-    os.chmod(handle.name, 0o644)  # a temporary file is private; results are not
-    os.replace(handle.name, path)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -400,6 +391,7 @@ def main(argv: list[str] | None = None) -> str:
     table = format_table(peaks, results, machine, device.type)
     print(table)
     if args.json:
-        write_json_atomic(args.json, {"machine": machine, "matmul_gflops": peaks, "argv": sys.argv[1:],
-                                      "results": [asdict(r) | {"median": r.median} for r in results]})
+        payload = {"machine": machine, "matmul_gflops": peaks, "argv": sys.argv[1:],
+                   "results": [asdict(r) | {"median": r.median} for r in results]}
+        atomic_write_bytes(args.json, json.dumps(payload, indent=1).encode())
     return table

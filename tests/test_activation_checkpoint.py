@@ -10,6 +10,8 @@ import torch.nn.functional as F
 import network
 from network.activation_checkpoint import CheckpointedSequential
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
     """One forward/backward; returns the loss and the bytes of activations (not parameters) kept for the

@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def test_smoke_run_writes_table_and_json(tmp_path):
     json_path = tmp_path / "bench.json"
-    completed = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--json", str(json_path)],
+    completed = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--threads", "1", "--json", str(json_path)],
                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert "| task | input | config | median ms |" in completed.stdout

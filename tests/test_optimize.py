@@ -12,6 +12,8 @@ from network.optimize import SplitConcatClassifier, fold_batch_norm_, fold_batch
 from network.pfnet import ConcatClassifier
 from parity_case import load_case_a, parity_bound
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def random_batch_norm(channels: int, affine: bool, seed: int) -> nn.BatchNorm2d:
     """An eval-mode batch-norm with non-trivial running statistics (and affine parameters)."""
