@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import eval as evaluation
-from eval_fixtures import blocky_image, calibrated_pfnet
+from eval_fixtures import assert_clear_decisions_match, blocky_image, calibrated_pfnet
 from utils.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,21 +53,24 @@ def vaihingen_root(tmp_path_factory):
 
 
 def reference_confusion(model, root, resize):
-    """The original protocol written out independently: PIL bicubic/nearest, ToTensor+Normalize, argmax."""
+    """The original protocol written out independently: PIL bicubic/nearest, ToTensor+Normalize, argmax.
+
+    Returns the confusion matrix (6, 6) and each image's logits (6, resize, resize) by name.
+    """
     matrix = np.zeros((6, 6), dtype=np.int64)
-    predictions = {}
+    logits = {}
     for name in NAMES:
         image = Image.open(root / "test" / "images" / f"{name}.png").convert("RGB")
         image = image.resize((resize, resize), Image.BICUBIC)
         mask = Image.open(root / "test" / "masks" / f"{name}_gray_mask.png").resize((resize, resize), Image.NEAREST)
         pixels = ((np.asarray(image).astype(np.float32) / 255 - MEAN) / STD).transpose(2, 0, 1)
         with torch.no_grad():
-            prediction = model(torch.from_numpy(pixels.copy())[None]).argmax(1)[0].numpy()
+            logits[name] = model(torch.from_numpy(pixels.copy())[None])[0]
+        prediction = logits[name].argmax(0).numpy()
         truth = np.asarray(mask).astype(np.int64)
         valid = truth < 6
         matrix += np.bincount(6 * truth[valid] + prediction[valid], minlength=36).reshape(6, 6)
-        predictions[name] = prediction
-    return matrix, predictions
+    return matrix, logits
 
 
 def run_eval(root, checkpoint, out_dir, *extra):
@@ -82,8 +85,9 @@ def test_original_protocol_confusion_and_outputs(tmp_path, model_and_checkpoint,
     model, checkpoint = model_and_checkpoint
     out = tmp_path / "out"
     run_eval(vaihingen_root, checkpoint, out, "-im", "whole", "--single_scale", "--no_flip", "--resize_scale", "64",
-             "--dump_images", "--dump_side_by_side", "--report_samples", "2")
-    expected, predictions = reference_confusion(model, vaihingen_root, 64)
+             "--dump_images", "--dump_side_by_side", "--report_samples", "2", "--no_optimize")
+    expected, logits = reference_confusion(model, vaihingen_root, 64)
+    predictions = {name: image_logits.argmax(0).numpy() for name, image_logits in logits.items()}
     result = json.loads((out / "metrics.json").read_text())
     assert result["confusion_matrix"] == expected.tolist()
     iou = np.diag(expected) / (expected.sum(0) + expected.sum(1) - np.diag(expected))
@@ -212,17 +216,18 @@ def test_official_script_runs(tmp_path, model_and_checkpoint, vaihingen_root):
 
 def test_fixture_model_predicts_several_classes(model_and_checkpoint, vaihingen_root):
     model, _ = model_and_checkpoint
-    _, predictions = reference_confusion(model, vaihingen_root, 64)
-    assert len(np.unique(np.concatenate([p.ravel() for p in predictions.values()]))) >= 3
+    _, logits = reference_confusion(model, vaihingen_root, 64)
+    assert len(np.unique(np.concatenate([l.argmax(0).numpy().ravel() for l in logits.values()]))) >= 3
 
 
-def test_unoptimized_and_bf16_paths(tmp_path, model_and_checkpoint, vaihingen_root):
+def test_optimized_default_and_bf16_paths(tmp_path, model_and_checkpoint, vaihingen_root):
     model, checkpoint = model_and_checkpoint
-    expected, _ = reference_confusion(model, vaihingen_root, 64)
+    expected, logits = reference_confusion(model, vaihingen_root, 64)
     protocol = ("-im", "whole", "--single_scale", "--no_flip", "--resize_scale", "64")
-    run_eval(vaihingen_root, checkpoint, tmp_path / "plain", *protocol, "--no_optimize")
-    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
-    assert plain["confusion_matrix"] == expected.tolist()
+    run_eval(vaihingen_root, checkpoint, tmp_path / "default", *protocol, "--dump_images")
+    for name in NAMES:
+        predicted = np.asarray(Image.open(tmp_path / "default" / "pred" / f"{name}.png"))
+        assert_clear_decisions_match(predicted, logits[name])
     run_eval(vaihingen_root, checkpoint, tmp_path / "bf16", *protocol, "--precision", "bf16")
     bf16 = np.array(json.loads((tmp_path / "bf16" / "metrics.json").read_text())["confusion_matrix"])
     # Same pixels counted; predictions move on under 10% of them (this random model's logits are close

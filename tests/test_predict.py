@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval_fixtures import blocky_image, calibrated_pfnet
+from eval_fixtures import assert_clear_decisions_match, blocky_image, calibrated_pfnet
 import predict
 from utils.checkpoint import save_checkpoint
 from datasets import normalize_image
@@ -27,10 +27,12 @@ def model_and_checkpoint(tmp_path_factory):
     return model, path
 
 
-def expected_ids(model, pixels, window, stride):
+def expected_logits(model, pixels, window, stride=None):
+    """(K, H, W) logits of the plain model: one forward, or sliding windows when ``stride`` is given."""
     with torch.no_grad():
-        logits = sliding_window_logits(model, normalize_image(pixels)[None], window, stride)
-    return logits.argmax(1)[0].numpy().astype(np.uint8)
+        if stride is None:
+            return model(normalize_image(pixels)[None])[0]
+        return sliding_window_logits(model, normalize_image(pixels)[None], window, stride)[0]
 
 
 def test_png_whole_image_matches_direct_forward(tmp_path, model_and_checkpoint):
@@ -39,11 +41,9 @@ def test_png_whole_image_matches_direct_forward(tmp_path, model_and_checkpoint):
     Image.fromarray(pixels).save(tmp_path / "scene.png")
     predict.main([str(tmp_path / "scene.png"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
                   "--window", "64", "--device", "cpu"])
-    with torch.no_grad():
-        direct = model(normalize_image(pixels)[None]).argmax(1)[0].numpy()
     mask = Image.open(tmp_path / "out" / "scene_pred.png")
     assert mask.mode == "P" and mask.size == (56, 40)
-    np.testing.assert_array_equal(np.asarray(mask), direct)
+    assert_clear_decisions_match(np.asarray(mask), expected_logits(model, pixels, 64))
 
 
 def test_folder_of_images_with_overlapping_windows(tmp_path, model_and_checkpoint):
@@ -58,8 +58,8 @@ def test_folder_of_images_with_overlapping_windows(tmp_path, model_and_checkpoin
     predict.main([str(folder), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
                   "--window", "64", "--stride", "40", "--batch_size", "3", "--device", "cpu"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_pred.png", "b_pred.png"]
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "a_pred.png")),
-                                  expected_ids(model, tall, 64, 40))
+    assert_clear_decisions_match(np.asarray(Image.open(tmp_path / "out" / "a_pred.png")),
+                                 expected_logits(model, tall, 64, 40))
 
 
 def test_refuses_to_overwrite(tmp_path, model_and_checkpoint, capsys):
@@ -96,7 +96,7 @@ def test_geotiff_keeps_georeference(tmp_path, model_and_checkpoint):
         assert result.crs.to_epsg() == 32633
         assert result.transform == transform
         assert result.colormap(1)[1][:3] == (128, 0, 0)
-        np.testing.assert_array_equal(result.read(1), expected_ids(model, pixels, 64, 48))
+        assert_clear_decisions_match(result.read(1), expected_logits(model, pixels, 64, 48))
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["tile_pred.tif"]
 
 
@@ -110,9 +110,8 @@ def test_geotiff_png_output_and_band_selection(tmp_path, model_and_checkpoint):
         dst.write(pixels[..., ::-1].transpose(2, 0, 1))  # stored in reverse band order
     predict.main([str(tmp_path / "irrg.tif"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
                   "--window", "64", "--bands", "3,2,1", "--format", "png", "--device", "cpu"])
-    with torch.no_grad():
-        direct = model(normalize_image(pixels)[None]).argmax(1)[0].numpy()
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "irrg_pred.png")), direct)
+    assert_clear_decisions_match(np.asarray(Image.open(tmp_path / "out" / "irrg_pred.png")),
+                                 expected_logits(model, pixels, 64))
 
 
 @pytest.mark.filterwarnings("ignore:Dataset has no geotransform")
