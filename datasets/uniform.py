@@ -15,7 +15,8 @@ Differences from NVIDIA's ``datasets/uniform.py``, made so that it works on the 
 * the epoch is shuffled, drawn from a generator seeded by (seed, epoch) and sharded over
   distributed ranks like the original ``DistributedSampler`` (wrap-around padding, ``rank::world``);
 * centroids are cached in a JSON file named by a fingerprint of the masks (names, sizes,
-  modification times), the class count and the tile size; changed data gives a new fingerprint.
+  modification times), the class count and the tile size; changed data gives a new fingerprint, and a
+  corrupt cache file (e.g. truncated by a crash) is rebuilt with a warning.
 """
 
 from __future__ import annotations
@@ -98,9 +99,23 @@ def compute_centroids(mask_paths: Sequence[Path], num_classes: int, tile_size: i
     return table
 
 
+def _read_cache(cache_file: Path) -> CentroidTable | None:
+    """The centroid table stored in ``cache_file``, or None (with a warning) if it is unreadable or corrupt."""
+    try:
+        stored = json.loads(cache_file.read_text())
+        return {int(class_id): [(int(index), (int(centroid[0]), int(centroid[1]))) for index, centroid in entries]
+                for class_id, entries in stored.items()}
+    except (OSError, ValueError, TypeError, AttributeError, IndexError) as error:
+        logger.warning("centroid cache %s is unreadable or corrupt (%s: %s); recomputing it", cache_file,
+                       type(error).__name__, error)
+        return None
+
+
 def load_or_compute_centroids(dataset: SegmentationFolder, tile_size: int, cache_dir: str | Path | None = None,
                               workers: int | None = None) -> CentroidTable:
     """Centroid table of a dataset, read from the cache when its fingerprint matches, else computed and saved.
+
+    A corrupt cache file is recomputed and replaced, with a logged warning.
 
     Args:
         dataset: any ``SegmentationFolder`` (its ``items`` give the masks).
@@ -114,9 +129,9 @@ def load_or_compute_centroids(dataset: SegmentationFolder, tile_size: int, cache
     cache_folder = Path(cache_dir) if cache_dir is not None else dataset.root / ".cache"
     cache_file = cache_folder / f"centroids_{dataset.split}_{fingerprint}.json"
     if cache_file.is_file():
-        stored = json.loads(cache_file.read_text())
-        return {int(class_id): [(index, tuple(centroid)) for index, centroid in entries]
-                for class_id, entries in stored.items()}
+        cached = _read_cache(cache_file)
+        if cached is not None:
+            return cached
     table = compute_centroids(mask_paths, dataset.num_classes, tile_size, workers)
     try:
         cache_folder.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import datasets
 from datasets import DatasetNotFoundError, boundary_target, get_dataset
 from tools.make_synthetic_data import make_synthetic
 from tools.prepare_dataset import prepare
-from transforms import build_train_transform
+from transforms import Compose, RandomHorizontalFlip, build_train_transform
 
 ISAID_RGB = [(0, 0, 0), (0, 0, 63), (0, 63, 63), (0, 63, 0), (0, 63, 127), (0, 63, 191), (0, 63, 255),
              (0, 127, 63), (0, 127, 127), (0, 0, 127), (0, 0, 191), (0, 0, 255), (0, 191, 127),
@@ -108,12 +108,27 @@ def test_edge_target_counts_ignore_as_foreground():
     assert edge[:, 27:34].min() == 1 and edge[:, :24].max() == 0
 
 
-def test_dataset_with_edge_matches_its_mask(prepared):
-    dataset = get_dataset("iSAID", "train", prepared["isaid"], with_edge=True, edge_thickness=4)
-    for index in range(len(dataset)):
-        sample = dataset[index]
-        expected = boundary_target(sample["mask"].numpy(), 4)
-        np.testing.assert_array_equal(sample["edge"][0].numpy(), expected)
+def test_dataset_edge_is_the_outline_of_the_transformed_mask(tmp_path):
+    """get_boundary by hand on a 8 x 10 mask, thickness 1: the outline of every non-zero region."""
+    mask = np.zeros((8, 10), np.uint8)
+    mask[2:6, 2:5] = 1
+    mask[2:6, 5:8] = 4              # touches class 1: one region, no edge between them
+    mask[:, 9] = 255                # ignore counts as foreground: a one-pixel-wide region
+    expected = np.zeros((8, 10), np.float32)
+    expected[2, 2:8] = expected[5, 2:8] = 1
+    expected[2:6, 2] = expected[2:6, 7] = 1
+    expected[:, 9] = 1
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    (tmp_path / "train" / "masks").mkdir()
+    cv2.imwrite(str(tmp_path / "train" / "images" / "a.png"), np.zeros((8, 10, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "train" / "masks" / "a_gray_mask.png"), mask)
+    sample = get_dataset("Vaihingen", "train", tmp_path, with_edge=True, edge_thickness=1)[0]
+    assert sample["edge"].shape == (1, 8, 10) and sample["edge"].dtype == torch.float32
+    np.testing.assert_array_equal(sample["edge"][0].numpy(), expected)
+    flipped = get_dataset("Vaihingen", "train", tmp_path, with_edge=True, edge_thickness=1,
+                          joint_transform=Compose([RandomHorizontalFlip(p=1.0)]))[0]
+    np.testing.assert_array_equal(flipped["mask"].numpy(), mask[:, ::-1])
+    np.testing.assert_array_equal(flipped["edge"][0].numpy(), expected[:, ::-1])
 
 
 def test_missing_and_empty_folders_are_explained(tmp_path):

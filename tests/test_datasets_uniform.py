@@ -1,5 +1,7 @@
 """Class-uniform sampling: centroids, epochs, determinism, sharding, on-disk cache, centroid crops."""
 
+import json
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -95,6 +97,22 @@ def test_centroid_cache_is_reused_and_rebuilt_when_data_change(folder, monkeypat
     changed = load_or_compute_centroids(get_dataset("Vaihingen", "train", folder), 32)
     assert changed != first and (0, (15, 15)) in changed[3]
     assert len(list((folder / ".cache").glob("centroids_train_*.json"))) == 2
+
+
+def test_truncated_centroid_cache_is_rebuilt_with_a_warning(folder, caplog):
+    dataset = get_dataset("Vaihingen", "train", folder)
+    first = load_or_compute_centroids(dataset, 32)
+    (cache_file,) = (folder / ".cache").glob("centroids_train_*.json")
+    text = cache_file.read_text()
+    cache_file.write_text(text[: len(text) // 2])
+    with caplog.at_level(logging.WARNING, logger="datasets.uniform"):
+        rebuilt = load_or_compute_centroids(dataset, 32)
+    assert rebuilt == first
+    assert (4, (52, 42)) in rebuilt[2]
+    assert any("corrupt" in record.getMessage() and cache_file.name in record.getMessage()
+               for record in caplog.records)
+    assert cache_file.read_text() == text, "the cache file was rewritten whole"
+    assert json.loads(cache_file.read_text())["2"] == [[4, [52, 42]]]
 
 
 def test_centroid_crop_contains_the_rare_class(folder):

@@ -10,6 +10,7 @@ from tools._common import ToolError
 from tools.convert_iSAID_mask2graymask import convert_isaid_masks
 from tools.convert_iSAID_mask2graymask import main as convert_isaid_main
 from tools.convert_isprs_mask2graymask import convert_isprs_masks
+from tools.convert_isprs_mask2graymask import main as convert_isprs_main
 
 # The original tools' tables, BGR -> id, as printed in their source.
 ISAID_BGR = {(0, 0, 0): 0, (63, 0, 0): 1, (63, 63, 0): 2, (0, 63, 0): 3, (127, 63, 0): 4, (191, 63, 0): 5,
@@ -113,3 +114,12 @@ def test_unreadable_mask_is_named(tmp_path):
     (masks / "P0001_instance_color_RGB.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(ToolError, match="P0001_instance_color_RGB.png: cannot be decoded"):
         convert_isaid_masks(tmp_path, "gray", "val", workers=1, progress=False)
+
+
+@pytest.mark.parametrize("main", [convert_isaid_main, convert_isprs_main])
+def test_help_describes_the_converters_own_errors(main, capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "size mismatch" not in text and "iSAID scenes" not in text
+    assert "colours outside the palette: stop with an error naming the file" in text

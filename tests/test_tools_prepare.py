@@ -155,6 +155,50 @@ def test_prepare_refuses_bad_layouts_and_outputs(tmp_path):
         prepare("potsdam", raw, tmp_path / "out", progress=False)
 
 
+def test_prepare_refuses_output_in_custom_image_or_label_folders(tmp_path):
+    raw = make_synthetic("potsdam", tmp_path / "raw", seed=0, num_images=2, size=128)
+    images = shutil.copytree(raw / "2_Ortho_RGB", tmp_path / "my_images")
+    labels = shutil.copytree(raw / "5_Labels_all", tmp_path / "my_labels")
+    for out in (images, images / "patches", labels, labels / "patches"):
+        with pytest.raises(ToolError, match=f"output folder {out} is inside the input folder"):
+            prepare("potsdam", raw, out, image_dir=images, label_dir=labels, workers=1, progress=False)
+        assert not (out / "train").exists()
+    assert sorted(p.name for p in images.iterdir()) == ["top_potsdam_2_10_RGB.tif", "top_potsdam_2_13_RGB.tif"]
+    summary = prepare("potsdam", raw, tmp_path / "out", patch_size=64, stride=64, image_dir=images, label_dir=labels,
+                      workers=1, progress=False)
+    assert summary.skipped == [] and summary.patches == 2 * 4
+
+
+def test_prepare_stops_at_an_image_mask_size_mismatch(tmp_path):
+    raw = make_synthetic("vaihingen", tmp_path / "raw", seed=4, num_images=2, size=128)
+    label = raw / "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE" / "top_mosaic_09cm_area1.tif"
+    colours = cv2.imread(str(label))
+    cv2.imwrite(str(label), colours[:, :-5])
+    kwargs = dict(patch_size=64, stride=64, workers=1, progress=False)
+    width, height = colours.shape[1], colours.shape[0]
+    with pytest.raises(ToolError, match=rf"area1.tif: mask is {width - 5}x{height} \(WxH\) .* is {width}x{height}"):
+        prepare("vaihingen", raw, tmp_path / "a", **kwargs)
+    summary = prepare("vaihingen", raw, tmp_path / "b", on_error="skip", **kwargs)
+    assert len(summary.skipped) == 1 and "top_mosaic_09cm_area1.tif" in summary.skipped[0]
+    assert not list((tmp_path / "b" / "train" / "images").glob("top_mosaic_09cm_area1_*"))
+    assert list((tmp_path / "b" / "test" / "images").glob("top_mosaic_09cm_area2_*"))
+
+
+def test_prepare_rerun_over_finished_tif_tiles_decodes_nothing(tmp_path, monkeypatch):
+    raw = make_synthetic("potsdam", tmp_path / "raw", seed=1, num_images=2, size=200)
+    kwargs = dict(patch_size=128, stride=100, workers=1, progress=False)
+    first = prepare("potsdam", raw, tmp_path / "out", **kwargs)
+    # 200 px tiles, windows at 0 and 72 on both axes: 4 patches per tile, image and mask each.
+    assert (first.inputs, first.patches, first.written) == (2, 8, 16)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a re-run over finished outputs must not decode any image")
+
+    monkeypatch.setattr(cv2, "imread", no_decoding)
+    again = prepare("potsdam", raw, tmp_path / "out", **kwargs)
+    assert (again.written, again.existing, again.patches, again.skipped) == (0, 16, 8, [])
+
+
 def test_prepare_reports_unknown_label_colours(tmp_path):
     raw = make_synthetic("potsdam", tmp_path / "raw", seed=0, num_images=2, size=128)
     label = raw / "5_Labels_all" / "top_potsdam_2_10_label.tif"

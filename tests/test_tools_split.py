@@ -227,6 +227,30 @@ def test_isprs_names_pixels_and_small_tiles(tmp_path):
     # A tile not larger than a patch is written whole, as a PNG that pairs with its mask.
     np.testing.assert_array_equal(cv2.imread(str(images_out / "top_potsdam_2_11_RGB.png")),
                                   cv2.imread(str(source / "top_potsdam_2_11_RGB.tif")))
+    small_mask = cv2.imread(str(masks_out / "top_potsdam_2_11_RGB_gray_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert small_mask.ndim == 2
+    np.testing.assert_array_equal(small_mask, cv2.imread(str(source / "top_potsdam_2_11_RGB_gray_mask.png"),
+                                                         cv2.IMREAD_UNCHANGED))
+
+
+def test_isprs_rerun_over_finished_outputs_decodes_nothing(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    source = tmp_path / "src" / "train" / "images"
+    source.mkdir(parents=True)
+    for base, (height, width) in {"top_mosaic_09cm_area1": (300, 340), "top_mosaic_09cm_area3": (100, 90)}.items():
+        cv2.imwrite(str(source / f"{base}.tif"), rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        cv2.imwrite(str(source / f"{base}_gray_mask.png"), rng.integers(0, 6, (height, width), dtype=np.uint8))
+    kwargs = dict(sets=("train",), patch_width=128, patch_height=128, overlap_area=28, workers=1, progress=False)
+    first = split_isprs(tmp_path / "src", tmp_path / "out", **kwargs)
+    # Windows: rows 0, 100, 172 and columns 0, 100, 200, 212 of the 300 x 340 tile, plus the small tile whole.
+    assert first.patches == 3 * 4 + 1 and first.written == 2 * first.patches
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a re-run over finished outputs must not decode any image")
+
+    monkeypatch.setattr(cv2, "imread", no_decoding)
+    again = split_isprs(tmp_path / "src", tmp_path / "out", **kwargs)
+    assert (again.written, again.existing, again.patches, again.skipped) == (0, first.written, first.patches, [])
 
 
 def test_isprs_colour_mask_is_refused(tmp_path):

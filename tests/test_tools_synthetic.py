@@ -113,3 +113,12 @@ def test_bad_arguments_are_refused(tmp_path):
         make_synthetic("isaid", tmp_path, num_images=1)
     with pytest.raises(ValueError, match="test tiles"):
         make_synthetic("vaihingen", tmp_path, num_images=200)
+
+
+@pytest.mark.parametrize("dataset,pattern", [("isaid", "*/images/P????.png"), ("vaihingen", "*/top/*.tif")])
+def test_fixed_size_makes_every_image_exactly_size_square(tmp_path, dataset, pattern):
+    root = make_synthetic(dataset, tmp_path / "fixed", seed=0, num_images=5, size=96, fixed_size=True)
+    shapes = {cv2.imread(str(path)).shape for path in root.glob(pattern)}
+    assert shapes == {(96, 96, 3)}
+    varied = make_synthetic(dataset, tmp_path / "varied", seed=0, num_images=5, size=96)
+    assert len({cv2.imread(str(path)).shape for path in varied.glob(pattern)}) > 1

@@ -111,7 +111,6 @@ def test_random_scale_crop_pads_with_ignore_and_keeps_alignment():
 
 def test_random_scale_crop_keeps_the_centroid_inside():
     mask = np.zeros((200, 300), np.uint8)
-    image = COLOURS[mask]
     transform = RandomScaleCrop(48, scale_min=0.75, scale_max=1.5)
     rng = np.random.default_rng(0)
     for seed in range(30):
@@ -119,9 +118,80 @@ def test_random_scale_crop_keeps_the_centroid_inside():
         marked = mask.copy()
         marked[y - 3:y + 4, x - 3:x + 4] = 5
         random.seed(seed)
-        _, out_mask = Compose([transform])(COLOURS[marked], marked, centroid=(x, y))
-        assert (out_mask == 5).any()
-    assert image.shape == (200, 300, 3)
+        _, out_mask, (out_x, out_y) = Compose([transform]).with_centroid(COLOURS[marked], marked, (x, y))
+        assert out_mask[out_y, out_x] == 5
+
+
+def test_crop_window_contains_a_centroid_at_its_far_edge():
+    # NVIDIA drew the window start from [c - size, c]: start c - size leaves c one pixel outside.
+    mask = np.zeros((10, 60), np.uint8)
+    mask[:, 30] = 1
+    transform = RandomScaleCrop(10, scale_min=1.0, scale_max=1.0)
+    for seed in range(40):
+        random.seed(seed)
+        _, out_mask = transform(COLOURS[mask], mask, centroid=(30, 5))
+        assert (out_mask == 1).any(), seed
+
+
+@pytest.mark.parametrize("transform", [RandomHorizontalFlip(p=1.0), RandomVerticalFlip(p=1.0), RandomRotate90(),
+                                       Resize(90), RandomScaleCrop(20, scale_min=1.0, scale_max=1.0)])
+def test_every_geometric_transform_maps_the_centroid_to_its_pixel(transform):
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        mask = np.zeros((30, 45), np.uint8)
+        x, y = int(rng.integers(0, 45)), int(rng.integers(0, 30))
+        mask[y, x] = 3
+        random.seed(seed)
+        _, out_mask, (out_x, out_y) = transform.with_centroid(COLOURS[mask], mask, (x, y))
+        assert out_mask[out_y, out_x] == 3, (seed, x, y)
+
+
+def test_compose_refuses_a_transform_that_would_lose_the_centroid():
+    def shift(image, mask):
+        return image[1:], mask[1:]
+
+    mask = np.zeros((8, 8), np.uint8)
+    with pytest.raises(TypeError, match="cannot map a class-uniform centroid"):
+        Compose([Resize(16), shift])(COLOURS[mask], mask, centroid=(2, 2))
+    assert Compose([shift])(COLOURS[mask], mask)[1].shape == (7, 8), "without a centroid any transform runs"
+
+
+TRAIN_PIPELINES = [("iSAID", False), ("Posdam", False), ("Posdam", True), ("Vaihingen", True)]
+
+
+@pytest.mark.parametrize("name,with_aug", TRAIN_PIPELINES)
+def test_train_pipeline_output_contains_the_centroid_class(name, with_aug):
+    """Class 5 exists only in a 9 x 9 block around the centroid, far from the image centre."""
+    pipeline = build_train_transform(name, 64, 1.0, 1.5, with_aug=with_aug, color_aug=0.2)
+    missed_without_centroid = 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        image, mask = blocky_pair(240, 300, seed)
+        mask[mask == 5] = 0
+        x, y = int(rng.integers(10, 60)), int(rng.integers(10, 50))
+        mask[y - 4:y + 5, x - 4:x + 5] = 5
+        image = COLOURS[mask]
+        random.seed(seed)
+        _, out_mask, (out_x, out_y) = pipeline.with_centroid(image, mask, (x, y))
+        assert (out_mask == 5).any(), seed
+        assert out_mask[out_y, out_x] == 5, seed
+        random.seed(seed)
+        missed_without_centroid += not (pipeline(image, mask)[1] == 5).any()
+    # Only the random crop can miss the block; the resizing pipelines keep the whole patch.
+    assert (missed_without_centroid > 0) == with_aug
+
+
+@pytest.mark.parametrize("name,with_aug", TRAIN_PIPELINES)
+def test_full_train_pipeline_keeps_image_and_mask_aligned(name, with_aug):
+    image, mask = blocky_pair(150, 170, 7, block=24)
+    pipeline = build_train_transform(name, 96, 0.5, 2.0, with_aug=with_aug, color_aug=0.0, gaussian_blur=False)
+    outputs = set()
+    for seed in range(8):
+        random.seed(seed)
+        out_image, out_mask = pipeline(image, mask)
+        assert_aligned(out_image, out_mask, tolerance=3, radius=5)
+        outputs.add(out_mask.tobytes())
+    assert len(outputs) >= 4, "flips, rotations (and crops) must have produced different outputs"
 
 
 def test_train_pipelines_output_crop_size_and_valid_labels():

@@ -22,11 +22,13 @@ from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from utils.atomic import atomic_write_bytes
 
 ON_ERROR_CHOICES = ("error", "skip")
+_EXIF_ORIENTATION = 0x0112
 
 class InputError(Exception):
     """A problem with one input file; the message names the file and says how to fix it."""
@@ -136,6 +138,30 @@ def png_size(path: Path) -> tuple[int, int] | None:
     if len(header) < 24 or header[:8] != b"\x89PNG\r\n\x1a\n" or header[12:16] != b"IHDR":
         return None
     width, height = struct.unpack(">II", header[16:24])
+    return height, width
+
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of an image from its header, without decoding the pixels; None if unknown.
+
+    PNG headers are parsed directly; other formats (the ISPRS ``.tif`` tiles) through Pillow, whose
+    ``Image.open`` reads only the header.  Pillow's decompression-bomb limit is lifted for this read
+    only (no pixels are decoded; the process is single-threaded).  None for files Pillow cannot open
+    and for images with an EXIF orientation other than 1, whose decoded size OpenCV may rotate.
+    """
+    size = png_size(path)
+    if size is not None:
+        return size
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as image:
+            if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                return None
+            width, height = image.size
+    except (OSError, ValueError):
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     return height, width
 
 
@@ -260,14 +286,20 @@ def run_tool(action: Callable[[], RunSummary]) -> None:
     print(summary)
 
 
-def add_common_arguments(parser) -> None:
-    """Add ``--workers``, ``--overwrite`` and ``--on-error`` to an argparse parser."""
+def add_common_arguments(parser, memory: str, problems: str) -> None:
+    """Add ``--workers``, ``--overwrite`` and ``--on-error`` to an argparse parser.
+
+    Args:
+        parser: the tool's ``argparse.ArgumentParser``.
+        memory: what one worker holds in memory, for the ``--workers`` help.
+        problems: the bad inputs this tool detects, for the ``--on-error`` help.
+    """
     parser.add_argument("--workers", type=int, default=None,
                         help=f"worker processes (default: all {default_workers()} cores; 1 = no pool); each "
-                             "holds one image in memory, up to ~1.5 GB for the largest iSAID scenes")
+                             f"holds {memory}")
     parser.add_argument("--overwrite", action="store_true",
                         help="rewrite outputs that already exist (default: keep finished outputs, so an "
                              "interrupted run resumes where it stopped)")
     parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="error",
-                        help="on an unreadable/corrupt image or an image/mask size mismatch: stop with an "
-                             "error naming the file (default), or skip that input and list it at the end")
+                        help=f"on {problems}: stop with an error naming the file (default), or skip that "
+                             "input and list it at the end")

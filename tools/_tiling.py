@@ -21,7 +21,7 @@ from tools._common import (
     ToolError,
     atomic_copy,
     atomic_write_image,
-    png_size,
+    header_size,
     read_image,
     read_label_image,
 )
@@ -159,9 +159,10 @@ def split_one(job: SplitJob) -> JobResult:
     if job.mask_path is not None and not job.mask_path.is_file():
         raise InputError(f"{job.image_path}: its mask {job.mask_path} does not exist; add it, or run with "
                          "--on-error skip to leave this image out")
-    header_size = png_size(job.image_path)
-    if header_size is not None and not job.overwrite:
-        pairs = _output_names(job, _windows_for(job, *header_size))
+    # Resume: the output names follow from the image size, which the header gives without decoding.
+    size = None if job.overwrite else header_size(job.image_path)
+    if size is not None:
+        pairs = _output_names(job, _windows_for(job, *size))
         if _all_exist(pairs):
             result.existing = sum(1 + (mask is not None) for _, mask in pairs)
             result.patches = len(pairs)

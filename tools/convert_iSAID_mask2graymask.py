@@ -35,12 +35,15 @@ def convert_isaid_masks(root_path: str | Path, save_file_name: str, phase: str, 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: parse the original flags and run ``convert_isaid_masks``; prints the run summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root_path", required=True, help="root holding {phase}/masks/ (colour masks)")
     parser.add_argument("--save_file_name", required=True,
                         help="name of the output folder created beside masks/ in {root_path}/{phase}/")
     parser.add_argument("--phase", choices=["train", "val"], required=True, help="which split to convert")
-    add_common_arguments(parser)
+    add_common_arguments(parser, memory="one colour mask, under 100 MB for a patch",
+                         problems="an unreadable or corrupt mask, or (with --unknown-color error) a mask with "
+                                  "colours outside the palette")
     add_unknown_color_argument(parser)
     args = parser.parse_args(argv)
     run_tool(lambda: convert_isaid_masks(args.root_path, args.save_file_name, args.phase, args.workers,

@@ -35,6 +35,7 @@ def convert_isprs_masks(root_path: str | Path, save_file_name: str, phase: str, 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: parse the original flags and run ``convert_isprs_masks``; prints the run summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root_path", required=True, help="root holding {phase}/masks/*.tif (colour labels)")
     parser.add_argument("--save_file_name", required=True,
@@ -42,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phase", choices=["train", "val", "test"], required=True, help="which split to convert")
     parser.add_argument("--eroded", action="store_true",
                         help="labels are the eroded '_noBoundary' variant: black borders become 255 (ignore)")
-    add_common_arguments(parser)
+    add_common_arguments(parser, memory="one colour label, ~350 MB for a 6000 x 6000 Potsdam label",
+                         problems="an unreadable or corrupt label, or (with --unknown-color error) a label with "
+                                  "colours outside the palette")
     add_unknown_color_argument(parser)
     args = parser.parse_args(argv)
     run_tool(lambda: convert_isprs_masks(args.root_path, args.save_file_name, args.phase, args.workers,

@@ -101,10 +101,12 @@ class _Canvas:
 
     @property
     def height(self) -> int:
+        """Canvas height in pixels (rows of ``labels``)."""
         return self.labels.shape[0]
 
     @property
     def width(self) -> int:
+        """Canvas width in pixels (columns of ``labels``)."""
         return self.labels.shape[1]
 
     def polygon(self, points: np.ndarray, label: int, new_instance: bool = True) -> None:
@@ -398,12 +400,20 @@ def _split_counts(num_images: int) -> tuple[int, int]:
     return num_images - held_out, held_out
 
 
-def _make_isaid(out_dir: Path, seed: int, num_images: int, size: int) -> None:
+def _image_size(rng: np.random.Generator, size: int, low: float, high: float, fixed_size: bool) -> tuple[int, int]:
+    """(height, width): ``size`` x ``size`` when ``fixed_size``, else sides uniform in [low, high] x size."""
+    if fixed_size:
+        return size, size
+    height, width = (int(v) for v in rng.integers(int(size * low), int(size * high) + 1, size=2))
+    return height, width
+
+
+def _make_isaid(out_dir: Path, seed: int, num_images: int, size: int, fixed_size: bool) -> None:
     num_train, num_val = _split_counts(num_images)
     for index in range(num_images):
         split = "train" if index < num_train else "val"
         rng = _image_rng(seed, "isaid", index)
-        height, width = (int(v) for v in rng.integers(int(size * 0.6), int(size * 1.2) + 1, size=2))
+        height, width = _image_size(rng, size, 0.6, 1.2, fixed_size)
         canvas, terrain = _draw_isaid_scene(rng, height, width)
         folder = out_dir / split / "images"
         stem = f"P{index:04d}"
@@ -412,7 +422,7 @@ def _make_isaid(out_dir: Path, seed: int, num_images: int, size: int) -> None:
         _write_rgb(folder / f"{stem}_instance_id_RGB.png", _instance_colors(canvas.instances))
 
 
-def _make_isprs(dataset: str, out_dir: Path, seed: int, num_images: int, size: int) -> None:
+def _make_isprs(dataset: str, out_dir: Path, seed: int, num_images: int, size: int, fixed_size: bool) -> None:
     num_train, num_test = _split_counts(num_images)
     tiles = SPLIT_TILES[dataset]
     if num_train > len(tiles["train"]) or num_test > len(tiles["test"]):
@@ -423,10 +433,7 @@ def _make_isprs(dataset: str, out_dir: Path, seed: int, num_images: int, size: i
     eroded_colour = np.asarray(ISPRS_ERODED_BORDER_COLOR, np.uint8)
     for index, tile in enumerate(chosen):
         rng = _image_rng(seed, dataset, index)
-        if dataset == "potsdam":
-            height = width = size
-        else:
-            height, width = (int(v) for v in rng.integers(int(size * 0.8), int(size * 1.2) + 1, size=2))
+        height, width = _image_size(rng, size, 0.8, 1.2, fixed_size or dataset == "potsdam")
         canvas = _draw_isprs_scene(rng, height, width)
         names = isprs_file_names(dataset, tile)
         image = _isprs_image(rng, canvas, infrared=dataset == "vaihingen")
@@ -439,7 +446,7 @@ def _make_isprs(dataset: str, out_dir: Path, seed: int, num_images: int, size: i
 
 
 def make_synthetic(dataset: str, out_dir: str | Path, seed: int = 0, num_images: int = 4,
-                   size: int = 512) -> Path:
+                   size: int = 512, fixed_size: bool = False) -> Path:
     """Write a small synthetic raw dataset in the official download layout.
 
     Args:
@@ -451,6 +458,7 @@ def make_synthetic(dataset: str, out_dir: str | Path, seed: int = 0, num_images:
             ISPRS test tiles, the rest to train.  ISPRS tiles take the first ids of the official split.
         size: nominal side in pixels: iSAID images have random sides in [0.6, 1.2] x size, Potsdam
             tiles are size x size, Vaihingen tiles have sides in [0.8, 1.2] x size.
+        fixed_size: make every image exactly size x size (e.g. for benchmarks).
 
     Returns:
         ``Path(out_dir)``.
@@ -462,13 +470,14 @@ def make_synthetic(dataset: str, out_dir: str | Path, seed: int = 0, num_images:
         raise ValueError(f"size must be >= 64 pixels, got {size}")
     out_path = Path(out_dir)
     if dataset == "isaid":
-        _make_isaid(out_path, seed, num_images, size)
+        _make_isaid(out_path, seed, num_images, size, fixed_size)
     else:
-        _make_isprs(dataset, out_path, seed, num_images, size)
+        _make_isprs(dataset, out_path, seed, num_images, size, fixed_size)
     return out_path
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: write one synthetic raw dataset (or all three) into ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=(*DATASETS, "all"),
                         help="which raw layout to write; 'all' writes each into OUT/<dataset>")

@@ -146,7 +146,8 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, patch_size: int |
     Args:
         dataset: ``"isaid"``, ``"potsdam"`` or ``"vaihingen"``.
         raw: root of the unpacked download (layouts in ``tools/raw_layout.py``).
-        out: output root (must not be inside ``raw``); point the config's dataset folder here.
+        out: output root (must not be, or be inside, ``raw``, ``image_dir`` or ``label_dir``); point the
+            config's dataset folder here.
         patch_size: window side in pixels (default 896 for iSAID and Potsdam, 768 for Vaihingen).
         stride: window step in pixels (default 512).
         label_variant: ISPRS only: ``"full"`` labels or ``"eroded"`` (noBoundary; borders -> 255).
@@ -164,7 +165,8 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, patch_size: int |
         Totals of the run; ``warnings`` also carry per-split tile counts and left-out files.
 
     Raises:
-        ToolError: unrecognised layout, output inside the input, or bad input with ``on_error="error"``.
+        ToolError: unrecognised layout, output equal to or inside ``raw``, ``image_dir`` or ``label_dir``,
+            or bad input with ``on_error="error"``.
     """
     dataset = dataset.lower()
     if dataset not in DATASETS:
@@ -174,7 +176,9 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, patch_size: int |
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise ToolError(f"raw folder {raw} does not exist")
-    check_output_outside_input(raw, out)
+    for source in (raw, image_dir, label_dir):
+        if source is not None:
+            check_output_outside_input(Path(source), out)
     default_patch, default_stride = DEFAULT_GEOMETRY[dataset]
     patch = patch_size or default_patch
     overlap = patch - (stride or default_stride)
@@ -198,10 +202,12 @@ def _parse_tiles(text: str | None) -> tuple[str, ...] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: parse the flags and run ``prepare``; prints the run summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=DATASETS, help="which dataset the raw folder holds")
     parser.add_argument("--raw", required=True, help="root of the unpacked official download")
-    parser.add_argument("--out", required=True, help="output root (outside --raw); the config's dataset folder")
+    parser.add_argument("--out", required=True,
+                        help="output root, outside --raw, --image-dir and --label-dir; the config's dataset folder")
     parser.add_argument("--patch-size", type=int, default=None,
                         help="window side in pixels (default: 896 iSAID/Potsdam, 768 Vaihingen)")
     parser.add_argument("--stride", type=int, default=None, help="window step in pixels (default 512)")
@@ -217,7 +223,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="ISPRS: comma-separated train tile ids (e.g. 2_10,2_11 or 1,3) instead of the "
                              "official split")
     parser.add_argument("--test-tiles", default=None, help="ISPRS: comma-separated test tile ids, with --train-tiles")
-    add_common_arguments(parser)
+    add_common_arguments(parser, memory="one image and its labels, up to ~1.5 GB for the largest iSAID scenes "
+                                        "and ~450 MB for a 6000 x 6000 Potsdam tile",
+                         problems="an unreadable or corrupt image or label, a missing label, an image/label size "
+                                  "mismatch, or (with --unknown-color error) label colours outside the palette")
     add_unknown_color_argument(parser)
     args = parser.parse_args(argv)
     split_tiles = None

@@ -89,6 +89,7 @@ def split_isaid(src: str | Path, tar: str | Path, image_sub_folder: str = "image
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: parse the original flags and run ``split_isaid``; prints the run summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", default="./dataset/iSAID", help="iSAID root holding {set}/{image_sub_folder}/")
     parser.add_argument("--tar", default="./dataset/iSAID_patches",
@@ -101,7 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patch_height", type=int, default=800, help="patch height in pixels")
     parser.add_argument("--overlap_area", type=int, default=200,
                         help="overlap of neighbouring patches in pixels (stride = patch - overlap)")
-    add_common_arguments(parser)
+    add_common_arguments(parser, memory="one iSAID image and its colour mask, up to ~1.5 GB for the largest scenes",
+                         problems="an unreadable or corrupt image or mask, a missing mask or an image/mask "
+                                  "size mismatch")
     args = parser.parse_args(argv)
     run_tool(lambda: split_isaid(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
                                  args.patch_width, args.patch_height, args.overlap_area, args.workers,

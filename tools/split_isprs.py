@@ -71,6 +71,7 @@ def split_isprs(src: str | Path, tar: str | Path, image_sub_folder: str = "image
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: parse the original flags and run ``split_isprs``; prints the run summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", default="./dataset/posdam", help="root holding {set}/{image_sub_folder}/*.tif")
     parser.add_argument("--tar", default="./dataset/posdam_patches",
@@ -82,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patch_height", type=int, default=800, help="patch height in pixels")
     parser.add_argument("--overlap_area", type=int, default=200,
                         help="overlap of neighbouring patches in pixels (stride = patch - overlap)")
-    add_common_arguments(parser)
+    add_common_arguments(parser, memory="one tile and its gray mask, ~250 MB for a 6000 x 6000 Potsdam tile",
+                         problems="an unreadable or corrupt tile or mask, a missing mask, a mask whose channels "
+                                  "differ or a tile/mask size mismatch")
     args = parser.parse_args(argv)
     run_tool(lambda: split_isprs(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
                                  args.patch_width, args.patch_height, args.overlap_area, args.workers,

@@ -1,7 +1,8 @@
 """Image-only training transforms with the joint ``(image, mask) -> (image, mask)`` signature.
 
 They change the (H, W, 3) uint8 RGB image and pass the mask through untouched, so they sit in the
-same ``Compose`` as the geometric transforms.
+same ``Compose`` as the geometric transforms; ``keeps_geometry = True`` tells ``Compose`` that a
+class-uniform centroid passes through them unchanged.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ class RandomGaussianBlur:
     every image by half a grey level on average).
     """
 
+    keeps_geometry = True
+
     def __init__(self, sigma_min: float = 0.15, sigma_max: float = 1.30) -> None:
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> Pair:
+        """(blurred image (H, W, C) uint8, mask unchanged)."""
         sigma = self.sigma_min + (self.sigma_max - self.sigma_min) * random.random()
         radius = int(4.0 * sigma + 0.5)
         blurred = cv2.GaussianBlur(image.astype(np.float32), (2 * radius + 1, 2 * radius + 1), sigma,
@@ -43,6 +47,8 @@ class ColorJitter:
     Factors are uniform in ``[max(0, 1 - v), 1 + v]`` for brightness / contrast / saturation and the
     hue shift uniform in ``[-hue, hue]`` of a full turn (``hue <= 0.5``), as in the original.
     """
+
+    keeps_geometry = True
 
     def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
                  hue: float = 0.0) -> None:
@@ -81,6 +87,7 @@ class ColorJitter:
         return np.clip(np.rint(adjusted), 0, 255).astype(np.uint8)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> Pair:
+        """(jittered image (H, W, 3) uint8, mask unchanged)."""
         for kind, amount in self._draw_steps():
             image = self._adjust(image, kind, amount)
         return image, mask

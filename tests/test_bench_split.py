@@ -1,0 +1,38 @@
+"""bench/bench_split.py --smoke: runs end to end, reports a consistent ratio, both runs write the same files."""
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_smoke_run_prints_and_writes_the_speedup(tmp_path):
+    report_path = tmp_path / "split.json"
+    completed = subprocess.run([sys.executable, "bench/bench_split.py", "--smoke", "--work-dir", str(tmp_path / "work"),
+                                "--json", str(report_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(report_path.read_text())
+    # 4 images of 900 x 900 (3 train, 1 val); 800 px windows with stride 600 start at 0 and 100: 4 each.
+    assert (report["images"], report["size"], report["patches"], report["workers"]) == (4, 900, 16, 2)
+    raw_images = sorted((tmp_path / "work").glob("raw_*/*/images/P????.png"))
+    assert len(raw_images) == 4 and all(cv2.imread(str(path)).shape == (900, 900, 3) for path in raw_images)
+    assert report["speedup"] == report["seconds_1_worker"] / report["seconds_n_workers"]
+    assert report["seconds_1_worker"] > 0 and report["seconds_n_workers"] > 0
+    printed = re.search(r"1 worker ([\d.]+) s, 2 workers ([\d.]+) s; speed-up ([\d.]+)x", completed.stdout)
+    assert printed is not None, completed.stdout
+    assert float(printed.group(3)) == round(report["speedup"], 2)
+    assert float(printed.group(1)) == round(report["seconds_1_worker"], 2)
+    one, two = file_hashes(tmp_path / "work" / "out_w1"), file_hashes(tmp_path / "work" / "out_w2")
+    assert len(one) == 2 * 16, "16 image patches and 16 mask patches"
+    assert one == two
