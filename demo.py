@@ -23,13 +23,14 @@ import shutil  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 import eval as evaluation  # noqa: E402
 import train  # noqa: E402
 from datasets import get_dataset  # noqa: E402
 from tools.make_synthetic_data import make_synthetic  # noqa: E402
 from tools.prepare_dataset import prepare  # noqa: E402
+from utils.metrics import ConfusionMatrix, metrics_summary  # noqa: E402
 
 MARKER = ".pfnet_demo"  # written into the output folder so a rerun only ever deletes a demo's folder
 PATCH = 128
@@ -49,13 +50,15 @@ def fresh_output_dir(out: Path) -> None:
 
 
 def majority_class_miou(root: Path, split: str) -> float:
-    """mIoU of predicting the most frequent truth class everywhere (IoU = its share; 0 for the others)."""
+    """mIoU of predicting the most frequent truth class everywhere, scored by :mod:`utils.metrics`."""
     dataset = get_dataset("Posdam", split, root)
-    counts = np.zeros(dataset.num_classes, np.int64)
-    for index in range(len(dataset)):
-        mask = dataset.read_pair(index)[1]
-        counts += np.bincount(mask[mask < dataset.num_classes], minlength=dataset.num_classes)
-    return float(counts.max() / counts.sum() / np.count_nonzero(counts))
+    masks = [torch.from_numpy(dataset.read_pair(index)[1]).long() for index in range(len(dataset))]
+    labelled = torch.cat([mask[mask < dataset.num_classes] for mask in masks])
+    majority = int(torch.bincount(labelled, minlength=dataset.num_classes).argmax())
+    confusion = ConfusionMatrix(dataset.num_classes)
+    for mask in masks:
+        confusion.update(torch.full_like(mask, majority), mask)
+    return metrics_summary(confusion.matrix, dataset.class_names)["miou"]
 
 
 def main(argv: list[str] | None = None) -> float:

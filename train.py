@@ -23,6 +23,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,8 +39,8 @@ from config import (DATASET_ROOT_KEYS, ConfigError, cfg, dataset_root, effective
 from datasets.uniform import ClassUniformSampler
 from loss import get_loss
 from utils.checkpoint import load_checkpoint, unwrap_model
-from utils.distributed import (DistContext, all_gather_objects, all_reduce_sum, barrier, close_distributed,
-                               init_distributed)
+from utils.distributed import (DistContext, all_gather_objects, all_reduce_sum, barrier, broadcast_buffers,
+                               close_distributed, init_distributed)
 from utils.metrics import ConfusionMatrix, format_table, metrics_summary
 from utils.optim import build_scheduler, build_sgd, lr_factor
 from utils.reproducibility import capture_rng_state, restore_rng_state, seed_everything
@@ -50,8 +51,12 @@ from utils.train_log import RunLog, close_logger, prediction_panel, setup_logger
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 VAL_SPLITS = {"isaid": "val", "posdam": "test", "potsdam": "test", "vaihingen": "test"}
 NUM_VAL_PANELS = 4
-# Flags that say how to run, not what to train: left out of the resume consistency check.
-RUN_CONTROL_FLAGS = {"resume", "stop_after", "config", "overrides", "overwrite", "num_workers", "device", "local_rank"}
+# Flags that say how to run, not what to train: left out of config.yaml (so that ``--config that/config.yaml``
+# repeats a run without resuming or stopping it) and of the resume consistency check.
+RUN_CONTROL_FLAGS = {"resume", "stop_after", "config", "overrides", "overwrite", "num_workers", "device", "local_rank",
+                     "trusted_pickle"}
+# Flags an experiment file or --set cannot give: they name the configuration itself.
+NOT_SETTABLE = {"help", "config", "overrides"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--amp", default="off", choices=sorted(AMP_DTYPES),
                        help="mixed precision: fp16 (with a gradient scaler) or bf16; off = float32")
     optim.add_argument("--apex", action="store_true",
-                       help="accepted for the original's scripts: apex DDP is replaced by torch DDP under torchrun")
+                       help="accepted for the original's scripts: apex DDP is replaced by torch DDP under torchrun; "
+                            "it does not turn on mixed precision: choose that with --amp (--fp16 = --amp fp16)")
     optim.add_argument("--fp16", action="store_true", help="the original's apex AMP flag: same as --amp fp16")
     optim.add_argument("--local_rank", "--local-rank", type=int, default=None,
                        help="passed by the deprecated torch.distributed.launch; ignored (use torchrun, which sets "
@@ -150,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--ckpt", default="logs/ckpt", help="checkpoint root: runs go to CKPT/EXP/DATASET-ARCH")
     io.add_argument("--tb_path", default="logs/tb", help="TensorBoard root: TB_PATH/EXP/DATASET-ARCH")
     io.add_argument("--snapshot", default=None, help="initial weights (a checkpoint or a state_dict)")
+    io.add_argument("--trusted-pickle", dest="trusted_pickle", action="store_true",
+                    help="read --snapshot / --resume files that hold arbitrary pickled Python objects (legacy "
+                         "checkpoints); this can run code stored in the file, so only for files you trust")
     io.add_argument("--snapshot_partial", action="store_true",
                     help="load only the --snapshot tensors whose shapes fit (e.g. another class count)")
     io.add_argument("--restore_optimizer", action="store_true", help="also load the optimizer state of --snapshot")
@@ -174,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     """Flags after the experiment file and overrides, and the notes to print about mapped flags.
 
+    Values from the ``--config`` file and ``--set`` pass the same type and ``choices`` checks as flags
+    given on the command line (:func:`flag_value`).
+
     Raises:
         SystemExit: (argparse) on bad flags, with a message naming the file or override at fault.
     """
@@ -181,20 +193,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     pre_parser = argparse.ArgumentParser(add_help=False)
     pre_parser.add_argument("--config", default=None)
     config_path = pre_parser.parse_known_args(argv)[0].config
-    known_flags = {action.dest: action for action in parser._actions}
+    settable = {action.dest: action for action in parser._actions if action.dest not in NOT_SETTABLE}
     try:
         if config_path:
-            flag_values, cfg_sections = read_experiment_file(config_path)
-            unknown = sorted(set(flag_values) - set(known_flags))
+            file_flags, cfg_sections = read_experiment_file(config_path)
+            unknown = sorted(set(file_flags) - set(settable))
             if unknown:
-                raise ConfigError(f"{config_path}: unknown flags {unknown}; see train.py --help")
-            parser.set_defaults(**flag_values)
+                raise ConfigError(f"{config_path}: unknown flags {unknown}; see train.py --help for the flag names")
+            parser.set_defaults(**{key: flag_value(settable[key], value, f"{config_path}: {key}")
+                                   for key, value in file_flags.items()})
             merge_sections(cfg, cfg_sections, source=config_path)
         args = parser.parse_args(argv)
         for override in args.overrides:
             key, text = parse_override(override)
-            if key in known_flags:
-                setattr(args, key, flag_value(known_flags[key], text, override))
+            if key in settable:
+                setattr(args, key, flag_value(settable[key], yaml_value(text), f"--set {override}"))
             else:
                 set_dotted(cfg, key, yaml_value(text), source=f"--set {override}")
     except ConfigError as error:
@@ -202,15 +215,50 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return args, check_args(parser, args)
 
 
-def flag_value(action: argparse.Action, text: str, override: str):
-    """``text`` converted as argparse would for this flag (its type, else YAML: true/false/null)."""
-    try:
-        value = action.type(text) if action.type is not None else yaml_value(text)
-    except ValueError as error:
-        raise ConfigError(f"--set {override}: {error}") from error
+def flag_value(action: argparse.Action, value: Any, source: str) -> Any:
+    """A flag's value from an experiment file or ``--set``, checked as argparse checks the command line.
+
+    Args:
+        action: the flag's argparse action.
+        value: the file's YAML value, or the ``--set`` text read as YAML; text given to a numeric flag is
+            converted with its type (``"1e-3"``, a string in YAML, -> 0.001).
+        source: where the value came from, for errors (``exp.yaml: amp`` or ``--set amp=fp8``).
+
+    Returns:
+        The value typed as the flag: bool for on/off flags, int or float for numeric flags, str otherwise
+        (None where the flag's default is None).
+
+    Raises:
+        ConfigError: naming ``source``, the value and what the flag accepts.
+    """
+    if action.nargs == 0:  # on/off flags (store_true, --x/--no-x)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {value!r} is not an on/off value; use true or false")
+        return value
+    if value is None and action.default is None:
+        return None
+    if action.type in (int, float):
+        value = number_value(action.type, value, source)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # as the command line passes it
+    elif not isinstance(value, str):
+        raise ConfigError(f"{source}: {value!r} is not a text value")
     if action.choices is not None and value not in action.choices:
-        raise ConfigError(f"--set {override}: choose from {sorted(action.choices)}")
+        raise ConfigError(f"{source}: {value!r} is not allowed; choose from {sorted(action.choices)}")
     return value
+
+
+def number_value(kind: type, value: Any, source: str) -> int | float:
+    """``value`` as ``kind`` (int or float): text is parsed, a float is refused for an int flag."""
+    name = "an integer" if kind is int else "a number"
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ConfigError(f"{source}: {value!r} is not {name}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and isinstance(value, float)):
+        raise ConfigError(f"{source}: {value!r} is not {name}")
+    return kind(value)
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
@@ -221,7 +269,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> lis
         args.amp = "fp16"
     if args.apex:
         notes.append("--apex: apex is not needed; under torchrun the processes use torch DistributedDataParallel "
-                     "(the original's --apex selected apex DDP, its scripts trained in float32: --amp off)")
+                     "(the original's --apex selected apex DDP, its scripts trained in float32). --apex does not "
+                     "choose the precision: mixed precision is --amp fp16 or --amp bf16 (the original's --fp16 "
+                     f"maps to --amp fp16); this run uses --amp {args.amp}")
     if args.class_uniform_pct and not args.class_uniform_sampling:
         notes.append("--class_uniform_pct: no effect, as in the original (its aerial datasets never built "
                      "class-uniform epochs); add --class_uniform_sampling to sample by class")
@@ -251,8 +301,8 @@ def run_name(args: argparse.Namespace) -> str:
 
 
 def flag_values(args: argparse.Namespace) -> dict:
-    """The flags that define the run (for config.yaml and the resume check)."""
-    return {key: value for key, value in vars(args).items() if key not in {"config", "overrides"}}
+    """The flags that define the run, without RUN_CONTROL_FLAGS (for config.yaml and the resume check)."""
+    return {key: value for key, value in vars(args).items() if key not in RUN_CONTROL_FLAGS}
 
 
 def build_datasets(args: argparse.Namespace):
@@ -334,7 +384,13 @@ def progress_disabled(ctx: DistContext) -> bool | None:
 
 def train_one_epoch(model, loader, criterion, optimizer, scaler, args, ctx: DistContext, epoch: int,
                     state: TrainingState, run_log: RunLog, log) -> dict[str, float]:
-    """One pass over the training loader; returns the epoch's mean loss terms (averaged over processes)."""
+    """One pass over the training loader; returns the epoch's mean loss terms (averaged over processes).
+
+    Each batch holds ``image`` float (N, 3, H, W) normalised, ``mask`` int64 (N, H, W) class ids (255 ignored)
+    and, with the edge loss, ``edge`` float (N, 1, H, W) boundary targets; N is --bs_mult. The model
+    returns logits (N, K, H, W) and three edge logits (N, 1, H, W); the criterion returns scalar terms.
+    The loss terms are logged every --print_freq iterations.
+    """
     model.train()
     amp_dtype = AMP_DTYPES[args.amp]
     totals: dict[str, float] = {}
@@ -386,6 +442,10 @@ def mean_over_processes(values: dict[str, torch.Tensor], ctx: DistContext) -> di
 def validate(model, loader, val_criterion, args, ctx: DistContext, dataset_cls):
     """Score the (sharded) validation set with the shared confusion-matrix code.
 
+    Each batch holds ``image`` float (N, 3, H, W) and ``mask`` int64 (N, H, W) (255 ignored); the model
+    gives logits (N, K, H, W), their argmax (N, H, W) feeds the (K, K) confusion matrix, which is summed
+    over the processes with the loss sum and the labelled-pixel count.
+
     Returns:
         ``(summary, val_loss, panels)``: :func:`utils.metrics.metrics_summary` of the all-reduced matrix, the
         cross-entropy per labelled pixel over all processes, and (on rank 0) up to NUM_VAL_PANELS
@@ -429,8 +489,7 @@ def log_validation(run_log: RunLog, log, epoch: int, summary: dict, val_loss: fl
 
 def check_resume_config(saved: dict, current: dict, log) -> None:
     """Warn about flags or cfg values that differ from those the resumed run was started with."""
-    changed = sorted(key for key in set(saved) | set(current)
-                     if key not in RUN_CONTROL_FLAGS and saved.get(key) != current.get(key))
+    changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
     for key in changed:
         log.warning(f"--resume: {key} was {saved.get(key)!r} in the checkpoint, now {current.get(key)!r}")
 
@@ -476,7 +535,8 @@ def build_optimisation(args: argparse.Namespace, ctx: DistContext, model: nn.Mod
 def resume(args: argparse.Namespace, ctx: DistContext, model, optimizer, scheduler, scaler, config: dict,
            log) -> TrainingState:
     """Restore a --resume checkpoint, this process's RNG streams included."""
-    state, extras = resume_training(args.resume, model, optimizer, scheduler, scaler)
+    state, extras = resume_training(args.resume, model, optimizer, scheduler, scaler,
+                                    trusted_pickle=args.trusted_pickle)
     check_resume_config(extras.get("config", {}), config, log)
     rng_states = extras["rng_states"]
     if len(rng_states) == ctx.world_size:
@@ -524,7 +584,8 @@ def train(args: argparse.Namespace, notes: list[str], ctx: DistContext, command:
     model = build_model(args, ctx, dataset_cls.num_classes, log)
     snapshot = None
     if args.snapshot:
-        snapshot = load_checkpoint(args.snapshot, model, strict_shapes=not args.snapshot_partial)
+        snapshot = load_checkpoint(args.snapshot, model, strict_shapes=not args.snapshot_partial,
+                                   trusted_pickle=args.trusted_pickle)
         log.info(f"weights from {args.snapshot} ({len(snapshot['skipped'])} tensors skipped)")
     model = wrap_model(model, args, ctx)
     criterion, val_criterion = get_loss(joint_edge_loss_pfnet=args.joint_edge_loss_pfnet, ohem=args.ohem,
@@ -544,6 +605,9 @@ def train(args: argparse.Namespace, notes: list[str], ctx: DistContext, command:
             train_loader.sampler.set_epoch(epoch)
             epoch_losses = train_one_epoch(model, train_loader, criterion, optimizer, scaler, args, ctx, epoch,
                                            state, run_log, log)
+            # DDP gave every process rank 0's BatchNorm statistics before each forward, and each then updated
+            # them with its own batch: continue (validate, checkpoint) with rank 0's, those last.pth holds
+            broadcast_buffers(unwrap_model(model))
             run_log.record("epoch", epoch, {**epoch_losses, "lr": optimizer.param_groups[0]["lr"]})
             improved, stale_best = False, ""
             if epoch % args.val_freq == 0 or epoch == args.max_epoch - 1:

@@ -36,13 +36,30 @@ def test_precedence_defaults_file_flags_overrides(tmp_path):
     assert args.bs_mult == 4  # untouched default (the original's)
 
 
-def test_effective_config_round_trips_through_config_yaml(tmp_path):
-    args, _ = train.parse_args(["--lr", "0.01", "--joint_edge_loss_pfnet", "--set", "DATASET.ISAID_DIR=/data/x"])
+def test_file_values_are_typed_as_the_flags(tmp_path):
+    experiment = tmp_path / "exp.yaml"
+    # 1e-3 is a string in YAML, 2024 an integer: the command line would give float 0.001 and text "2024"
+    experiment.write_text("weight_decay: 1e-3\nlr: 1\nexp: 2024\npre_size: null\ngblur: false\namp: bf16\n")
+    args, _ = train.parse_args(["--config", str(experiment)])
+    assert args.weight_decay == 0.001 and isinstance(args.lr, float) and args.lr == 1.0
+    assert args.exp == "2024" and args.pre_size is None and args.gblur is False and args.amp == "bf16"
+
+
+def test_effective_config_round_trips_through_config_yaml_without_run_control_flags(tmp_path):
+    args, _ = train.parse_args(["--lr", "0.01", "--joint_edge_loss_pfnet", "--set", "DATASET.ISAID_DIR=/data/x",
+                                "--resume", "runs/last.pth", "--stop_after", "2", "--overwrite", "--num_workers", "1",
+                                "--device", "cpu", "--trusted-pickle"])
     saved = config.effective_config(train.flag_values(args), config.cfg)
     config.save_config(tmp_path / "config.yaml", saved)
-    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["DATASET"]["ISAID_DIR"] == "/data/x"
+    written = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert written["DATASET"]["ISAID_DIR"] == "/data/x" and written["lr"] == 0.01
+    run_control = {"resume", "stop_after", "overwrite", "num_workers", "device", "trusted_pickle", "config",
+                   "overrides", "local_rank"}
+    assert not run_control & set(written)
     config.cfg.DATASET.ISAID_DIR = "./elsewhere"
     again, _ = train.parse_args(["--config", str(tmp_path / "config.yaml")])
+    assert again.resume is None and again.stop_after is None and again.overwrite is False
+    assert again.trusted_pickle is False
     assert train.flag_values(again) == train.flag_values(args)
     assert config.cfg.DATASET.ISAID_DIR == "/data/x"
 
@@ -51,6 +68,15 @@ def test_effective_config_round_trips_through_config_yaml(tmp_path):
     ("content", "message"),
     [
         ("lrr: 0.1\n", r"unknown flags \['lrr'\]"),
+        ("config: other.yaml\n", r"unknown flags \['config'\]"),
+        ("amp: fp8\n", r"bad\.yaml: amp: 'fp8' is not allowed; choose from \['bf16', 'fp16', 'off'\]"),
+        ("lr_schedule: linear\n", r"lr_schedule: 'linear' is not allowed; choose from \['poly', 'scl-poly'\]"),
+        ("bs_mult: 2.5\n", r"bad\.yaml: bs_mult: 2\.5 is not an integer"),
+        ("bs_mult: '2.5'\n", r"bs_mult: '2\.5' is not an integer"),
+        ("lr: fast\n", r"lr: 'fast' is not a number"),
+        ("max_epoch: true\n", r"max_epoch: True is not an integer"),
+        ("ohem: 1\n", r"ohem: 1 is not an on/off value; use true or false"),
+        ("arch: [pfnet_r50]\n", r"arch: \['pfnet_r50'\] is not a text value"),
         ("DATASET:\n  ISAID_ROOT: /x\n", "unknown config key 'DATASET.ISAID_ROOT'"),
         ("- 1\n- 2\n", "expected a YAML mapping"),
     ],
@@ -72,7 +98,10 @@ def test_bad_override_is_rejected(capsys):
         train.parse_args(["--set", "justtext"])
     with pytest.raises(SystemExit):
         train.parse_args(["--set", "amp=fp8"])
-    assert "choose from" in capsys.readouterr().err
+    assert "--set amp=fp8: 'fp8' is not allowed; choose from ['bf16', 'fp16', 'off']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--set", "bs_mult=2.5"])
+    assert "--set bs_mult=2.5: 2.5 is not an integer" in capsys.readouterr().err
 
 
 def test_original_apex_flags_map_to_native_amp_and_ddp():
@@ -80,8 +109,13 @@ def test_original_apex_flags_map_to_native_amp_and_ddp():
     assert args.amp == "fp16"
     assert any("--apex" in note and "DistributedDataParallel" in note for note in notes)
     assert any("--class_uniform_pct" in note for note in notes)
-    args, _ = train.parse_args(["--apex"])
+    args, notes = train.parse_args(["--apex"])
     assert args.amp == "off"  # the original's --apex was DDP only: its scripts trained in float32
+    apex_note = next(note for note in notes if note.startswith("--apex"))
+    assert "mixed precision is --amp fp16 or --amp bf16" in apex_note and "--fp16 maps to --amp fp16" in apex_note
+    assert apex_note.endswith("this run uses --amp off")
+    help_text = " ".join(train.build_parser().format_help().split())
+    assert "choose that with --amp (--fp16 = --amp fp16)" in help_text
 
 
 @pytest.mark.parametrize("argv", [["--bs_mult", "1"], ["--lr_schedule", "scl-poly"], ["--dataset", "cityscapes"],

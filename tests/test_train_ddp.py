@@ -1,4 +1,5 @@
-"""Two CPU processes under torchrun (gloo): DDP training, sharded validation, checkpoint and exact resume."""
+"""Two CPU processes under torchrun (gloo): DDP training, identical models on both processes, sharded
+validation, checkpoint and exact resume."""
 import json
 import os
 import subprocess
@@ -16,10 +17,35 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_FLAGS = ["--max_epoch", "3", "--bs_mult", "2", "--num_workers", "0", "--syncbn"]
 
 
-def torchrun(flags: list[str]) -> str:
-    """Run train.py in 2 processes on this machine; returns the combined output (fails the test on error)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *flags]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+# train.py in each process, which also saves its own model state (weights and BatchNorm buffers) as
+# rank{RANK}.pth in the run folder after each epoch's checkpoint, so that the processes can be compared.
+RANK_STATE_SCRIPT = """
+import os
+import sys
+
+import torch
+
+import train
+from utils.checkpoint import unwrap_model
+
+save_epoch = train.save_epoch
+
+
+def save_epoch_and_rank_state(run_dir, model, *args, **kwargs):
+    save_epoch(run_dir, model, *args, **kwargs)
+    torch.save(unwrap_model(model).state_dict(), run_dir / f"rank{os.environ['RANK']}.pth")
+
+
+train.save_epoch = save_epoch_and_rank_state
+train.main(sys.argv[1:])
+"""
+
+
+def torchrun(flags: list[str], script: str = "train.py") -> str:
+    """Run ``script`` (train.py) in 2 processes on this machine; returns the combined output (fails the test
+    on error)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -30,7 +56,9 @@ def torchrun(flags: list[str]) -> str:
 def ddp_runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
     flags = tiny_run_flags(make_tiny_potsdam(base), base) + RUN_FLAGS
-    straight_log = torchrun(flags + ["--exp", "straight", "--stop_after", "2"])
+    script = base / "train_saving_rank_states.py"
+    script.write_text(RANK_STATE_SCRIPT)
+    straight_log = torchrun(flags + ["--exp", "straight", "--stop_after", "2"], script=str(script))
     split_dir = base / "ckpt" / "split" / "Posdam-pfnet_r50"
     torchrun(flags + ["--exp", "split", "--stop_after", "1"])
     resume_log = torchrun(flags + ["--exp", "split", "--resume", str(split_dir / "last.pth"), "--stop_after", "1"])
@@ -51,11 +79,18 @@ def test_two_processes_resume_bit_exactly(ddp_runs):
         assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][state_id]["momentum_buffer"])
 
 
-def test_processes_agree_and_validation_covers_every_image(ddp_runs):
+def test_processes_hold_the_same_model_and_validation_covers_every_image(ddp_runs):
     base, straight_log, _ = ddp_runs
+    run_dir = base / "ckpt" / "straight" / "Posdam-pfnet_r50"
     assert "2 process(es) on cpu" in straight_log
     assert "--syncbn: plain BatchNorm" in straight_log
-    records = [json.loads(line) for line in (base / "ckpt" / "straight" / "Posdam-pfnet_r50" / "log.jsonl").open()]
+    saved = torch.load(run_dir / "last.pth", weights_only=True)["state_dict"]  # written by rank 0
+    for rank in (0, 1):
+        state = torch.load(run_dir / f"rank{rank}.pth", weights_only=True)
+        assert state.keys() == {key.removeprefix("module.") for key in saved}
+        differing = [key for key, value in state.items() if not torch.equal(value, saved["module." + key])]
+        assert differing == [], f"rank {rank}"
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").open()]
     validations = [record for record in records if record["kind"] == "val"]
     assert [record["step"] for record in validations] == [0, 1]
     # 4 test patches of 64 x 64, two per process, summed over both processes by the all-reduce

@@ -1,16 +1,25 @@
 """train.py end to end in one process on real (tiny, synthetic) prepared data and the real PFNet-R50."""
+import argparse
 import copy
 import json
+import logging
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
+import yaml
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 import config
+import datasets
+import demo
 import network
 import train
 from train_data import make_tiny_potsdam, tiny_run_flags
+from utils.atomic import PARTIAL_MARK
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistContext
 
@@ -57,7 +66,7 @@ def test_run_folder_holds_checkpoints_config_and_logs(finished_run):
     best = [name for name in names if name.startswith("best_epoch_")]
     assert len(best) == 1 and re.fullmatch(r"best_epoch_[02]_mean-iu_0\.\d{5}\.pth", best[0])
     assert {"last.pth", "config.yaml", "log.jsonl", "train.log"} <= set(names)
-    assert not [name for name in names if name.endswith(".tmp")]
+    assert not [name for name in names if PARTIAL_MARK in name]  # no temporary file of utils.atomic left
     assert list((out / "tb" / "single" / "Posdam-pfnet_r50").glob("events.out.tfevents.*"))
 
 
@@ -76,7 +85,7 @@ def test_lr_per_epoch_follows_the_poly_formula(finished_run):
     lrs = [record["lr"] for record in records if record["kind"] == "epoch"]
     assert lrs == pytest.approx([0.01 * (1 - (epoch + 1) / MAX_EPOCH) ** 0.9 for epoch in range(MAX_EPOCH)])
     train_records = [record for record in records if record["kind"] == "train"]
-    assert len(train_records) == MAX_EPOCH * 2  # 12 patches / batch 4, logged every iteration
+    assert len(train_records) == MAX_EPOCH * 2  # 8 patches / batch 4, logged every iteration
     terms = {"loss", "seg_loss", "edge_loss_layer3", "edge_loss_layer2", "edge_loss_layer1"}
     for record in train_records:
         assert terms <= set(record) and record["images_per_s"] > 0
@@ -100,6 +109,19 @@ def test_checkpoint_has_the_original_format_plus_extras(finished_run):
     assert extras["skipped"] == []
     classifier = "head.conv_last.1.weight"
     assert torch.equal(model.state_dict()[classifier], payload["state_dict"]["module." + classifier])
+
+
+def test_config_yaml_holds_no_run_control_flags_and_repeats_the_run(finished_run):
+    out, _, _ = finished_run
+    config_file = out / "ckpt" / "single" / "Posdam-pfnet_r50" / "config.yaml"
+    saved = yaml.safe_load(config_file.read_text())
+    run_control = {"resume", "stop_after", "overwrite", "num_workers", "device", "trusted_pickle", "config",
+                   "overrides", "local_rank"}
+    assert not run_control & set(saved)
+    assert saved["max_epoch"] == MAX_EPOCH and saved["val_freq"] == 2 and saved["edge_weight"] == 25.0
+    args, notes = train.parse_args(["--config", str(config_file)])
+    assert notes == [] and args.resume is None and args.stop_after is None and args.overwrite is False
+    assert config.effective_config(train.flag_values(args), config.cfg) == saved
 
 
 def test_refuses_to_start_over_an_existing_run(finished_run, potsdam_root):
@@ -160,3 +182,70 @@ def test_class_uniform_sampling_is_sharded_and_feeds_the_loader(potsdam_root, tm
     assert any(centroid is not None for _, centroid in shards[0] + shards[1])
     batch = next(iter(train_loader))
     assert batch["image"].shape == (2, 3, 64, 64) and batch["edge"].shape == (2, 1, 64, 64)
+
+
+def test_fp16_autocast_saves_and_resumes_the_gradient_scaler(potsdam_root, tmp_path):
+    """--amp fp16 on the CPU: float16 autocast with a GradScaler whose state goes into last.pth and back.
+    32 px crops (float16 convolutions are slow on CPUs), 2 epochs of 2 iterations, stopped after the first."""
+    flags = tiny_run_flags(potsdam_root, tmp_path) + ["--crop_size", "32", "--max_epoch", "2", "--bs_mult", "4",
+                                                      "--num_workers", "0", "--amp", "fp16", "--exp", "fp16"]
+    run_dir = tmp_path / "ckpt" / "fp16" / "Posdam-pfnet_r50"
+    train.main(flags + ["--stop_after", "1"])
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").open()]
+    losses = [record["loss"] for record in records if record["kind"] == "train"]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    first_part = torch.load(run_dir / "last.pth", weights_only=True)
+    # the scaler starts at 2 ** 16 and halves on each step whose gradients overflow
+    assert first_part["scaler"]["scale"] in {2.0**16, 2.0**15, 2.0**14}
+    assert first_part["config"]["amp"] == "fp16"
+    first_part["scaler"]["scale"] = 1024.0  # a value the resumed run can only have from this file
+    torch.save(first_part, run_dir / "last.pth")
+    train.main(flags + ["--resume", str(run_dir / "last.pth")])
+    resumed = torch.load(run_dir / "last.pth", weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["global_step"] == 4
+    assert resumed["scaler"]["scale"] in {1024.0, 512.0, 256.0}
+
+
+def test_syncbn_for_several_gpu_processes_keeps_the_original_plain_batchnorms():
+    """build_model as train.py calls it under torchrun with GPUs and --syncbn (no process group needed to build)."""
+    args, _ = train.parse_args(["--syncbn", "--maxpool_size", "2", "--avgpool_size", "2", "--edge_points", "8"])
+    log = logging.getLogger("test_syncbn")
+    gpu_processes = DistContext(rank=0, local_rank=0, world_size=2, device=torch.device("cuda", 0))
+    model = train.build_model(args, gpu_processes, 6, log)
+    norms = {name: type(module) for name, module in model.named_modules() if isinstance(module, _BatchNorm)}
+    plain = {name for name, kind in norms.items() if kind is nn.BatchNorm2d}
+    # conv3x3_bn_relu blocks: Sequential(conv, norm, relu) inside fpn_out[i] and first in conv_last
+    assert plain == {"head.fpn_out.0.0.1", "head.fpn_out.1.0.1", "head.fpn_out.2.0.1", "head.conv_last.0.1"}
+    synchronised = {name for name, kind in norms.items() if kind is nn.SyncBatchNorm}
+    assert synchronised == set(norms) - plain
+    assert {"layer0.1", "layer1.0.bn1", "layer4.2.bn3", "head.ppm.bottleneck.1"} <= synchronised
+    for context in (DistContext(rank=0, local_rank=0, world_size=2, device=torch.device("cpu")),
+                    DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cuda", 0))):
+        model = train.build_model(args, context, 6, log)
+        assert not [module for module in model.modules() if isinstance(module, nn.SyncBatchNorm)]
+
+
+def test_trusted_pickle_lets_snapshot_read_a_legacy_file(finished_run, potsdam_root, tmp_path):
+    out, _, _ = finished_run
+    weights = torch.load(out / "ckpt" / "single" / "Posdam-pfnet_r50" / "last.pth", weights_only=True)["state_dict"]
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"state_dict": weights, "args": argparse.Namespace(lr=0.01)}, legacy)  # as the original's files
+    flags = tiny_run_flags(potsdam_root, tmp_path) + ["--crop_size", "32", "--max_epoch", "1", "--bs_mult", "4",
+                                                      "--num_workers", "0", "--snapshot", str(legacy)]
+    with pytest.raises(RuntimeError, match="train.py: --trusted-pickle"):
+        train.main(flags + ["--exp", "untrusted"])
+    result = train.main(flags + ["--exp", "trusted", "--trusted-pickle"])
+    assert result["best"]["epoch"] == 0
+    log_text = (tmp_path / "ckpt" / "trusted" / "Posdam-pfnet_r50" / "train.log").read_text()
+    assert f"weights from {legacy} (0 tensors skipped)" in log_text
+
+
+def test_demo_baseline_is_the_majority_share_over_the_classes_present(potsdam_root):
+    dataset = datasets.get_dataset("Posdam", "test", potsdam_root)
+    counts = np.zeros(dataset.num_classes, np.int64)
+    for index in range(len(dataset)):
+        mask = dataset.read_pair(index)[1]
+        counts += np.bincount(mask[mask < dataset.num_classes], minlength=dataset.num_classes)
+    # IoU of the majority class: its pixels over all labelled pixels; the other classes present score 0
+    expected = counts.max() / counts.sum() / np.count_nonzero(counts)
+    assert demo.majority_class_miou(potsdam_root, "test") == pytest.approx(expected, rel=1e-12)

@@ -65,7 +65,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         except pickle.UnpicklingError as error:
             raise RuntimeError(
                 f"{path} holds Python objects that are not safe to unpickle ({error}). If you trust this "
-                f"file, load it with trusted_pickle=True (eval.py/train.py: --trusted-pickle)."
+                f"file, load it with trusted_pickle=True (eval.py, predict.py and train.py: --trusted-pickle)."
             ) from error
     if not isinstance(raw, dict):
         raise CheckpointMismatchError(f"{path} holds a {type(raw).__name__}, not a checkpoint dict or state_dict")

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class DistContext:
 
     @property
     def is_distributed(self) -> bool:
+        """True when several processes train together (DDP, sharded data, collectives)."""
         return self.world_size > 1
 
 
@@ -82,6 +84,14 @@ def all_gather_objects(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Overwrite every process's buffers of ``module`` (BatchNorm running statistics) with process ``src``'s,
+    in place (no-op without a process group)."""
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src)
 
 
 def barrier() -> None:

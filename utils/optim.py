@@ -27,6 +27,7 @@ class PolyFactor:
     poly_exp: float
 
     def __call__(self, epoch: int) -> float:
+        """The factor at ``epoch`` (the scheduler's step count): 1 at 0, 0 at ``max_epoch``."""
         return (1.0 - epoch / self.max_epoch) ** self.poly_exp
 
 
@@ -45,6 +46,7 @@ class RescaledPolyFactor:
     repoly: float
 
     def __call__(self, epoch: int) -> float:
+        """The factor at ``epoch`` (the scheduler's step count), by the formula in the class docstring."""
         if epoch < self.rescale_epoch:
             return (1.0 - epoch / self.max_epoch) ** self.poly_exp
         remaining = 1.0 - (epoch - self.rescale_epoch) / (self.max_epoch - self.rescale_epoch)

@@ -103,8 +103,10 @@ def write_epoch_checkpoints(run_dir: Path, payload: dict[str, Any], best_file: s
 
 
 def resume_training(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    scaler: Any) -> tuple[TrainingState, dict[str, Any]]:
+                    scaler: Any, trusted_pickle: bool = False) -> tuple[TrainingState, dict[str, Any]]:
     """Load a training checkpoint into model, optimizer, scheduler and scaler.
+
+    ``trusted_pickle``: see :func:`utils.checkpoint.read_checkpoint` (train.py --trusted-pickle).
 
     Returns:
         ``(state, extras)``: where to continue, and the file's remaining entries (``rng_states``,
@@ -113,7 +115,7 @@ def resume_training(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     Raises:
         ValueError: the file is a weights-only snapshot without the training state (use --snapshot).
     """
-    extras = load_checkpoint(path, model)
+    extras = load_checkpoint(path, model, trusted_pickle=trusted_pickle)
     missing = [key for key in ("optimizer", "scheduler", "epoch", "rng_states") if key not in extras]
     if missing:
         raise ValueError(

@@ -114,6 +114,7 @@ class RunLog:
             self._writer.add_image(tag, image, step, dataformats="HWC")
 
     def close(self) -> None:
+        """Close the JSON-lines file and the TensorBoard writer, flushing both (nothing to do when disabled)."""
         if self._jsonl is not None:
             self._jsonl.close()
         if self._writer is not None:
