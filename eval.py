@@ -56,13 +56,16 @@ log = logging.getLogger("eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The original ``eval.py`` flags (same names and defaults unless the help says otherwise) plus ours."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_argument_group("what to evaluate")
     what.add_argument("--dataset", required=True, choices=DATASET_NAMES,
                       help="dataset (original spellings; potsdam is accepted for Posdam)")
     what.add_argument("--dataset_dir", default=None,
                       help="dataset root holding {split}/images and {split}/masks (default: the config's root)")
-    what.add_argument("--split", default="val", help="split folder to evaluate (default val; Potsdam/Vaihingen: test)")
+    what.add_argument("--split", default="val",
+                      help="split folder to evaluate (default val; the official Potsdam/Vaihingen scripts pass "
+                           "--split test)")
     what.add_argument("--snapshot", required=True, help="checkpoint file (.pth) to evaluate")
     what.add_argument("--arch", required=True,
                       help="model: pfnet_r50, pfnet_r101 or the original dotted names "
@@ -194,12 +197,21 @@ def output_dir(args: argparse.Namespace) -> Path:
 
 
 def sliding_stride(args: argparse.Namespace) -> int:
-    """``--stride``, else ``ceil(crop * (1 - overlap))`` for a fractional overlap or ``crop - overlap`` pixels."""
+    """``--stride``, else ``ceil(crop * (1 - overlap))`` for a fractional overlap or ``crop - overlap`` pixels.
+
+    Raises:
+        ValueError: the step is not in ``1..--crop_size`` (windows would leave pixels uncovered or never move).
+    """
     if args.stride:
-        return args.stride
-    if args.sliding_overlap <= 1:
-        return math.ceil(args.crop_size * (1 - args.sliding_overlap))
-    return args.crop_size - int(args.sliding_overlap)
+        stride = args.stride
+    elif args.sliding_overlap <= 1:
+        stride = math.ceil(args.crop_size * (1 - args.sliding_overlap))
+    else:
+        stride = args.crop_size - int(args.sliding_overlap)
+    if not 1 <= stride <= args.crop_size:
+        raise ValueError(f"sliding-window step {stride} px is not between 1 and --crop_size {args.crop_size}: "
+                         "choose --stride or --sliding_overlap (fraction < 1, or pixels < --crop_size)")
+    return stride
 
 
 def replace_masks(items: list[tuple[str, str]], mask_dir: str) -> list[tuple[str, str]]:
@@ -251,17 +263,17 @@ def evaluate(args: argparse.Namespace) -> dict:
     sliding = args.inference_mode == "sliding"
     if args.batch_size > 1 and not sliding and not args.resize_scale:
         raise ValueError("--batch_size > 1 in whole mode needs --resize_scale (images of one size)")
+    stride = sliding_stride(args) if sliding else None
     out_dir = output_dir(args)
     if (out_dir / "metrics.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out_dir / 'metrics.json'} exists; pass --overwrite or choose --out_dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = setup_logging(out_dir)
-
     model, checkpoint_extras = restore_model(
         args.arch, args.snapshot, len(class_names), device=args.device, trusted_pickle=args.trusted_pickle,
         **inference_options(args), **model_options(args),
     )
-    stride = sliding_stride(args) if sliding else None
+    # outputs only once the dataset, the flags and the checkpoint are known to fit together
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = setup_logging(out_dir)
     log.info("snapshot %s (epoch %s), arch %s, dataset %s/%s: %d images", args.snapshot,
              checkpoint_extras.get("epoch"), args.arch, args.dataset, args.split, len(items))
     log.info("mode %s, scales %s, flip %s, resize %s%s; output %s", args.inference_mode, scales, not args.no_flip,
@@ -317,6 +329,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: evaluate as the flags say; problems end in a usage error (exit status 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -31,6 +31,7 @@ from utils.restore import (add_model_options, checkpoint_num_classes, inference_
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """predict.py's flags (values are checked in :func:`main`, before the model is loaded)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images (not searched recursively)")
     parser.add_argument("--snapshot", required=True, help="checkpoint (.pth) to load, e.g. an official PFSegNets one")
@@ -103,16 +104,58 @@ def plan_outputs(inputs: list[Path], out_dir: Path, fmt: str, overwrite: bool) -
 
 
 def parse_bands(text: str) -> tuple[int, int, int]:
-    bands = tuple(int(value) for value in text.split(","))
+    """``--bands`` text such as ``"4,3,2"`` -> three 1-based band numbers (R, G, B order fed to the model).
+
+    Raises:
+        ValueError: not three positive integers; the message names ``--bands``.
+    """
+    try:
+        bands = tuple(int(value) for value in text.split(","))
+    except ValueError:
+        bands = ()
     if len(bands) != 3 or min(bands) < 1:
-        raise ValueError(f"--bands needs three 1-based band numbers, got {text!r}")
+        raise ValueError(f"--bands needs three 1-based band numbers such as 1,2,3, got {text!r}")
     return bands
 
 
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``--scales`` text such as ``"0.5,1.0"`` -> the test-time scale factors, each finite and positive.
+
+    Raises:
+        ValueError: a value is not a positive number; the message names ``--scales``.
+    """
+    try:
+        scales = tuple(float(value) for value in text.split(","))
+    except ValueError:
+        scales = ()
+    if not scales or not all(0 < scale < math.inf for scale in scales):
+        raise ValueError(f"--scales needs comma-separated positive numbers such as 0.75,1.0, got {text!r}")
+    return scales
+
+
+def window_stride(window: int, stride: int | None, overlap: float) -> int:
+    """The window step in pixels: ``stride``, else ``ceil(window * (1 - overlap))``.
+
+    Raises:
+        ValueError: ``--window`` not positive, ``--stride`` outside ``1..window`` (a larger step would leave
+            pixels uncovered) or ``--overlap`` outside ``[0, 1)``; the message names the flag.
+    """
+    if window < 1:
+        raise ValueError(f"--window must be a positive number of pixels, got {window}")
+    if stride is None:
+        if not 0 <= overlap < 1:
+            raise ValueError(f"--overlap must be a fraction in [0, 1), got {overlap}")
+        return math.ceil(window * (1 - overlap))
+    if not 1 <= stride <= window:
+        raise ValueError(f"--stride must be between 1 and --window ({window}) so windows cover every pixel, "
+                         f"got {stride}")
+    return stride
+
+
 def predict_file(model, image_path: Path, out_path: Path, palette: np.ndarray, args, stride: int,
-                 scales: tuple[float, ...], show_progress: bool = True) -> None:
+                 scales: tuple[float, ...], bands: tuple[int, int, int], show_progress: bool = True) -> None:
     """Segment one image into ``out_path`` (partial files are removed on failure)."""
-    source = open_image(image_path, parse_bands(args.bands))
+    source = open_image(image_path, bands)
     try:
         if out_path.suffix == ".tif":
             sink = GeoTiffMaskSink(out_path, source.height, source.width, palette, source.geo_profile)
@@ -133,11 +176,19 @@ def predict_file(model, image_path: Path, out_path: Path, palette: np.ndarray, a
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: check every flag, load the model once, write one mask per input.
+
+    Flag, input and checkpoint problems end in a usage error (exit status 2) before any mask is
+    written; an image that cannot be read stops the run with its name (earlier masks are kept).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    stride = args.stride or math.ceil(args.window * (1 - args.overlap))
-    scales = tuple(float(value) for value in args.scales.split(","))
     try:
+        stride = window_stride(args.window, args.stride, args.overlap)
+        scales = parse_scales(args.scales)
+        bands = parse_bands(args.bands)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
         inputs = collect_inputs(args.inputs)
         outputs = plan_outputs(inputs, Path(args.out_dir), args.format, args.overwrite)
         if args.dataset:
@@ -154,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     for image_path, out_path in tqdm(list(zip(inputs, outputs)), desc="images", unit="img", disable=len(inputs) < 2):
         try:
-            predict_file(model, image_path, out_path, palette, args, stride, scales)
+            predict_file(model, image_path, out_path, palette, args, stride, scales, bands)
         except (ValueError, ImportError, OSError) as error:
             parser.exit(2, f"error: {image_path}: {error}\n")
         print(f"{image_path} -> {out_path}")

@@ -2,12 +2,15 @@
 
 Each measurement runs in a fresh child process, so its peak resident memory (``ru_maxrss``, which
 includes the Python/torch runtime and the model) is its own. Weights are random (speed and memory
-do not depend on them). Timings on a shared machine are noisy: compare ratios from one run.
+do not depend on them). The model goes through ``network.optimize_for_inference`` as eval.py and
+predict.py do by default (``--no_optimize``: the model as built). Timings on a shared machine are
+noisy: compare ratios from one run.
 
-    python bench/bench_eval.py eval-modes --size 896 --images 2          # whole vs sliding (513/342)
+    python bench/bench_eval.py eval-modes --size 896 --images 2          # whole vs sliding (513/343)
     python bench/bench_eval.py predict-tile --height 6000 --width 6000   # GeoTIFF in, GeoTIFF out
-    python bench/bench_eval.py predict-tile --height 6000 --width 6000 --format png
-    python bench/bench_eval.py all --out bench/results_eval.json          # the set quoted in the README
+    python bench/bench_eval.py predict-tile --height 6000 --width 6000 --format png --classes 16
+    python bench/bench_eval.py all --out bench/results_eval.json          # eval-modes + four tiles
+    python bench/bench_eval.py all --smoke --out /tmp/smoke.json          # tiny sizes: checks it runs
 """
 from __future__ import annotations
 
@@ -24,6 +27,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from utils.atomic import atomic_write_bytes  # noqa: E402  (needs the repository on sys.path)
+
+# --smoke: sizes small enough for every measurement to finish in seconds (the code paths stay the same)
+SMOKE = {"size": 64, "images": 1, "eval_window": 48, "height": 72, "width": 100, "tile_window": 48}
+
 
 def run_child(arguments: list[str]) -> dict:
     """Run this script with ``arguments`` in a child; return its JSON line plus its peak RSS in MiB."""
@@ -39,14 +47,16 @@ def run_child(arguments: list[str]) -> dict:
 
 
 def child_eval_mode(args: argparse.Namespace) -> None:
-    """Child: segment ``--images`` random images of ``--size`` in one mode; print images/s."""
+    """Child: segment ``--images`` random (3, size, size) images in one mode; print images/s as a JSON line."""
     import torch
 
     import network
     from utils.inference import infer_logits
 
     torch.manual_seed(0)
-    model = network.get_model(args.arch, 6).eval().to(args.device)
+    model = network.get_model(args.arch, args.classes).eval().to(args.device)
+    if not args.no_optimize:
+        model = network.optimize_for_inference(model)  # the plain copy is dropped, as in eval.py
     images = torch.randn(args.images + 1, 3, args.size, args.size, device=args.device)
     sliding = args.mode == "sliding"
     options = {"window": args.window, "stride": math.ceil(args.window * (1 - args.overlap)),
@@ -59,28 +69,30 @@ def child_eval_mode(args: argparse.Namespace) -> None:
     for index in range(1, args.images + 1):
         infer_logits(model, images[index : index + 1], **options).argmax(1).cpu()
     seconds = time.perf_counter() - start
-    result = {"mode": args.mode, "size": args.size, "images_per_s": round(args.images / seconds, 4),
-              "threads": torch.get_num_threads(), "device": args.device, **options}
+    result = {"mode": args.mode, "size": args.size, "classes": args.classes, "optimized": not args.no_optimize,
+              "images_per_s": round(args.images / seconds, 4), "threads": torch.get_num_threads(),
+              "device": args.device, **options}
     if args.device.startswith("cuda"):
         result["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     print(json.dumps(result))
 
 
 def child_predict(args: argparse.Namespace) -> None:
-    """Child: run predict.py on the prepared tile; print the wall time."""
+    """Child: run predict.py on the prepared tile; print the wall time as a JSON line."""
     import torch
 
     import predict
 
     start = time.perf_counter()
     predict.main([args.tile, "--snapshot", args.snapshot, "--out_dir", args.out_dir, "--window", str(args.window),
-                  "--batch_size", str(args.batch_size), "--device", args.device, "--overwrite"])
+                  "--batch_size", str(args.batch_size), "--device", args.device, "--overwrite",
+                  *(["--no_optimize"] if args.no_optimize else [])])
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": round(seconds, 1), "threads": torch.get_num_threads()}))
 
 
 def write_tile(path: Path, height: int, width: int) -> None:
-    """A random uint8 RGB tile, GeoTIFF (written in row blocks) or PNG."""
+    """A random uint8 RGB tile of (height, width), GeoTIFF (written in row blocks) or PNG."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -102,9 +114,12 @@ def write_tile(path: Path, height: int, width: int) -> None:
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path, compress_level=1)
 
 
-def bench_predict_tile(height: int, width: int, fmt: str, window: int, batch_size: int, device: str,
-                       arch: str) -> dict:
-    """Prepare a tile and a checkpoint, run predict.py in a child; report time and peak RSS."""
+def bench_predict_tile(height: int, width: int, fmt: str, args: argparse.Namespace, window: int) -> dict:
+    """Write a random tile and a random K-class checkpoint, run predict.py on them in a child.
+
+    Returns:
+        One result row: tile size, format, K, window/stride/window count, seconds, windows/s, peak RSS (MiB).
+    """
     import torch
 
     import network
@@ -115,32 +130,48 @@ def bench_predict_tile(height: int, width: int, fmt: str, window: int, batch_siz
         tile = temp / f"tile.{fmt}"
         write_tile(tile, height, width)
         torch.manual_seed(0)
-        save_checkpoint(temp / "model.pth", {"state_dict": network.get_model(arch, 6).state_dict()})
+        save_checkpoint(temp / "model.pth", {"state_dict": network.get_model(args.arch, args.classes).state_dict()})
         result = run_child(["_predict", "--tile", str(tile), "--snapshot", str(temp / "model.pth"),
                             "--out_dir", str(temp / "out"), "--window", str(window),
-                            "--batch_size", str(batch_size), "--device", device])
+                            "--batch_size", str(args.batch_size), "--device", args.device,
+                            *(["--no_optimize"] if args.no_optimize else [])])
     stride = math.ceil(window * (1 - 1 / 3))
     windows = (math.ceil(max(height - window, 0) / stride) + 1) * (math.ceil(max(width - window, 0) / stride) + 1)
-    return {"tile": f"{height}x{width}", "format": fmt, "window": window, "stride": stride, "windows": windows,
-            "batch_size": batch_size, "device": device, **result,
-            "windows_per_s": round(windows / result["seconds"], 3)}
+    return {"tile": f"{height}x{width}", "format": fmt, "classes": args.classes, "optimized": not args.no_optimize,
+            "window": window, "stride": stride, "windows": windows, "batch_size": args.batch_size,
+            "device": args.device, **result, "windows_per_s": round(windows / result["seconds"], 3)}
 
 
-def bench_eval_modes(size: int, images: int, window: int, batch_size: int, device: str, arch: str) -> list[dict]:
+def bench_eval_modes(args: argparse.Namespace, size: int, images: int, window: int) -> list[dict]:
+    """Whole-image and sliding-window (``window``, overlap ``args.overlap``) inference on ``images`` random
+    (3, size, size) images, each mode in its own child.
+
+    Returns:
+        Two result rows (whole, sliding): images/s and peak RSS (MiB); the sliding row adds its speed
+        relative to whole.
+    """
     results = []
     for mode in ("whole", "sliding"):
         results.append(run_child(["_eval_mode", "--mode", mode, "--size", str(size), "--images", str(images),
-                                  "--window", str(window), "--batch_size", str(batch_size), "--device", device,
-                                  "--arch", arch]))
+                                  "--window", str(window), "--overlap", str(args.overlap),
+                                  "--batch_size", str(args.batch_size), "--device", args.device,
+                                  "--arch", args.arch, "--classes", str(args.classes),
+                                  *(["--no_optimize"] if args.no_optimize else [])]))
     results[1]["speed_vs_whole"] = round(results[1]["images_per_s"] / results[0]["images_per_s"], 3)
     return results
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of the benchmark and of its child processes (hidden)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("eval-modes", "predict-tile", "all", "_eval_mode", "_predict"),
                         help="what to measure (names starting with _ are the child processes)")
     parser.add_argument("--arch", default="pfnet_r50", help="model (default pfnet_r50)")
+    parser.add_argument("--classes", type=int, default=6,
+                        help="class count K of the random model (default 6, Potsdam/Vaihingen; iSAID has 16)")
+    parser.add_argument("--no_optimize", action="store_true",
+                        help="run the model as built instead of network.optimize_for_inference (eval.py's and "
+                             "predict.py's default)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--size", type=int, default=896, help="eval-modes: square image size (default 896)")
     parser.add_argument("--images", type=int, default=2, help="eval-modes: timed images per mode (default 2)")
@@ -151,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=6000, help="predict-tile: tile height (default 6000)")
     parser.add_argument("--width", type=int, default=6000, help="predict-tile: tile width (default 6000)")
     parser.add_argument("--format", choices=("tif", "png"), default="tif", help="predict-tile: tile format")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"tiny sizes to check the benchmark runs: eval-modes {SMOKE['size']}^2 with window "
+                             f"{SMOKE['eval_window']}; one {SMOKE['height']}x{SMOKE['width']} tile with window "
+                             f"{SMOKE['tile_window']} (also for 'all'); overrides the size flags")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     parser.add_argument("--mode", choices=("whole", "sliding"), help=argparse.SUPPRESS)
     parser.add_argument("--tile", help=argparse.SUPPRESS)
@@ -160,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
+    """Run the measurement named on the command line; print one JSON line per result (and ``--out``)."""
     args = build_parser().parse_args()
     if args.command == "_eval_mode":
         return child_eval_mode(args)
@@ -171,21 +207,26 @@ def main() -> None:
         results.append(result)
         print(json.dumps(result), flush=True)
         if args.out:
-            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+            atomic_write_bytes(args.out, (json.dumps(results, indent=2) + "\n").encode())
 
+    if args.smoke:
+        eval_size, eval_images, eval_window = SMOKE["size"], SMOKE["images"], SMOKE["eval_window"]
+        tiles = [(SMOKE["height"], SMOKE["width"], args.format)]
+        tile_window = SMOKE["tile_window"]
+    else:
+        eval_size, eval_images, eval_window = args.size, args.images, args.window or 513
+        tile_window = args.window or 896
+        if args.command == "predict-tile":
+            tiles = [(args.height, args.width, args.format)]
+        else:
+            # 3000 -> 6000 rows at a fixed 3000 width: same strip, twice the area; then the 6000 x 6000 goal
+            tiles = [(3000, 3000, "tif"), (6000, 3000, "tif"), (3000, 3000, "png"), (6000, 6000, "tif")]
     if args.command in ("eval-modes", "all"):
-        for result in bench_eval_modes(args.size, args.images, args.window or 513, args.batch_size, args.device,
-                                       args.arch):
+        for result in bench_eval_modes(args, eval_size, eval_images, eval_window):
             report(result)
-    if args.command == "predict-tile":
-        report(bench_predict_tile(args.height, args.width, args.format, args.window or 896, args.batch_size,
-                                  args.device, args.arch))
-    if args.command == "all":
-        # 3000 -> 6000 rows at a fixed 3000 width: same strip, twice the area; then the 6000 x 6000 goal
-        for height, width, fmt in ((3000, 3000, "tif"), (6000, 3000, "tif"), (3000, 3000, "png"),
-                                   (6000, 6000, "tif")):
-            report(bench_predict_tile(height, width, fmt, args.window or 896, args.batch_size, args.device,
-                                      args.arch))
+    if args.command in ("predict-tile", "all"):
+        for height, width, fmt in tiles:
+            report(bench_predict_tile(height, width, fmt, args, tile_window))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,15 @@ def test_class_count_mismatch_is_explained(tmp_path, model_and_checkpoint, vaihi
                          "--arch", "pfnet_r50", "--out_dir", str(tmp_path / "out"), "--device", "cpu"])
     message = capsys.readouterr().err
     assert "trained for 6 classes but 16 are expected" in message
+    assert not (tmp_path / "out").exists()  # the checkpoint is checked before any output (or log) is created
+
+
+def test_bad_sliding_step_is_refused_before_outputs(tmp_path, model_and_checkpoint, vaihingen_root, capsys):
+    _, checkpoint = model_and_checkpoint
+    with pytest.raises(SystemExit):
+        run_eval(vaihingen_root, checkpoint, tmp_path / "out", "--crop_size", "40", "--sliding_overlap", "1")
+    assert "sliding-window step 0 px is not between 1 and --crop_size 40" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_sliding_flip_multiscale_with_exclusion(tmp_path, model_and_checkpoint, vaihingen_root):

@@ -149,3 +149,37 @@ def test_dataset_palette_and_class_count_mismatch(tmp_path, model_and_checkpoint
         predict.main([str(tmp_path / "v.png"), "--snapshot", str(checkpoint), "--dataset", "iSAID",
                       "--out_dir", str(tmp_path / "out16"), "--device", "cpu"])
     assert "trained for 6 classes but 16 are expected" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--scales", "1,a"], "--scales needs comma-separated positive numbers"),
+    (["--scales", "0.5,-1"], "--scales needs comma-separated positive numbers"),
+    (["--stride", "0"], "--stride must be between 1 and --window (64)"),
+    (["--stride", "65"], "--stride must be between 1 and --window (64)"),
+    (["--overlap", "1"], "--overlap must be a fraction in [0, 1)"),
+    (["--window", "0"], "--window must be a positive number"),
+    (["--bands", "1,x,3"], "--bands needs three 1-based band numbers"),
+    (["--bands", "1,2"], "--bands needs three 1-based band numbers"),
+    (["--batch_size", "0"], "--batch_size must be at least 1"),
+], ids=["scales-text", "scales-negative", "stride-0", "stride-over-window", "overlap-1", "window-0",
+        "bands-text", "bands-two", "batch-0"])
+def test_bad_flags_are_usage_errors_before_anything_is_read(tmp_path, capsys, flags, message):
+    # neither the input nor the checkpoint exists: the flag is reported first, nothing is loaded or written
+    argv = [str(tmp_path / "missing.png"), "--snapshot", str(tmp_path / "missing.pth"), "--out_dir",
+            str(tmp_path / "out"), "--window", "64", "--device", "cpu", *flags]
+    with pytest.raises(SystemExit) as raised:
+        predict.main(argv)
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert "usage:" in error and message in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_flag_helpers_by_hand():
+    assert predict.parse_scales("0.5,1,1.75") == (0.5, 1.0, 1.75)
+    assert predict.parse_bands("4,3,2") == (4, 3, 2)
+    assert predict.window_stride(896, None, 1 / 3) == 598  # ceil(896 * 2 / 3) = ceil(597.33)
+    assert predict.window_stride(64, None, 0) == 64
+    assert predict.window_stride(64, 40, 0.9) == 40  # --stride wins over --overlap
+    with pytest.raises(ValueError, match="--scales"):
+        predict.parse_scales("nan")

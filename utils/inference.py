@@ -176,11 +176,13 @@ def predict_large_image(
 
     The tile is covered by the same windows as :func:`sliding_window_logits`. Strips run across the
     tile's shorter side: for each row of windows (a column when the tile is wider than tall) the
-    input strip is read once, its windows are segmented ``batch_size`` at a time (test-time
-    augmentation per window: ``scales`` and ``flip`` as :func:`infer_logits`), and their logits are
-    summed into a float32 buffer of ``(K, window, shorter side)``. Pixels no later window can reach
-    are final: their argmax is written out and the buffer moves on. The argmax of the sum equals the
-    argmax of the overlap average (the count is positive and shared by all classes of a pixel).
+    uint8 input strip is read once, its windows are normalised and segmented ``batch_size`` at a time
+    (test-time augmentation per window: ``scales`` and ``flip`` as :func:`infer_logits`), and their
+    logits are summed into a float32 buffer of ``(K, window, shorter side)``. Pixels no later window
+    can reach are final: their argmax is written out and the buffer moves on. The argmax of the sum
+    equals the argmax of the overlap average (the count is positive and shared by all classes of a
+    pixel). Besides the model, memory holds that buffer and the strip's ``3 x window x shorter side``
+    bytes; no float copy of the strip is made.
 
     Args:
         model: eval-mode model on ``device``.
@@ -204,13 +206,14 @@ def predict_large_image(
             strip_pixels = read_region(outer, 0, outer_window, inner_length)
         else:
             strip_pixels = read_region(0, outer, inner_length, outer_window)
-        strip = normalize_image(strip_pixels).to(device)
         for first in range(0, len(inner_starts), batch_size):
             batch_starts = inner_starts[first : first + batch_size]
             if along_rows:
-                crops = torch.stack([strip[:, :, inner : inner + inner_window] for inner in batch_starts])
+                crop_pixels = [strip_pixels[:, inner : inner + inner_window] for inner in batch_starts]
             else:
-                crops = torch.stack([strip[:, inner : inner + inner_window, :] for inner in batch_starts])
+                crop_pixels = [strip_pixels[inner : inner + inner_window] for inner in batch_starts]
+            # normalised per window (elementwise, so the same values): no float copy of the whole strip
+            crops = torch.stack([normalize_image(pixels) for pixels in crop_pixels]).to(device)
             crop_logits = infer_logits(model, crops, scales=scales, flip=flip)
             if not along_rows:
                 crop_logits = crop_logits.transpose(2, 3)
