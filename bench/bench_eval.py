@@ -46,6 +46,11 @@ def run_child(arguments: list[str]) -> dict:
     return result
 
 
+def optimize_flags(args: argparse.Namespace) -> list[str]:
+    """``--no_optimize`` for a child process when this run was given it, else nothing."""
+    return ["--no_optimize"] if args.no_optimize else []
+
+
 def child_eval_mode(args: argparse.Namespace) -> None:
     """Child: segment ``--images`` random (3, size, size) images in one mode; print images/s as a JSON line."""
     import torch
@@ -86,7 +91,7 @@ def child_predict(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     predict.main([args.tile, "--snapshot", args.snapshot, "--out_dir", args.out_dir, "--window", str(args.window),
                   "--batch_size", str(args.batch_size), "--device", args.device, "--overwrite",
-                  *(["--no_optimize"] if args.no_optimize else [])])
+                  *optimize_flags(args)])
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": round(seconds, 1), "threads": torch.get_num_threads()}))
 
@@ -134,7 +139,7 @@ def bench_predict_tile(height: int, width: int, fmt: str, args: argparse.Namespa
         result = run_child(["_predict", "--tile", str(tile), "--snapshot", str(temp / "model.pth"),
                             "--out_dir", str(temp / "out"), "--window", str(window),
                             "--batch_size", str(args.batch_size), "--device", args.device,
-                            *(["--no_optimize"] if args.no_optimize else [])])
+                            *optimize_flags(args)])
     stride = math.ceil(window * (1 - 1 / 3))
     windows = (math.ceil(max(height - window, 0) / stride) + 1) * (math.ceil(max(width - window, 0) / stride) + 1)
     return {"tile": f"{height}x{width}", "format": fmt, "classes": args.classes, "optimized": not args.no_optimize,
@@ -156,7 +161,7 @@ def bench_eval_modes(args: argparse.Namespace, size: int, images: int, window: i
                                   "--window", str(window), "--overlap", str(args.overlap),
                                   "--batch_size", str(args.batch_size), "--device", args.device,
                                   "--arch", args.arch, "--classes", str(args.classes),
-                                  *(["--no_optimize"] if args.no_optimize else [])]))
+                                  *optimize_flags(args)]))
     results[1]["speed_vs_whole"] = round(results[1]["images_per_s"] / results[0]["images_per_s"], 3)
     return results
 

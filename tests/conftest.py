@@ -10,3 +10,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def no_image_decoding(monkeypatch):
+    """Make any ``cv2.imread`` fail: for checks that a re-run over finished outputs decodes no image."""
+    import cv2
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a re-run over finished outputs must not decode any image")
+
+    monkeypatch.setattr(cv2, "imread", refuse)

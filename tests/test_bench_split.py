@@ -1,6 +1,5 @@
 """bench/bench_split.py --smoke: runs end to end, reports a consistent ratio, both runs write the same files."""
 
-import hashlib
 import json
 import re
 import subprocess
@@ -9,12 +8,9 @@ from pathlib import Path
 
 import cv2
 
+from file_trees import tree_digest
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def file_hashes(root: Path) -> dict[str, str]:
-    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 def test_smoke_run_prints_and_writes_the_speedup(tmp_path):
@@ -33,6 +29,6 @@ def test_smoke_run_prints_and_writes_the_speedup(tmp_path):
     assert printed is not None, completed.stdout
     assert float(printed.group(3)) == round(report["speedup"], 2)
     assert float(printed.group(1)) == round(report["seconds_1_worker"], 2)
-    one, two = file_hashes(tmp_path / "work" / "out_w1"), file_hashes(tmp_path / "work" / "out_w2")
+    one, two = tree_digest(tmp_path / "work" / "out_w1"), tree_digest(tmp_path / "work" / "out_w2")
     assert len(one) == 2 * 16, "16 image patches and 16 mask patches"
     assert one == two

@@ -22,7 +22,6 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 NAMES = ["a", "b", "c"]
 
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

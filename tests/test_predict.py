@@ -15,7 +15,6 @@ from utils.inference import sliding_window_logits
 NUM_CLASSES = 6
 
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

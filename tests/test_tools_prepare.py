@@ -1,6 +1,5 @@
 """prepare_dataset.py: raw download layout -> {out}/{split}/images|masks, checked pixel by pixel."""
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from file_trees import tree_digest
 from tools._common import ToolError
 from tools.make_synthetic_data import make_synthetic
 from tools.prepare_dataset import prepare
@@ -137,8 +137,7 @@ def test_prepare_workers_1_and_2_identical(tmp_path):
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
         prepare("vaihingen", raw, out, patch_size=128, stride=100, workers=workers, progress=False)
-        digests.append({str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-                        for p in out.rglob("*") if p.is_file()})
+        digests.append(tree_digest(out))
     assert digests[0] == digests[1] and len(digests[0]) > 20
 
 
@@ -184,17 +183,13 @@ def test_prepare_stops_at_an_image_mask_size_mismatch(tmp_path):
     assert list((tmp_path / "b" / "test" / "images").glob("top_mosaic_09cm_area2_*"))
 
 
-def test_prepare_rerun_over_finished_tif_tiles_decodes_nothing(tmp_path, monkeypatch):
+def test_prepare_rerun_over_finished_tif_tiles_decodes_nothing(tmp_path, request):
     raw = make_synthetic("potsdam", tmp_path / "raw", seed=1, num_images=2, size=200)
     kwargs = dict(patch_size=128, stride=100, workers=1, progress=False)
     first = prepare("potsdam", raw, tmp_path / "out", **kwargs)
     # 200 px tiles, windows at 0 and 72 on both axes: 4 patches per tile, image and mask each.
     assert (first.inputs, first.patches, first.written) == (2, 8, 16)
-
-    def no_decoding(*args, **kwargs):
-        raise AssertionError("a re-run over finished outputs must not decode any image")
-
-    monkeypatch.setattr(cv2, "imread", no_decoding)
+    request.getfixturevalue("no_image_decoding")
     again = prepare("potsdam", raw, tmp_path / "out", **kwargs)
     assert (again.written, again.existing, again.patches, again.skipped) == (0, 16, 8, [])
 

@@ -1,6 +1,5 @@
 """split_iSAID.py and split_isprs.py: names and pixels against the original's rules, safety features."""
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from file_trees import tree_digest
 from tools._common import ToolError
 from tools.make_synthetic_data import make_synthetic
 from tools.split_iSAID import main as split_isaid_main
@@ -32,11 +32,6 @@ def original_windows(height, width, patch_h, patch_w, overlap):
                 y_start, y_end = y_start - (y_end - height), height
             windows.add((y_start, y_end, x_start, x_end))
     return windows
-
-
-def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +103,8 @@ def test_isaid_workers_1_and_2_write_identical_files(isaid_raw, tmp_path):
     for workers in (1, 2):
         split_isaid(isaid_raw, tmp_path / f"w{workers}", sets=("train", "val"), patch_width=256,
                     patch_height=256, overlap_area=64, workers=workers, progress=False)
-    assert digest(tmp_path / "w1") == digest(tmp_path / "w2")
-    assert len(digest(tmp_path / "w1")) > 20
+    assert tree_digest(tmp_path / "w1") == tree_digest(tmp_path / "w2")
+    assert len(tree_digest(tmp_path / "w1")) > 20
 
 
 def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(isaid_raw, tmp_path, monkeypatch):
@@ -144,7 +139,7 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(isaid_raw, t
     summary = split_isaid(isaid_raw, out, sets=("train",), patch_width=256, patch_height=256, overlap_area=64,
                           workers=1, progress=False)
     assert summary.existing == 5
-    assert digest(out) == digest(reference)
+    assert tree_digest(out) == tree_digest(reference)
 
 
 def test_rerun_keeps_finished_outputs_unless_overwrite(isaid_raw, tmp_path):
@@ -233,7 +228,7 @@ def test_isprs_names_pixels_and_small_tiles(tmp_path):
                                                          cv2.IMREAD_UNCHANGED))
 
 
-def test_isprs_rerun_over_finished_outputs_decodes_nothing(tmp_path, monkeypatch):
+def test_isprs_rerun_over_finished_outputs_decodes_nothing(tmp_path, request):
     rng = np.random.default_rng(1)
     source = tmp_path / "src" / "train" / "images"
     source.mkdir(parents=True)
@@ -244,11 +239,7 @@ def test_isprs_rerun_over_finished_outputs_decodes_nothing(tmp_path, monkeypatch
     first = split_isprs(tmp_path / "src", tmp_path / "out", **kwargs)
     # Windows: rows 0, 100, 172 and columns 0, 100, 200, 212 of the 300 x 340 tile, plus the small tile whole.
     assert first.patches == 3 * 4 + 1 and first.written == 2 * first.patches
-
-    def no_decoding(*args, **kwargs):
-        raise AssertionError("a re-run over finished outputs must not decode any image")
-
-    monkeypatch.setattr(cv2, "imread", no_decoding)
+    request.getfixturevalue("no_image_decoding")
     again = split_isprs(tmp_path / "src", tmp_path / "out", **kwargs)
     assert (again.written, again.existing, again.patches, again.skipped) == (0, first.written, first.patches, [])
 

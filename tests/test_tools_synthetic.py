@@ -1,12 +1,12 @@
 """Synthetic raw data generator: layout, determinism, colour codes and class content."""
 
-import hashlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from file_trees import tree_digest
 from tools.make_synthetic_data import make_synthetic
 
 # Colour tables copied from the benchmark definitions (RGB), independent of the code under test.
@@ -14,11 +14,6 @@ ISAID_RGB = [(0, 0, 0), (0, 0, 63), (0, 63, 63), (0, 63, 0), (0, 63, 127), (0, 6
              (0, 127, 63), (0, 127, 127), (0, 0, 127), (0, 0, 191), (0, 0, 255), (0, 191, 127),
              (0, 127, 191), (0, 127, 255), (0, 100, 155)]
 ISPRS_RGB = [(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0)]
-
-
-def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -36,9 +31,9 @@ def _class_ids(rgb: np.ndarray, table: list[tuple[int, int, int]]) -> np.ndarray
 
 @pytest.mark.parametrize("dataset", ["isaid", "potsdam", "vaihingen"])
 def test_same_seed_same_bytes_other_seed_other_content(tmp_path, dataset):
-    first = _digest(make_synthetic(dataset, tmp_path / "a", seed=3, num_images=2, size=128))
-    second = _digest(make_synthetic(dataset, tmp_path / "b", seed=3, num_images=2, size=128))
-    other = _digest(make_synthetic(dataset, tmp_path / "c", seed=4, num_images=2, size=128))
+    first = tree_digest(make_synthetic(dataset, tmp_path / "a", seed=3, num_images=2, size=128))
+    second = tree_digest(make_synthetic(dataset, tmp_path / "b", seed=3, num_images=2, size=128))
+    other = tree_digest(make_synthetic(dataset, tmp_path / "c", seed=4, num_images=2, size=128))
     assert first == second
     assert first.keys() == other.keys()
     assert first != other

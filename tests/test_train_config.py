@@ -8,6 +8,7 @@ import yaml
 
 import config
 import train
+from train_data import RUN_CONTROL_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,9 +54,7 @@ def test_effective_config_round_trips_through_config_yaml_without_run_control_fl
     config.save_config(tmp_path / "config.yaml", saved)
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert written["DATASET"]["ISAID_DIR"] == "/data/x" and written["lr"] == 0.01
-    run_control = {"resume", "stop_after", "overwrite", "num_workers", "device", "trusted_pickle", "config",
-                   "overrides", "local_rank"}
-    assert not run_control & set(written)
+    assert not RUN_CONTROL_KEYS & set(written)
     config.cfg.DATASET.ISAID_DIR = "./elsewhere"
     again, _ = train.parse_args(["--config", str(tmp_path / "config.yaml")])
     assert again.resume is None and again.stop_after is None and again.overwrite is False

@@ -18,7 +18,7 @@ import datasets
 import demo
 import network
 import train
-from train_data import make_tiny_potsdam, tiny_run_flags
+from train_data import RUN_CONTROL_KEYS, make_tiny_potsdam, tiny_run_flags
 from utils.atomic import PARTIAL_MARK
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistContext
@@ -115,9 +115,7 @@ def test_config_yaml_holds_no_run_control_flags_and_repeats_the_run(finished_run
     out, _, _ = finished_run
     config_file = out / "ckpt" / "single" / "Posdam-pfnet_r50" / "config.yaml"
     saved = yaml.safe_load(config_file.read_text())
-    run_control = {"resume", "stop_after", "overwrite", "num_workers", "device", "trusted_pickle", "config",
-                   "overrides", "local_rank"}
-    assert not run_control & set(saved)
+    assert not RUN_CONTROL_KEYS & set(saved)
     assert saved["max_epoch"] == MAX_EPOCH and saved["val_freq"] == 2 and saved["edge_weight"] == 25.0
     args, notes = train.parse_args(["--config", str(config_file)])
     assert notes == [] and args.resume is None and args.stop_after is None and args.overwrite is False

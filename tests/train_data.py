@@ -4,6 +4,11 @@ from pathlib import Path
 from tools.make_synthetic_data import make_synthetic
 from tools.prepare_dataset import prepare
 
+# Flags that control a run rather than define it; config.yaml must not hold them (written out here, not
+# taken from train.py, so that a test catches one dropped from its list).
+RUN_CONTROL_KEYS = {"resume", "stop_after", "overwrite", "num_workers", "device", "trusted_pickle", "config",
+                    "overrides", "local_rank"}
+
 # 3 synthetic 128 px tiles (2 train, 1 test) cut into 64 px patches: 8 training and 4 test patches.
 PATCH = 64
 

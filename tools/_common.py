@@ -30,6 +30,7 @@ from utils.atomic import atomic_write_bytes
 ON_ERROR_CHOICES = ("error", "skip")
 _EXIF_ORIENTATION = 0x0112
 
+
 class InputError(Exception):
     """A problem with one input file; the message names the file and says how to fix it."""
 
