@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-smoke clean-venv
+.PHONY: demo test lint bench bench-smoke clean-venv
 
 $(STAMP): requirements.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,6 @@ bench-smoke: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .

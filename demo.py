@@ -28,9 +28,9 @@ import torch  # noqa: E402
 import eval as evaluation  # noqa: E402
 import train  # noqa: E402
 from datasets import get_dataset  # noqa: E402
+from evaluation.metrics import ConfusionMatrix, metrics_summary  # noqa: E402
 from tools.make_synthetic_data import make_synthetic  # noqa: E402
 from tools.prepare_dataset import prepare  # noqa: E402
-from utils.metrics import ConfusionMatrix, metrics_summary  # noqa: E402
 
 MARKER = ".pfnet_demo"  # written into the output folder so a rerun only ever deletes a demo's folder
 PATCH = 128
@@ -50,7 +50,7 @@ def fresh_output_dir(out: Path) -> None:
 
 
 def majority_class_miou(root: Path, split: str) -> float:
-    """mIoU of predicting the most frequent truth class everywhere, scored by :mod:`utils.metrics`."""
+    """mIoU of predicting the most frequent truth class everywhere, scored by :mod:`evaluation.metrics`."""
     dataset = get_dataset("Posdam", split, root)
     masks = [torch.from_numpy(dataset.read_pair(index)[1]).long() for index in range(len(dataset))]
     labelled = torch.cat([mask[mask < dataset.num_classes] for mask in masks])

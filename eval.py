@@ -36,10 +36,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets import normalize_image
-from utils.checkpoint import CheckpointMismatchError
-from utils.datasets_info import DATASET_NAMES, load_split
-from utils.inference import infer_logits
-from utils.metrics import (
+from evaluation.dataset_split import DATASET_NAMES, load_split
+from evaluation.inference import infer_logits
+from evaluation.metrics import (
     ConfusionMatrix,
     erode_class_boundaries,
     format_table,
@@ -48,9 +47,10 @@ from utils.metrics import (
     write_metrics_csv,
     write_metrics_json,
 )
+from evaluation.report import make_sample, write_report
+from evaluation.restore import add_model_options, inference_options, model_options, restore_model
+from utils.checkpoint import CheckpointMismatchError
 from utils.palette import blend, colorize, error_map, palette_image, save_image, side_by_side
-from utils.report import make_sample, write_report
-from utils.restore import add_model_options, inference_options, model_options, restore_model
 
 log = logging.getLogger("eval")
 

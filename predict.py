@@ -2,7 +2,7 @@
 
 Every image, whatever its size, is segmented with overlapping sliding windows whose logits are
 averaged; tiles are processed in strips, so memory does not grow with the tile's area (see
-``utils.inference.predict_large_image``). One mask per input, ``{out_dir}/{stem}_pred.png`` (palette
+``evaluation.inference.predict_large_image``). One mask per input, ``{out_dir}/{stem}_pred.png`` (palette
 PNG, pixel values = class ids) or ``{stem}_pred.tif`` (single-band uint8 GeoTIFF of class ids with
 the input's CRS, geotransform and a colour table).
 
@@ -21,13 +21,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from evaluation.dataset_split import dataset_table
+from evaluation.inference import predict_large_image
+from evaluation.restore import (
+    add_model_options,
+    checkpoint_num_classes,
+    inference_options,
+    model_options,
+    restore_model,
+)
 from utils.checkpoint import CheckpointMismatchError
-from utils.datasets_info import dataset_table
-from utils.inference import predict_large_image
 from utils.palette import default_palette
 from utils.raster_io import IMAGE_SUFFIXES, GeoTiffMaskSink, PaletteMaskSink, open_image
-from utils.restore import (add_model_options, checkpoint_num_classes, inference_options, model_options,
-                           restore_model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             class_names, palette = dataset_table(args.dataset)
             num_classes = len(class_names)
         else:
-            num_classes = checkpoint_num_classes(args.snapshot, args.trusted_pickle)
+            num_classes = checkpoint_num_classes(args.snapshot, args.arch, args.trusted_pickle)
             palette = default_palette(num_classes)
         model, _ = restore_model(
             args.arch, args.snapshot, num_classes, device=args.device, trusted_pickle=args.trusted_pickle,

@@ -34,19 +34,43 @@ from tqdm import tqdm
 import datasets
 import network
 import transforms
-from config import (DATASET_ROOT_KEYS, ConfigError, cfg, dataset_root, effective_config, merge_sections,
-                    parse_override, read_experiment_file, save_config, set_dotted, yaml_value)
+from config import (
+    DATASET_ROOT_KEYS,
+    ConfigError,
+    cfg,
+    dataset_root,
+    effective_config,
+    merge_sections,
+    parse_override,
+    read_experiment_file,
+    save_config,
+    set_dotted,
+    yaml_value,
+)
 from datasets.uniform import ClassUniformSampler
+from engine.distributed import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    close_distributed,
+    init_distributed,
+)
+from engine.optim import build_scheduler, build_sgd, lr_factor
+from engine.reproducibility import capture_rng_state, restore_rng_state, seed_everything
+from engine.run_checkpoint import (
+    LAST_NAME,
+    TrainingState,
+    record_validation,
+    resume_training,
+    training_payload,
+    write_epoch_checkpoints,
+)
+from engine.train_log import RunLog, close_logger, prediction_panel, setup_logger
+from evaluation.metrics import ConfusionMatrix, format_table, metrics_summary
 from loss import get_loss
 from utils.checkpoint import load_checkpoint, unwrap_model
-from utils.distributed import (DistContext, all_gather_objects, all_reduce_sum, barrier, broadcast_buffers,
-                               close_distributed, init_distributed)
-from utils.metrics import ConfusionMatrix, format_table, metrics_summary
-from utils.optim import build_scheduler, build_sgd, lr_factor
-from utils.reproducibility import capture_rng_state, restore_rng_state, seed_everything
-from utils.run_checkpoint import (LAST_NAME, TrainingState, record_validation, resume_training, training_payload,
-                                  write_epoch_checkpoints)
-from utils.train_log import RunLog, close_logger, prediction_panel, setup_logger
 
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 VAL_SPLITS = {"isaid": "val", "posdam": "test", "potsdam": "test", "vaihingen": "test"}
@@ -447,7 +471,7 @@ def validate(model, loader, val_criterion, args, ctx: DistContext, dataset_cls):
     over the processes with the loss sum and the labelled-pixel count.
 
     Returns:
-        ``(summary, val_loss, panels)``: :func:`utils.metrics.metrics_summary` of the all-reduced matrix, the
+        ``(summary, val_loss, panels)``: :func:`evaluation.metrics.metrics_summary` of the all-reduced matrix, the
         cross-entropy per labelled pixel over all processes, and (on rank 0) up to NUM_VAL_PANELS
         image/truth/prediction panels.
     """

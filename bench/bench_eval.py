@@ -56,7 +56,7 @@ def child_eval_mode(args: argparse.Namespace) -> None:
     import torch
 
     import network
-    from utils.inference import infer_logits
+    from evaluation.inference import infer_logits
 
     torch.manual_seed(0)
     model = network.get_model(args.arch, args.classes).eval().to(args.device)

@@ -363,7 +363,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny CI mode (figures not meaningful): 64x64 eval, 2x64x64 train, 256 matmul, no warm-up, 2 repeats")
+                        help="tiny CI mode (figures not meaningful): 64x64 eval, 2x64x64 train, 256 matmul, "
+                             "no warm-up, 2 repeats")
     args = parser.parse_args(argv)
     device_type = torch.device(args.device).type
     if args.smoke:

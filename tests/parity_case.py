@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from parity_weights import parity_state_dict
 
 import network
 from network.pfnet import PFNet
-from parity_weights import parity_state_dict
 
 PARITY_DIR = Path(__file__).parent / "data" / "parity"
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import cv2
-
 from file_trees import tree_digest
 
 REPO = Path(__file__).resolve().parents[1]

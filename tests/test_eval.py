@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from eval_fixtures import assert_clear_decisions_match, blocky_image, calibrated_pfnet
 from PIL import Image
 
 import eval as evaluation
-from eval_fixtures import assert_clear_decisions_match, blocky_image, calibrated_pfnet
 from utils.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,7 +225,8 @@ def test_official_script_runs(tmp_path, model_and_checkpoint, vaihingen_root):
 def test_fixture_model_predicts_several_classes(model_and_checkpoint, vaihingen_root):
     model, _ = model_and_checkpoint
     _, logits = reference_confusion(model, vaihingen_root, 64)
-    assert len(np.unique(np.concatenate([l.argmax(0).numpy().ravel() for l in logits.values()]))) >= 3
+    predicted = np.concatenate([image_logits.argmax(0).numpy().ravel() for image_logits in logits.values()])
+    assert len(np.unique(predicted)) >= 3
 
 
 def test_optimized_default_and_bf16_paths(tmp_path, model_and_checkpoint, vaihingen_root):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets import normalize_image
-from utils.inference import (
+from evaluation.inference import (
     infer_logits,
     predict_large_image,
     sliding_window_logits,
@@ -197,7 +197,7 @@ def test_strips_with_flip_and_scales_run_per_window(height, width):
         output[top : top + class_ids.shape[0], left : left + class_ids.shape[1]] = class_ids
 
     predict_large_image(
-        model, lambda t, l, h, w: pixels[t : t + h, l : l + w], (height, width), write_block,
+        model, lambda top, left, h, w: pixels[top : top + h, left : left + w], (height, width), write_block,
         window=16, stride=11, batch_size=2, scales=(0.5, 1.0), flip=True, show_progress=False,
     )
     # reference: every 16 x 16 window (starts 0, 11, 21 on the 37 side; 0, 11, 22, 33, 34 on the 50 side)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from utils.metrics import (
+from evaluation.metrics import (
     ConfusionMatrix,
     confusion_matrix,
     format_table,
@@ -123,7 +123,7 @@ def test_undefined_values_are_null_in_json(tmp_path):
 def test_erode_class_boundaries_by_hand():
     import numpy as np
 
-    from utils.metrics import erode_class_boundaries
+    from evaluation.metrics import erode_class_boundaries
 
     mask = np.zeros((5, 8), dtype=np.int64)
     mask[:, 4:] = 1
@@ -139,7 +139,7 @@ def test_erode_class_boundaries_by_hand():
 def test_samples_panel_pads_samples_of_different_sizes():
     import numpy as np
 
-    from utils.report import Sample, samples_panel
+    from evaluation.report import Sample, samples_panel
 
     palette = np.array([[10, 20, 30], [200, 100, 0]], dtype=np.uint8)
     rng = np.random.default_rng(0)

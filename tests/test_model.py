@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from parity_case import PARITY_DIR, load_case_a, parity_bound
 
 import network
 from network.pfnet import PFNet
 from network.point_flow import coarse_to_fine_index
 from network.resnet_d import load_imagenet_weights
-from parity_case import PARITY_DIR, load_case_a, parity_bound
 
 
 def read_key_table(num_classes: int) -> list[tuple[str, tuple[int, ...], str]]:
@@ -45,7 +45,8 @@ def test_registry_aliases_and_options():
     assert (module.maxpool_size, module.avgpool_size, module.edge_points) == (8, 5, 32)
     assert module.down_h.out_channels == 32
     default = network.get_model("pfnet_r50", 6).head.fpn_out_align[2]
-    assert (default.maxpool_size, default.avgpool_size, default.edge_points, default.down_l.out_channels) == (14, 9, 128, 64)
+    options = (default.maxpool_size, default.avgpool_size, default.edge_points, default.down_l.out_channels)
+    assert options == (14, 9, 128, 64)
     assert "pfnet_r101" in network.list_models()
     with pytest.raises(KeyError, match="pfnet_r50"):
         network.get_model("pfnet_r34", 6)

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from parity_case import load_case_a, parity_bound
 from torch import nn
 
 import network
 from network.optimize import SplitConcatClassifier, fold_batch_norm_, fold_batch_norms
 from network.pfnet import ConcatClassifier
-from parity_case import load_case_a, parity_bound
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,13 +4,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from eval_fixtures import assert_clear_decisions_match, blocky_image, calibrated_pfnet
 from PIL import Image
 
-from eval_fixtures import assert_clear_decisions_match, blocky_image, calibrated_pfnet
 import predict
-from utils.checkpoint import save_checkpoint
 from datasets import normalize_image
-from utils.inference import sliding_window_logits
+from evaluation.inference import sliding_window_logits
+from utils.checkpoint import save_checkpoint
 
 NUM_CLASSES = 6
 

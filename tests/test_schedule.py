@@ -5,7 +5,7 @@ import warnings
 import pytest
 from torch import nn
 
-from utils.optim import build_scheduler, build_sgd, lr_factor, lr_of_epoch
+from engine.optim import build_scheduler, build_sgd, lr_factor, lr_of_epoch
 
 
 def lrs_per_epoch(schedule, base_lr, max_epoch, **options):

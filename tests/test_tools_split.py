@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from file_trees import tree_digest
+
 from tools._common import ToolError
 from tools.make_synthetic_data import make_synthetic
 from tools.split_iSAID import main as split_isaid_main

@@ -5,8 +5,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from file_trees import tree_digest
+
 from tools.make_synthetic_data import make_synthetic
 
 # Colour tables copied from the benchmark definitions (RGB), independent of the code under test.

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from train_data import RUN_CONTROL_KEYS
 
 import config
 import train
-from train_data import RUN_CONTROL_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from train_data import make_tiny_potsdam, tiny_run_flags
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,16 +12,16 @@ import torch
 import yaml
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from train_data import RUN_CONTROL_KEYS, make_tiny_potsdam, tiny_run_flags
 
 import config
 import datasets
 import demo
 import network
 import train
-from train_data import RUN_CONTROL_KEYS, make_tiny_potsdam, tiny_run_flags
+from engine.distributed import DistContext
 from utils.atomic import PARTIAL_MARK
 from utils.checkpoint import load_checkpoint
-from utils.distributed import DistContext
 
 MAX_EPOCH = 3
 # 8 patches, batch 4: 2 iterations per epoch; a data-loading worker, so its seeding is resumed too

@@ -35,16 +35,16 @@ from tools._common import (  # noqa: E402
     RunSummary,
     ToolError,
     add_common_arguments,
-    run_tool,
     check_output_outside_input,
     natural_key,
     run_jobs,
+    run_tool,
 )
-from utils.atomic import remove_partial_files  # noqa: E402
 from tools._masks import ColourCoding, add_unknown_color_argument, isaid_coding, isprs_coding  # noqa: E402
 from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
 from tools.raw_layout import ISAID_MASK_FOLDERS, ISPRS_FOLDERS, SPLIT_TILES, isprs_file_names  # noqa: E402
 from tools.split_iSAID import EXCLUDED_IMAGES, isaid_base_images  # noqa: E402
+from utils.atomic import remove_partial_files  # noqa: E402
 
 DATASETS = ("isaid", "potsdam", "vaihingen")
 DEFAULT_GEOMETRY = {"isaid": (896, 512), "potsdam": (896, 512), "vaihingen": (768, 512)}

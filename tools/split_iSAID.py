@@ -24,18 +24,18 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datasets.classes import ISAID_MASK_SUFFIX  # noqa: E402
 from tools._common import (  # noqa: E402
     RunSummary,
     ToolError,
     add_common_arguments,
-    run_tool,
     check_output_outside_input,
     natural_key,
     run_jobs,
+    run_tool,
 )
-from utils.atomic import remove_partial_files  # noqa: E402
 from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
-from datasets.classes import ISAID_MASK_SUFFIX  # noqa: E402
+from utils.atomic import remove_partial_files  # noqa: E402
 
 EXCLUDED_IMAGES = ("P1527", "P1530")
 """Images the original tool skips."""

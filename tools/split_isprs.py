@@ -23,18 +23,18 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datasets.classes import ISPRS_MASK_SUFFIX  # noqa: E402
 from tools._common import (  # noqa: E402
     RunSummary,
     ToolError,
     add_common_arguments,
-    run_tool,
     check_output_outside_input,
     natural_key,
     run_jobs,
+    run_tool,
 )
-from utils.atomic import remove_partial_files  # noqa: E402
-from datasets.classes import ISPRS_MASK_SUFFIX  # noqa: E402
 from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
+from utils.atomic import remove_partial_files  # noqa: E402
 
 
 def split_isprs(src: str | Path, tar: str | Path, image_sub_folder: str = "images",

@@ -8,7 +8,6 @@ from transforms.joint import Compose, RandomHorizontalFlip, RandomRotate90, Rand
 from transforms.photometric import ColorJitter, RandomGaussianBlur
 
 
-
 def build_train_transform(dataset_name: str, crop_size: int, scale_min: float = 0.5, scale_max: float = 2.0,
                           with_aug: bool = False, color_aug: float = 0.0, gaussian_blur: bool = True,
                           pre_size: int | None = None) -> Compose:

@@ -1,0 +1,1 @@
+"""Cross-cutting I/O: atomic writes, checkpoint files, palettes, raster reading and writing."""

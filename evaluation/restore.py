@@ -10,20 +10,20 @@ from torch import nn
 import network
 from utils.checkpoint import CheckpointMismatchError, load_checkpoint, read_checkpoint
 
-CLASSIFIER_WEIGHT = "head.conv_last.1.weight"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def checkpoint_num_classes(path: str | os.PathLike, trusted_pickle: bool = False) -> int:
-    """Number of classes K a checkpoint was trained for (output channels of its classifier).
+def checkpoint_num_classes(path: str | os.PathLike, arch: str, trusted_pickle: bool = False) -> int:
+    """Number of classes K a checkpoint of model ``arch`` was trained for (its classifier's outputs).
 
     Raises:
-        CheckpointMismatchError: the file has no PFNet classifier weight.
+        CheckpointMismatchError: the file has no classifier weight of ``arch``.
     """
+    key = network.model_entry(arch).classifier_key
     state = read_checkpoint(path, trusted_pickle=trusted_pickle)["state_dict"]
-    if CLASSIFIER_WEIGHT not in state:
-        raise CheckpointMismatchError(f"{path} has no {CLASSIFIER_WEIGHT}: not a PFNet checkpoint")
-    return int(state[CLASSIFIER_WEIGHT].shape[0])
+    if key not in state:
+        raise CheckpointMismatchError(f"{path} has no {key}: not a {arch} checkpoint")
+    return int(state[key].shape[0])
 
 
 def restore_model(
@@ -55,7 +55,7 @@ def restore_model(
         extras = load_checkpoint(snapshot, model, strict_shapes=True, trusted_pickle=trusted_pickle)
     except CheckpointMismatchError as error:
         try:
-            found = checkpoint_num_classes(snapshot, trusted_pickle)
+            found = checkpoint_num_classes(snapshot, arch, trusted_pickle)
         except CheckpointMismatchError:
             raise error from None
         if found != num_classes:
