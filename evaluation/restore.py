@@ -69,7 +69,6 @@ def restore_model(
     Raises:
         CheckpointMismatchError: the checkpoint is for another class count or architecture; the
             message gives both class counts when they differ.
-        ValueError: a model option that the arch does not have.
     """
     checkpoint = read_checkpoint(snapshot, trusted_pickle=trusted_pickle)
     resolved = resolve_model_options(args, checkpoint.get("config"), str(snapshot))

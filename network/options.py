@@ -80,9 +80,10 @@ def resolve_model_options(args: argparse.Namespace, saved_config: dict | None,
             official PFSegNets snapshot, or a fresh training run).
         checkpoint_name: how warnings name the checkpoint (its path).
 
+    A model option given for an arch that has no such option is ignored, with a warning.
+
     Raises:
         KeyError: unknown arch (the message lists the known names).
-        ValueError: a model option given for an arch that has no such option.
     """
     saved = saved_config or {}
     warnings = []
@@ -103,8 +104,8 @@ def resolve_model_options(args: argparse.Namespace, saved_config: dict | None,
     defaults = model_defaults(arch)
     not_applicable = [name for name in MODEL_OPTION_FLAGS if name not in defaults and getattr(args, name, None)]
     if not_applicable:
-        raise ValueError(f"--arch {arch} has no option {', '.join('--' + name for name in not_applicable)}; "
-                         f"leave it out (its options: {', '.join(sorted(defaults)) or 'none'})")
+        warnings.append(f"--arch {arch} has no option {', '.join('--' + name for name in not_applicable)}: ignored "
+                        f"(its options: {', '.join(sorted(defaults)) or 'none'})")
     options, sources = {}, {"arch": arch_source}
     for name, recommended in defaults.items():
         options[name], sources[name] = pick(name, recommended)

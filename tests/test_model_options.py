@@ -49,3 +49,12 @@ def test_the_original_name_of_the_saved_arch_is_no_contradiction():
 def test_unknown_arch_lists_the_known_names():
     with pytest.raises(KeyError, match="pfnet_r50"):
         resolve_model_options(flags("--arch", "pfnet_r18"), None)
+
+
+def test_an_option_the_arch_lacks_is_ignored_with_a_warning(monkeypatch):
+    entry = network.model_entry("pfnet_r50")
+    monkeypatch.setitem(network.registry._ENTRIES, "no_options",
+                        network.ModelEntry("no_options", entry.builder, {}, entry.classifier_key))
+    resolved = resolve_model_options(flags("--arch", "no_options", "--maxpool_size", "9"), None)
+    assert resolved.options == {} and resolved.sources == {"arch": "flag"}
+    assert resolved.warnings == ("--arch no_options has no option --maxpool_size: ignored (its options: none)",)
