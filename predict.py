@@ -24,6 +24,7 @@ from tqdm import tqdm
 from config import add_config_flags, parse_with_config
 from evaluation.dataset_split import dataset_table
 from evaluation.inference import predict_large_image
+from evaluation.onnx_backend import add_backend_flags, check_backend_flags, onnx_backend_model
 from evaluation.restore import add_speed_flags, restore_model, speed_options
 from network.options import add_model_flags
 from utils.checkpoint import CheckpointMismatchError
@@ -35,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     """predict.py's flags (values are checked in :func:`main`, before the model is loaded)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images (not searched recursively)")
-    parser.add_argument("--snapshot", required=True, help="checkpoint (.pth) to load, e.g. an official PFSegNets one")
+    parser.add_argument("--snapshot", default=None,
+                        help="checkpoint (.pth) to load, e.g. an official PFSegNets one (not with --backend "
+                             "onnxruntime)")
     parser.add_argument("--dataset", default=None,
                         help="iSAID, Posdam (or potsdam) or Vaihingen: gives the class count and the colour palette; "
                              "without it the class count is read from the checkpoint and a generic palette is used")
@@ -65,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(parser)
     add_speed_flags(parser)
     add_config_flags(parser, "predict.py")
+    add_backend_flags(parser)
     return parser
 
 
@@ -185,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, _ = parse_with_config(parser, argv)
     try:
+        check_backend_flags(args)
         stride = window_stride(args.window, args.stride, args.overlap)
         scales = parse_scales(args.scales)
         bands = parse_bands(args.bands)
@@ -193,16 +198,20 @@ def main(argv: list[str] | None = None) -> int:
         inputs = collect_inputs(args.inputs)
         outputs = plan_outputs(inputs, Path(args.out_dir), args.format, args.overwrite)
         palette = dataset_table(args.dataset)[1] if args.dataset else None
-        restored = restore_model(args, args.snapshot, None if palette is None else len(palette), device=args.device,
-                                 trusted_pickle=args.trusted_pickle, **speed_options(args))
-        model = restored.model
-        if palette is None:
-            palette = default_palette(restored.num_classes)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:
+        if args.backend == "onnxruntime":
+            model, palette = onnx_backend_model(args, palette)
+        else:
+            restored = restore_model(args, args.snapshot, None if palette is None else len(palette),
+                                     device=args.device, trusted_pickle=args.trusted_pickle, **speed_options(args))
+            model = restored.model
+            if palette is None:
+                palette = default_palette(restored.num_classes)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError, CheckpointMismatchError) as error:
         parser.error(str(error))
-    for warning in restored.resolved.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(f"model: {restored.resolved.describe()}")
+    if args.backend == "pytorch":
+        for warning in restored.resolved.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"model: {restored.resolved.describe()}")
     for image_path, out_path in tqdm(list(zip(inputs, outputs)), desc="images", unit="img", disable=len(inputs) < 2):
         try:
             predict_file(model, image_path, out_path, palette, args, stride, scales, bands)
