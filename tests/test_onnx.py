@@ -44,14 +44,20 @@ def run(script: str, *flags: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def pfnet_export(tmp_path_factory):
-    """A trained-looking Vaihingen PFNet-R50 checkpoint (tiny options in its saved config) and its ONNX export
-    by ``tools/export_onnx.py`` with default flags: (model, checkpoint path, ONNX path, the tool's output)."""
+    """A Vaihingen PFNet-R50 checkpoint in the original PFSegNets format and its export by the documented command
+    (``tools/export_onnx.py --snapshot ... --dataset Vaihingen --out ...``): (model, checkpoint, ONNX path, output).
+
+    The original format: DataParallel ``module.`` prefixes, ``mean_iu`` a numpy float64, no saved config (so the
+    model options are the registry's, as for an official snapshot).
+    """
     folder = tmp_path_factory.mktemp("onnx")
-    model = calibrated_pfnet(NUM_CLASSES, **TINY_OPTIONS)
+    model = calibrated_pfnet(NUM_CLASSES)
     checkpoint = folder / "vaihingen_r50.pth"
-    config = {"arch": "pfnet_r50", "dataset": "Vaihingen", **TINY_OPTIONS}
-    torch.save({"state_dict": model.state_dict(), "epoch": 3, "mean_iu": 0.5, "config": config}, checkpoint)
-    result = run("tools/export_onnx.py", "--snapshot", str(checkpoint), "--out", str(folder / "model.onnx"))
+    torch.save({"state_dict": {f"module.{key}": value for key, value in model.state_dict().items()},
+                "optimizer": {}, "epoch": 199, "mean_iu": np.float64(0.704), "command": "python train.py ..."},
+               checkpoint)
+    result = run("tools/export_onnx.py", "--snapshot", str(checkpoint), "--dataset", "Vaihingen",
+                 "--out", str(folder / "model.onnx"))
     assert result.returncode == 0, result.stderr[-3000:]
     return model, checkpoint, folder / "model.onnx", result.stdout
 
@@ -73,7 +79,7 @@ def assert_parity(model: torch.nn.Module, onnx_model: OnnxModel, seed: int = 0) 
 def test_export_tool_writes_a_dynamic_float32_file_with_the_checkpoints_facts(pfnet_export):
     _, _, path, stdout = pfnet_export
     assert f"wrote {path}" in stdout
-    assert "maxpool_size 4 (checkpoint)" in stdout  # options resolved from the saved config, as eval/predict do
+    assert "maxpool_size 14 (registry default)" in stdout  # resolved as eval.py / predict.py resolve them
     proto = onnx.load(path)
     assert max(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")) >= 18
     (graph_input,), (graph_output,) = proto.graph.input, proto.graph.output
@@ -88,9 +94,18 @@ def test_export_tool_writes_a_dynamic_float32_file_with_the_checkpoints_facts(pf
     assert metadata["num_classes"] == "6" and metadata["arch"] == "pfnet_r50"
     assert json.loads(metadata["class_names"]) == names
     assert json.loads(metadata["palette"]) == palette.tolist()
-    assert json.loads(metadata["model_options"]) == {**TINY_OPTIONS, "match_dim": 64}
+    assert json.loads(metadata["model_options"]) == network.model_defaults("pfnet_r50")
     assert json.loads(metadata["input_mean"]) == [0.485, 0.456, 0.406]
     assert json.loads(metadata["input_std"]) == [0.229, 0.224, 0.225]
+
+
+def test_class_names_come_from_the_flag_else_the_checkpoints_saved_dataset():
+    from tools.export_onnx import class_table
+
+    names, palette = class_table(None, {"dataset": "Vaihingen"})
+    assert names == dataset_table("Vaihingen")[0] and palette.tolist() == dataset_table("Vaihingen")[1].tolist()
+    assert class_table("iSAID", {"dataset": "Vaihingen"})[0][1] == "ship"
+    assert class_table(None, {}) == (None, None)
 
 
 def test_pfnet_onnxruntime_parity_at_two_sizes(pfnet_export):
