@@ -4,10 +4,6 @@ Exporting is the cost here (minutes on 2 cores per model), so the PFNet-R50 file
 command a user runs, and every PFNet test reads it; each other registered model is exported once in-process.
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +11,7 @@ import torch
 from eval_fixtures import assert_clear_decisions_match, blocky_image, calibrated_pfnet
 from parity_weights import parity_state_dict
 from PIL import Image
+from script_run import run_script
 
 import network
 from datasets import normalize_image
@@ -26,20 +23,12 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements.txt")
 from evaluation.onnx_backend import OnnxModel  # noqa: E402
 from evaluation.onnx_export import export_onnx, onnx_metadata  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 6
 TINY_OPTIONS = {"maxpool_size": 4, "avgpool_size": 4, "edge_points": 16}
 # Two input sizes for one exported file: neither a multiple of the other, windows of the pools uneven.
 PARITY_SHAPES = ((2, 3, 64, 96), (1, 3, 96, 128))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(script: str, *flags: str) -> subprocess.CompletedProcess:
-    """``python script flags`` from the repository root, one intra-op thread."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, script, *flags], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=1200)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +45,8 @@ def pfnet_export(tmp_path_factory):
     torch.save({"state_dict": {f"module.{key}": value for key, value in model.state_dict().items()},
                 "optimizer": {}, "epoch": 199, "mean_iu": np.float64(0.704), "command": "python train.py ..."},
                checkpoint)
-    result = run("tools/export_onnx.py", "--snapshot", str(checkpoint), "--dataset", "Vaihingen",
-                 "--out", str(folder / "model.onnx"))
+    result = run_script("tools/export_onnx.py", "--snapshot", str(checkpoint), "--dataset", "Vaihingen",
+                        "--out", str(folder / "model.onnx"), timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     return model, checkpoint, folder / "model.onnx", result.stdout
 
@@ -141,8 +130,8 @@ def test_predict_onnxruntime_backend_matches_pytorch(tmp_path, pfnet_export):
     with rasterio.open(folder / "tile.tif", "w", driver="GTiff", height=70, width=130, count=3, dtype="uint8",
                        crs="EPSG:32632", transform=transform) as dst:
         dst.write(tile.transpose(2, 0, 1))
-    result = run("predict.py", str(folder), "--backend", "onnxruntime", "--onnx", str(path),
-                 "--out_dir", str(tmp_path / "out"), "--window", "64", "--stride", "40", "--batch_size", "2")
+    result = run_script("predict.py", str(folder), "--backend", "onnxruntime", "--onnx", str(path),
+                        "--out_dir", str(tmp_path / "out"), "--window", "64", "--stride", "40", "--batch_size", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     with torch.no_grad():
         scene_logits = sliding_window_logits(model, normalize_image(scene)[None], 64, 40)[0]
