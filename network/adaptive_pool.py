@@ -73,7 +73,8 @@ def adaptive_max_pool2d_with_indices(x: torch.Tensor, output_size: int) -> tuple
     maxima, best_row = _max_and_first_position(row_maxima.transpose(-1, -2), row_positions)
     maxima, best_row = maxima.transpose(-1, -2), best_row.transpose(-1, -2)
     best_column = row_argmax.gather(-2, best_row)
-    return maxima, best_row * width + best_column
+    # contiguous, as torch's op returns them (later flattening then needs no stride checks)
+    return maxima.contiguous(), (best_row * width + best_column).contiguous()
 
 
 def adaptive_window_weights(length: int, out_size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -47,7 +47,8 @@ def column_and_row(flat_index: torch.Tensor, width: int) -> tuple[torch.Tensor, 
     return flat_index % width, torch.div(flat_index, width, rounding_mode="floor")
 
 
-def coarse_to_fine_index(coarse_index: torch.Tensor, coarse_width: int, ratio: float, fine_width: int) -> torch.Tensor:
+def coarse_to_fine_index(coarse_index: torch.Tensor, coarse_width: int, ratio: float | torch.Tensor,
+                         fine_width: int) -> torch.Tensor:
     """Map flat indices on the coarse grid to flat indices on the fine grid, as the original does.
 
     ``long(x * ratio + y * ratio * fine_width)`` with ``x = i % w``, ``y = i // w`` and ``ratio = H / h``
@@ -136,7 +137,9 @@ class PointFlowModule(nn.Module):
     def forward(self, coarse_feats: torch.Tensor, fine_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, channels, fine_height, fine_width = fine_feats.shape
         coarse_height, coarse_width = coarse_feats.shape[2:]
-        ratio = fine_height / coarse_height
+        # H / h as a float32 tensor rather than a Python float, so that export keeps the sizes symbolic; the value
+        # is the same (the quotient rounded once to float32, as the Python float is when it meets float32 tensors).
+        ratio = torch.full((), fine_height, dtype=torch.float32, device=fine_feats.device) / coarse_height
 
         certainty = self.point_matcher(self.down_h(coarse_feats), self.down_l(fine_feats))
         mean_certainty = F.interpolate(adaptive_avg_pool2d(certainty, self.avgpool_size),
