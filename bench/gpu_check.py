@@ -81,6 +81,7 @@ class Plan:
     bench_args: list[str]
     bench_groups: dict[str, list[str]]
     data_args: list[str]
+    train_args: list[str]
 
 
 def gpu_plan() -> Plan:
@@ -93,7 +94,8 @@ def gpu_plan() -> Plan:
                               "bench-eval-b8": ["--eval-sizes", "896", "--eval-batch", "8", *eval_configs],
                               "bench-train-b2": [*train_configs, "--train-batch", "2"],
                               "bench-train-b8": [*train_configs, "--train-batch", "8"]},
-                data_args=["--images", "24", "--workers", "1", "2"])
+                data_args=["--images", "24", "--workers", "1", "2"],
+                train_args=["--bs_mult", "2", "--num_workers", "2"])
 
 
 def rehearsal_plan() -> Plan:
@@ -101,7 +103,9 @@ def rehearsal_plan() -> Plan:
                 bench_args=["--device", "cpu", "--smoke", "--threads", "1"],
                 bench_groups={"bench-eval-b1": ["--eval-configs", "original", "optimized", "--train-configs"],
                               "bench-train-b2": ["--eval-sizes", "--train-configs", "fp32"]},
-                data_args=["--smoke"])
+                data_args=["--smoke"],
+                train_args=["--bs_mult", "4", "--num_workers", "1", "--maxpool_size", "2", "--avgpool_size", "2",
+                            "--edge_points", "8"])
 
 
 def run_logged(name: str, command: list[str], out: Path, timeout: float, env: dict | None = None) -> tuple[int, str]:
@@ -218,7 +222,7 @@ def train_step(step: Step, out: Path, plan: Plan, root: Path, processes: int) ->
     ckpt = out / "train" / step.name
     flags = ["--dataset", "Posdam", "--set", f"DATASET.POSDAM_DIR={root}", "--crop_size", str(plan.train_crop),
              "--arch", "pfnet_r50", "--joint_edge_loss_pfnet", "--ohem", "--edge_weight", "25", "--lr", "0.01",
-             "--max_epoch", "3", "--bs_mult", "2", "--num_workers", "2", "--syncbn", "--amp", "bf16",
+             "--max_epoch", "3", *plan.train_args, "--syncbn", "--amp", "bf16",
              "--deterministic", "--device", plan.device, "--print_freq", "1",
              "--ckpt", str(ckpt / "ckpt"), "--tb_path", str(ckpt / "tb")]
     runs = (("straight", ["--exp", "straight", "--stop_after", "2"]),
@@ -286,7 +290,7 @@ def summary_markdown(steps: list[Step], machine: str, started: str, total_s: flo
     lines = [f"# GPU check, {started}", "", f"Machine: {machine}", f"Total: {total_s:.0f} s", "",
              "| step | status | seconds | detail |", "|---|---|---:|---|"]
     lines += [f"| {s.name} | {s.status} | {s.seconds:.0f} | {s.detail.replace('|', '/')[:300]} |" for s in steps]
-    rows = [row for s in steps if s.name.startswith("bench-") for row in s.figures.get("rows", [])]
+    rows = [row for s in steps if "matmul_gflops" in s.figures for row in s.figures["rows"]]
     if rows:
         lines += ["", "| task | input | config | median ms | images/s | GFLOP/s | % fp32 matmul | peak MiB |",
                   "|---|---|---|---:|---:|---:|---:|---:|"]
