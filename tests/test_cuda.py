@@ -97,7 +97,8 @@ def gradients_of_one_step(amp: str, device: torch.device) -> tuple[dict[str, flo
     The batch-norms use their running statistics: in training mode the PSP module's 1x1 bin normalises
     two values per channel at batch 2, which turns any rounding difference into a different gradient
     (the CPU's bf16 gradients then differ from float32 by 145 %), so that comparison would measure
-    ill-conditioning, not precision. train.py's own training-mode steps are run below under both --amp.
+    ill-conditioning, not precision. Training-mode steps run in train.py below (--amp fp16) and in
+    make gpu-check's training step (--amp bf16).
 
     With ``fp16`` the scaler must be active; a scaled step that overflows is skipped and retried at the
     lower scale, as during training (at most 8 times).
@@ -235,10 +236,10 @@ def run_train(flags: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def potsdam_flags(tmp_path_factory):
-    """(tiny_run_flags with the CUDA device, output folder); the flags hold --deterministic."""
+    """(tiny_run_flags, whose --deterministic they keep and whose --device cpu RUN_FLAGS overrides, output
+    folder)."""
     base = tmp_path_factory.mktemp("cuda_train")
-    flags = [flag if flag != "cpu" else "cuda" for flag in tiny_run_flags(make_tiny_potsdam(base), base)]
-    return flags + RUN_FLAGS, base
+    return tiny_run_flags(make_tiny_potsdam(base), base) + RUN_FLAGS, base
 
 
 def test_resume_on_cuda_is_bit_exact_with_deterministic(potsdam_flags):
