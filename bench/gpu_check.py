@@ -82,6 +82,7 @@ class Plan:
     bench_groups: dict[str, list[str]]
     data_args: list[str]
     train_args: list[str]
+    budget_s: float = TIME_BUDGET_S
 
 
 def gpu_plan() -> Plan:
@@ -99,7 +100,7 @@ def gpu_plan() -> Plan:
 
 
 def rehearsal_plan() -> Plan:
-    return Plan(device="cpu", train_crop=64, synthetic_size=128,
+    return Plan(device="cpu", train_crop=64, synthetic_size=128, budget_s=4 * TIME_BUDGET_S,
                 bench_args=["--device", "cpu", "--smoke", "--threads", "1"],
                 bench_groups={"bench-eval-b1": ["--eval-configs", "original", "optimized", "--train-configs"],
                               "bench-train-b2": ["--eval-sizes", "--train-configs", "fp32"]},
@@ -119,9 +120,11 @@ def run_logged(name: str, command: list[str], out: Path, timeout: float, env: di
     try:
         result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout)
         code, output = result.returncode, result.stdout + result.stderr
-    except subprocess.TimeoutExpired as expired:
+    except subprocess.TimeoutExpired as expired:  # its captured output comes as bytes, even with text=True
         code = 124
-        output = f"{expired.stdout or ''}{expired.stderr or ''}\n[gpu-check] ended after {timeout:.0f} s"
+        output = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part
+                         for part in (expired.stdout or "", expired.stderr or ""))
+        output += f"\n[gpu-check] timed out: ended after {timeout:.0f} s"
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "logs" / f"{name}.log").write_text(output)
     return code, output
@@ -374,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     def run(name: str, action, *action_args) -> Step:
         step = Step(name)
         steps.append(step)
-        if time.perf_counter() - clock > TIME_BUDGET_S:
-            step.detail = f"skipped: the check's {TIME_BUDGET_S} s budget is spent"
+        if time.perf_counter() - clock > plan.budget_s:
+            step.detail = f"skipped: the check's {plan.budget_s:.0f} s budget is spent"
             return step
         begin = time.perf_counter()
         try:
