@@ -13,8 +13,6 @@ from typing import Callable
 
 from torch import nn
 
-from network.pfnet import PFNet
-
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -39,6 +37,9 @@ class ModelEntry:
 
 _ENTRIES: dict[str, ModelEntry] = {}
 _ALIASES: dict[str, str] = {}
+# Options of PFNet's point-flow modules. The entry points pass them to every model; a model whose defaults do
+# not name them has no point-flow module and ignores them (see :func:`ignored_options`).
+POINT_FLOW_OPTIONS = ("match_dim", "maxpool_size", "avgpool_size", "edge_points")
 
 
 def register_model(name: str, *aliases: str, defaults: dict | None = None, classifier_key: str,
@@ -75,6 +76,12 @@ def model_defaults(arch: str) -> dict:
     return dict(model_entry(arch).defaults)
 
 
+def ignored_options(arch: str, options: dict) -> list[str]:
+    """Names among ``options`` that ``arch`` ignores: point-flow options given to a model without point flow."""
+    defaults = model_entry(arch).defaults
+    return [name for name in POINT_FLOW_OPTIONS if name in options and name not in defaults]
+
+
 def get_model(arch: str, num_classes: int, **options) -> nn.Module:
     """Build a registered model.
 
@@ -83,31 +90,15 @@ def get_model(arch: str, num_classes: int, **options) -> nn.Module:
             (``network.pointflow_resnet_with_max_avg_pool.DeepR50_PF_maxavg_deeply``).
         num_classes: K, the number of output classes.
         **options: forwarded to the builder; options not given take the entry's ``defaults``. PFNet:
-            ``match_dim`` (64), ``maxpool_size`` (14), ``avgpool_size`` (9), ``edge_points`` (128), and
-            for every model ``norm_layer`` and ``pretrained`` (path or None).
+            ``match_dim`` (64), ``maxpool_size`` (14), ``avgpool_size`` (9), ``edge_points`` (128), dropped
+            for models without point-flow modules (:func:`ignored_options`); for every model
+            ``norm_layer`` and ``pretrained`` (path of the ImageNet trunk file, or None).
 
     Raises:
         KeyError: unknown ``arch``; the message lists the known names.
     """
     entry = model_entry(arch)
-    return entry.builder(num_classes, **{**entry.defaults, **options})
+    ignored = ignored_options(arch, options)
+    kept = {name: value for name, value in options.items() if name not in ignored}
+    return entry.builder(num_classes, **{**entry.defaults, **kept})
 
-
-_ORIGINAL_MODULE = "network.pointflow_resnet_with_max_avg_pool"
-# The official scripts' point-flow settings (scripts/pointflow/*.sh pass them to train and test alike).
-PFNET_DEFAULTS = {"maxpool_size": 14, "avgpool_size": 9, "edge_points": 128, "match_dim": 64}
-PFNET_CLASSIFIER = "head.conv_last.1.weight"
-
-
-@register_model("pfnet_r50", f"{_ORIGINAL_MODULE}.DeepR50_PF_maxavg_deeply", "DeepR50_PF_maxavg_deeply",
-                defaults=PFNET_DEFAULTS, classifier_key=PFNET_CLASSIFIER, edge_outputs=True)
-def pfnet_r50(num_classes: int, **options) -> PFNet:
-    """PFNet with a deep-stem ResNet-50 trunk (33.0 M parameters for 16 classes)."""
-    return PFNet(num_classes, depth=50, **options)
-
-
-@register_model("pfnet_r101", f"{_ORIGINAL_MODULE}.DeepR101_PF_maxavg_deeply", "DeepR101_PF_maxavg_deeply",
-                defaults=PFNET_DEFAULTS, classifier_key=PFNET_CLASSIFIER, edge_outputs=True)
-def pfnet_r101(num_classes: int, **options) -> PFNet:
-    """PFNet with a deep-stem ResNet-101 trunk (52.0 M parameters for 16 classes)."""
-    return PFNet(num_classes, depth=101, **options)

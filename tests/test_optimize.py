@@ -10,7 +10,7 @@ from torch import nn
 
 import network
 from network.optimize import SplitConcatClassifier, fold_batch_norm_, fold_batch_norms
-from network.pfnet import ConcatClassifier
+from network.fpn import ConcatClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
