@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "--split test)")
     what.add_argument("--snapshot", required=True, help="checkpoint file (.pth) to evaluate")
     what.add_argument("--arch", required=True,
-                      help="model: pfnet_r50, pfnet_r101 or the original dotted names "
+                      help="model: a name of network.list_models() (pfnet_r50, upernet_r50, pspnet_r50, ...; "
+                           "docs/models.md) or the original dotted names "
                            "(network.pointflow_resnet_with_max_avg_pool.DeepR50_PF_maxavg_deeply)")
     what.add_argument("--mode", default="semantic", choices=("semantic",),
                       help="dataset quality; only 'semantic' exists for these datasets (kept for the scripts)")

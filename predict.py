@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images (not searched recursively)")
     parser.add_argument("--snapshot", required=True, help="checkpoint (.pth) to load, e.g. an official PFSegNets one")
     parser.add_argument("--arch", default="pfnet_r50",
-                        help="model name (pfnet_r50, pfnet_r101, or the original dotted name); default pfnet_r50")
+                        help="model name (network.list_models(): pfnet_r50, upernet_r50, pspnet_r50, ...; or the "
+                             "original dotted name); default pfnet_r50")
     parser.add_argument("--dataset", default=None,
                         help="iSAID, Posdam (or potsdam) or Vaihingen: gives the class count and the colour palette; "
                              "without it the class count is read from the checkpoint and a generic palette is used")

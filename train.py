@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model")
     model.add_argument("--arch", default="pfnet_r50",
-                       help="pfnet_r50, pfnet_r101 or the original's "
-                            "network.pointflow_resnet_with_max_avg_pool.* names")
+                       help="a name of network.list_models() (pfnet_r50, upernet_r50, pspnet_r50, deeplabv3plus_r50, "
+                            "...; docs/models.md) or the original's dotted name; the point-flow flags below only "
+                            "act on PFNet")
     model.add_argument("--maxpool_size", type=int, default=9,
                        help="salient-point grid of the point-flow modules (the original train.py's default; "
                             "the official scripts use 14)")
@@ -303,6 +304,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> lis
         parser.error("--class_uniform_sampling needs --class_uniform_pct in (0, 1], e.g. 0.5")
     if args.aux:
         notes.append("--aux: no effect (PFNet has no auxiliary head; the original ignored it with the joint loss)")
+    try:
+        args.joint_edge_loss_pfnet, edge_loss_note = network.resolve_edge_loss(args.arch, args.joint_edge_loss_pfnet)
+    except KeyError as error:
+        parser.error(f"--arch: {error.args[0]}")
+    notes += [edge_loss_note] if edge_loss_note else []
     if args.bs_mult < 2:
         parser.error("--bs_mult must be at least 2: the PSP module's 1x1 bin is batch-normalised per process")
     if not 0 <= args.cv < cfg.DATASET.CV_SPLITS:

@@ -124,9 +124,10 @@ def train_runner(arch: str, config: str, device: torch.device, batch: int, size:
     """A no-argument SGD step of a fresh model in train mode on random images and labels.
 
     The loss is a stand-in with the training loss's shape of computation: cross-entropy on the logits
-    plus binary cross-entropy on the three edge maps. ``amp`` autocasts to bfloat16 on CPU and float16
-    (with gradient scaling) on CUDA; ``checkpoint`` recomputes the activations of layer0 to layer3 in the
-    backward pass (``network.enable_activation_checkpointing``); ``compile`` compiles the model's forward.
+    plus binary cross-entropy on the edge maps (PFNet's three; none for models without edge outputs). ``amp``
+    autocasts to bfloat16 on CPU and float16 (with gradient scaling) on CUDA; ``checkpoint`` recomputes the
+    activations of layer0 to layer3 in the backward pass (``network.enable_activation_checkpointing``);
+    ``compile`` compiles the model's forward.
     """
     model = build_model(arch, device).train()
     generator = torch.Generator(device="cpu").manual_seed(0)
@@ -147,7 +148,8 @@ def train_runner(arch: str, config: str, device: torch.device, batch: int, size:
         optimizer.zero_grad(set_to_none=True)
         precision = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
         with precision:
-            logits, edge_logits = forward(images)
+            outputs = forward(images)
+            logits, edge_logits = outputs if isinstance(outputs, tuple) else (outputs, [])
             loss = F.cross_entropy(logits.float(), labels)
             loss = loss + sum(F.binary_cross_entropy_with_logits(e.float(), edges) for e in edge_logits)
         scaler.scale(loss).backward()

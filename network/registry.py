@@ -102,3 +102,23 @@ def get_model(arch: str, num_classes: int, **options) -> nn.Module:
     kept = {name: value for name, value in options.items() if name not in ignored}
     return entry.builder(num_classes, **{**entry.defaults, **kept})
 
+
+
+def resolve_edge_loss(arch: str, joint_edge_loss: bool) -> tuple[bool, str | None]:
+    """Whether training ``arch`` takes PFNet's joint edge loss, and a note when a request for it is dropped.
+
+    The joint edge loss needs the edge maps of the training forward (``edge_outputs``); for a model without
+    them the training loss is the segmentation loss alone, so scripts written for PFNet
+    (``--joint_edge_loss_pfnet``) train a baseline with the same recipe otherwise.
+
+    Returns:
+        ``(use_joint_edge_loss, note or None)``.
+
+    Raises:
+        KeyError: unknown ``arch``; the message lists the known names.
+    """
+    entry = model_entry(arch)
+    if joint_edge_loss and not entry.edge_outputs:
+        return False, (f"--joint_edge_loss_pfnet: {entry.name} has no edge outputs; training with the segmentation "
+                       f"loss alone")
+    return joint_edge_loss, None
