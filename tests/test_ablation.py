@@ -1,0 +1,51 @@
+"""The ablation script's CPU smoke run: both models trained and evaluated by the same commands, one table."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+import network
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_ablation_prints_the_table(tmp_path):
+    out = tmp_path / "ablation"
+    completed = subprocess.run([sys.executable, str(REPO / "scripts" / "ablation_upernet_vs_pfnet.py"), "--out",
+                                str(out), "--smoke", "--bench_device", "cpu"],
+                               cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                               timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    log = completed.stdout + completed.stderr
+    assert "--joint_edge_loss_pfnet: upernet_r50 has no edge outputs; training with the segmentation loss alone" in log
+
+    table = (out / "ablation.md").read_text()
+    assert table in completed.stdout + "\n"
+    lines = table.splitlines()
+    assert lines[0] == "| | upernet_r50 | pfnet_r50 |"
+    results = json.loads((out / "ablation.json").read_text())
+    class_names = [row["name"] for row in results["pfnet_r50"]["metrics"]["classes"]]
+    assert len(class_names) == 16
+    assert [line.split(" | ")[0] for line in lines[2:]] == (
+        ["| mIoU"] + [f"| IoU {name}" for name in class_names]
+        + ["| parameters (M)", "| GFLOPs (64²)", "| images/s (cpu, fp32)"])
+    for arch, parameters in [("upernet_r50", "31.1"), ("pfnet_r50", "33.0")]:
+        metrics = json.loads((out / "eval" / arch / "metrics.json").read_text())
+        assert results[arch]["metrics"]["miou"] == metrics["miou"] and metrics["protocol"]["flip"] is False
+        assert results[arch]["parameters"] == sum(p.numel() for p in network.get_model(arch, 16).parameters())
+        assert results[arch]["flops"] > 1e9 and results[arch]["fp32_seconds"] > 0
+    miou_row = lines[2].split(" | ")
+    assert miou_row[1] == f"{100 * results['upernet_r50']['metrics']['miou']:.2f}"
+    assert lines[-3] == "| parameters (M) | 31.1 | 33.0 |"
+
+    # The identical recipe: the two runs' saved flags differ only in the model and the loss train.py chose.
+    configs = [yaml.safe_load((out / "ckpt" / "ablation" / f"iSAID-{arch}" / "config.yaml").read_text())
+               for arch in ("upernet_r50", "pfnet_r50")]
+    changed = {key for key in configs[0].keys() | configs[1].keys() if configs[0].get(key) != configs[1].get(key)}
+    assert changed == {"arch", "joint_edge_loss_pfnet"}
+    assert configs[1]["joint_edge_loss_pfnet"] is True and configs[1]["ohem"] is True and configs[0]["ohem"] is True
