@@ -43,8 +43,8 @@ TRAIN_RECIPE = {
 # scripts/pointflow/test/test_iSAID_pfnet_R50.sh without --arch, --snapshot and the output folder.
 EVAL_PROTOCOL = {
     "--dataset": "iSAID", "--inference_mode": "whole", "--single_scale": None, "--scales": "1.0", "--split": "val",
-    "--maxpool_size": "14", "--avgpool_size": "9", "--edge_points": "128", "--match_dim": "64",
-    "--resize_scale": "896", "--no_flip": None,
+    "--cv_split": "0", "--maxpool_size": "14", "--avgpool_size": "9", "--edge_points": "128", "--match_dim": "64",
+    "--resize_scale": "896", "--mode": "semantic", "--no_flip": None,
 }
 # --smoke: the same recipe on 64 px synthetic iSAID patches, one epoch on the CPU, no ImageNet file.
 SMOKE_TRAIN = {"--pretrained": None, "--max_epoch": "1", "--crop_size": "64", "--bs_mult": "4", "--device": "cpu",
