@@ -6,15 +6,7 @@ UperNet (:mod:`network.upernet`), PSPNet (:mod:`network.pspnet`) and DeepLabV3+ 
 from network import deeplabv3plus, pfnet, pspnet, upernet  # noqa: F401  (registration)
 from network.activation_checkpoint import enable_activation_checkpointing
 from network.optimize import optimize_for_inference
-from network.registry import (
-    ModelEntry,
-    get_model,
-    ignored_options,
-    list_models,
-    model_defaults,
-    model_entry,
-    resolve_edge_loss,
-)
+from network.registry import ModelEntry, get_model, list_models, model_defaults, model_entry
 
-__all__ = ["ModelEntry", "enable_activation_checkpointing", "get_model", "ignored_options", "list_models",
-           "model_defaults", "model_entry", "optimize_for_inference", "resolve_edge_loss"]
+__all__ = ["ModelEntry", "enable_activation_checkpointing", "get_model", "list_models", "model_defaults",
+           "model_entry", "optimize_for_inference"]

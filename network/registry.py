@@ -37,9 +37,6 @@ class ModelEntry:
 
 _ENTRIES: dict[str, ModelEntry] = {}
 _ALIASES: dict[str, str] = {}
-# Options of PFNet's point-flow modules. The entry points pass them to every model; a model whose defaults do
-# not name them has no point-flow module and ignores them (see :func:`ignored_options`).
-POINT_FLOW_OPTIONS = ("match_dim", "maxpool_size", "avgpool_size", "edge_points")
 
 
 def register_model(name: str, *aliases: str, defaults: dict | None = None, classifier_key: str,
@@ -76,12 +73,6 @@ def model_defaults(arch: str) -> dict:
     return dict(model_entry(arch).defaults)
 
 
-def ignored_options(arch: str, options: dict) -> list[str]:
-    """Names among ``options`` that ``arch`` ignores: point-flow options given to a model without point flow."""
-    defaults = model_entry(arch).defaults
-    return [name for name in POINT_FLOW_OPTIONS if name in options and name not in defaults]
-
-
 def get_model(arch: str, num_classes: int, **options) -> nn.Module:
     """Build a registered model.
 
@@ -90,35 +81,12 @@ def get_model(arch: str, num_classes: int, **options) -> nn.Module:
             (``network.pointflow_resnet_with_max_avg_pool.DeepR50_PF_maxavg_deeply``).
         num_classes: K, the number of output classes.
         **options: forwarded to the builder; options not given take the entry's ``defaults``. PFNet:
-            ``match_dim`` (64), ``maxpool_size`` (14), ``avgpool_size`` (9), ``edge_points`` (128), dropped
-            for models without point-flow modules (:func:`ignored_options`); for every model
-            ``norm_layer`` and ``pretrained`` (path of the ImageNet trunk file, or None).
+            ``match_dim`` (64), ``maxpool_size`` (14), ``avgpool_size`` (9), ``edge_points`` (128), and
+            for every model ``norm_layer`` and ``pretrained`` (path or None).
 
     Raises:
         KeyError: unknown ``arch``; the message lists the known names.
     """
     entry = model_entry(arch)
-    ignored = ignored_options(arch, options)
-    kept = {name: value for name, value in options.items() if name not in ignored}
-    return entry.builder(num_classes, **{**entry.defaults, **kept})
+    return entry.builder(num_classes, **{**entry.defaults, **options})
 
-
-
-def resolve_edge_loss(arch: str, joint_edge_loss: bool) -> tuple[bool, str | None]:
-    """Whether training ``arch`` takes PFNet's joint edge loss, and a note when a request for it is dropped.
-
-    The joint edge loss needs the edge maps of the training forward (``edge_outputs``); for a model without
-    them the training loss is the segmentation loss alone, so scripts written for PFNet
-    (``--joint_edge_loss_pfnet``) train a baseline with the same recipe otherwise.
-
-    Returns:
-        ``(use_joint_edge_loss, note or None)``.
-
-    Raises:
-        KeyError: unknown ``arch``; the message lists the known names.
-    """
-    entry = model_entry(arch)
-    if joint_edge_loss and not entry.edge_outputs:
-        return False, (f"--joint_edge_loss_pfnet: {entry.name} has no edge outputs; training with the segmentation "
-                       f"loss alone")
-    return joint_edge_loss, None

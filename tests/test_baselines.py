@@ -2,6 +2,8 @@
 (checked against the original's code: key counts and parameter counts), and the shared harness pieces."""
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import network
 from network.activation_checkpoint import CheckpointedSequential
 from network.deeplabv3plus import DeepLabV3Plus
+from network.options import resolve_model_options
 from network.pspnet import PSPNet
 from network.upernet import UperNet
 
@@ -143,23 +146,19 @@ def test_deeplabv3plus_structure():
 
 @pytest.mark.parametrize("arch", ["upernet_r18", "pspnet_r50", "deeplabv3plus_r50"])
 def test_training_forward_gives_logits_only_and_backpropagates(arch):
-    model = network.get_model(arch, 5, maxpool_size=4, edge_points=16).train()  # point-flow options ignored
+    model = network.get_model(arch, 5).train()
     logits = model(torch.randn(2, 3, 64, 80))
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, 5, 64, 80)
     logits.mean().backward()
     assert model.layer1[0].conv1.weight.grad.abs().sum() > 0
 
 
-def test_point_flow_options_and_edge_loss_choice():
-    options = {"maxpool_size": 4, "edge_points": 16, "pretrained": None}
-    assert network.ignored_options("upernet_r50", options) == ["maxpool_size", "edge_points"]
-    assert network.ignored_options("pfnet_r50", options) == []
-    assert network.resolve_edge_loss("pfnet_r50", True) == (True, None)
-    use, note = network.resolve_edge_loss("network.pspnet.PSPNet_v1_r50", True)
-    assert not use and "pspnet_r50 has no edge outputs" in note
-    assert network.resolve_edge_loss("upernet_r50", False) == (False, None)
+def test_point_flow_flags_are_ignored_for_other_models_and_unknown_options_refused():
+    flags = argparse.Namespace(arch="upernet_r50", maxpool_size=4, avgpool_size=None, edge_points=16, match_dim=None)
+    resolved = resolve_model_options(flags, None)
+    assert resolved.options == {} and "has no option --maxpool_size, --edge_points: ignored" in resolved.warnings[0]
     with pytest.raises(TypeError):
-        network.get_model("upernet_r18", 4, fpn_dim=64)  # not an option of any model: not silently dropped
+        network.get_model("upernet_r18", 4, fpn_dim=64)  # not an option of the model: refused, not dropped
 
 
 # --- the shared harness: ImageNet files, optimize_for_inference, activation checkpointing, torch.compile ---

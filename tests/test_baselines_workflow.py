@@ -48,7 +48,7 @@ def test_train_one_epoch_then_eval_and_predict(tmp_path, potsdam_root, arch):
                   "--bs_mult", "4", "--num_workers", "0", "--exp", "baseline")
     assert trained.returncode == 0, trained.stderr[-3000:]
     log = trained.stdout + trained.stderr
-    assert f"--joint_edge_loss_pfnet: {arch} has no edge outputs; training with the segmentation loss alone" in log
+    assert f"--joint_edge_loss_pfnet: {arch} has no edge maps; training on the segmentation loss alone" in log
     run_dir = tmp_path / "ckpt" / "baseline" / f"Posdam-{arch}"
     records = [json.loads(line) for line in (run_dir / "log.jsonl").open()]
     train_records = [r for r in records if r["kind"] == "train"]
