@@ -246,14 +246,19 @@ def train_step(step: Step, out: Path, plan: Plan, root: Path, processes: int) ->
     differences = {key: float((value.double() - final[key].double()).abs().max())
                    for key, value in straight["state_dict"].items() if not torch.equal(value, final[key])}
     kernels = sorted(set(NONDETERMINISTIC_KERNEL.findall(logs)))
-    step.figures = {"processes": processes, "tensors": len(straight["state_dict"]),
-                    "differing_tensors": len(differences), "max_abs_difference": max(differences.values(), default=0.0),
-                    "nondeterministic_kernels": kernels, "synchronised_batchnorm": "synchronised BatchNorm" in logs}
-    step.status = "passed" if not differences and straight["global_step"] == resumed["global_step"] else "failed"
-    step.detail = ("resume bit-exact" if not differences else
-                   f"{len(differences)} of {len(straight['state_dict'])} tensors differ after the resume "
-                   f"(max {step.figures['max_abs_difference']:.3g}); kernels without a deterministic CUDA "
-                   f"implementation: {', '.join(kernels) or 'none reported'}")
+    synchronised = "synchronised BatchNorm (torch.nn.SyncBatchNorm)" in logs
+    step.figures = {"processes": processes, "tensors": len(final), "differing_tensors": len(differences),
+                    "max_abs_difference": max(differences.values(), default=0.0),
+                    "nondeterministic_kernels": kernels, "synchronised_batchnorm": synchronised}
+    sync_expected = processes > 1 and plan.device == "cuda"
+    exact = not differences and straight["global_step"] == resumed["global_step"]
+    step.status = "passed" if exact and synchronised == sync_expected else "failed"
+    notes = [] if synchronised == sync_expected else [f"SyncBatchNorm: {synchronised}, expected {sync_expected}"]
+    notes.append("resume bit-exact" if exact else
+                 f"{len(differences)} of {len(final)} tensors differ after the resume "
+                 f"(max {step.figures['max_abs_difference']:.3g}); kernels without a deterministic CUDA "
+                 f"implementation: {', '.join(kernels) or 'none reported'}")
+    step.detail = "; ".join(notes)
 
 
 def bench_step(step: Step, out: Path, plan: Plan, extra: list[str]) -> None:

@@ -114,7 +114,7 @@ def gradients_of_one_step(amp: str, device: torch.device) -> tuple[dict[str, flo
     images = torch.randn(2, 3, 128, 128, generator=generator).to(device)
     masks = torch.randint(0, 6, (2, 128, 128), generator=generator).to(device)
     edges = (torch.rand(2, 1, 128, 128, generator=generator) > 0.9).float().to(device)
-    args, _ = train.parse_args(["--amp", amp, "--lr", "0.01"])
+    args, _, _ = train.parse_args(["--amp", amp, "--lr", "0.01"])
     context = DistContext(rank=0, local_rank=0, world_size=1, device=device)
     optimizer, _, scaler = train.build_optimisation(args, context, model, snapshot=None)
     assert scaler.is_enabled() == (amp == "fp16")
