@@ -48,6 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from utils.atomic import atomic_write_bytes  # noqa: E402
+
 WHEELS_DIR = REPO / ".gpu_wheels"
 WHEEL_PYTHON = "3.11"
 # requirements.txt's packages that the lent GPU machine's python3 lacks, with their dependencies.
@@ -408,7 +410,6 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - clock
     report = {"machine": machine, "started": started, "total_seconds": total, "rehearsal": args.rehearse,
               "steps": [asdict(step) for step in steps]}
-    from utils.atomic import atomic_write_bytes
     markdown = summary_markdown(steps, machine, started, total)
     atomic_write_bytes(args.out / "gpu_check.json", json.dumps(report, indent=1).encode())
     atomic_write_bytes(args.out / "gpu_check.md", markdown.encode())
