@@ -104,8 +104,7 @@ def gpu_plan() -> Plan:
 def rehearsal_plan() -> Plan:
     return Plan(device="cpu", train_crop=64, synthetic_size=128, budget_s=4 * TIME_BUDGET_S,
                 bench_args=["--device", "cpu", "--smoke", "--threads", "1"],
-                bench_groups={"bench-eval-b1": ["--eval-configs", "original", "optimized", "--train-configs"],
-                              "bench-train-b2": ["--eval-sizes", "--train-configs", "fp32"]},
+                bench_groups={"bench-smoke": []},  # --smoke: eval original and optimized, train fp32
                 data_args=["--smoke"],
                 # float32: CPUs without AVX512-BF16 run bf16 autocast in slow reference kernels
                 train_args=["--bs_mult", "4", "--num_workers", "1", "--maxpool_size", "2", "--avgpool_size", "2",
@@ -321,7 +320,7 @@ def summary_markdown(steps: list[Step], machine: str, started: str, total_s: flo
         if train_rows:
             fastest = max(train_rows, key=lambda r: r["images_per_s"])
             per_worker = min(r["images_per_s_per_worker"] for r in data["rows"] if r["workers"] == 1)
-            lines += ["", f"Fastest GPU training row: {fastest['config']} {fastest['batch']}x{fastest['size']}², "
+            lines += ["", f"Fastest training row: {fastest['config']} {fastest['batch']}x{fastest['size']}², "
                           f"{fastest['images_per_s']:.1f} images/s; the slowest pipeline gives {per_worker:.2f} "
                           f"images/s per worker: {fastest['images_per_s'] / per_worker:.1f} workers per GPU needed"]
     return "\n".join(lines) + "\n"
