@@ -50,6 +50,7 @@ from evaluation.metrics import (
 from evaluation.report import make_sample, write_report
 from evaluation.restore import add_model_options, inference_options, model_options, restore_model
 from utils.checkpoint import CheckpointMismatchError
+from utils.image_io import read_image
 from utils.palette import blend, colorize, error_map, palette_image, save_image, side_by_side
 
 log = logging.getLogger("eval")
@@ -152,8 +153,7 @@ class ProtocolDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_path, mask_path = self.items[index]
-        with Image.open(image_path) as image_file:
-            image = image_file.convert("RGB")
+        image = Image.fromarray(read_image(image_path))
         with Image.open(mask_path) as mask_file:
             mask_file.load()
             mask = mask_file
