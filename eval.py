@@ -49,6 +49,7 @@ from evaluation.metrics import (
 )
 from evaluation.report import make_sample, write_report
 from evaluation.restore import add_model_options, inference_options, model_options, restore_model
+from utils.atomic import exit_on_write_error
 from utils.checkpoint import CheckpointMismatchError
 from utils.image_io import read_image
 from utils.palette import blend, colorize, error_map, palette_image, save_image, side_by_side
@@ -340,4 +341,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with exit_on_write_error():
+        sys.exit(main())

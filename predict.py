@@ -30,6 +30,7 @@ from evaluation.restore import (
     model_options,
     restore_model,
 )
+from utils.atomic import exit_on_write_error
 from utils.checkpoint import CheckpointMismatchError
 from utils.palette import default_palette
 from utils.raster_io import IMAGE_SUFFIXES, GeoTiffMaskSink, PaletteMaskSink, open_image
@@ -218,4 +219,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with exit_on_write_error():
+        sys.exit(main())

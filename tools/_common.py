@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils import image_io
-from utils.atomic import atomic_write_bytes
+from utils.atomic import WriteError, atomic_write_bytes
 
 ON_ERROR_CHOICES = ("error", "skip")
 _EXIF_ORIENTATION = 0x0112
@@ -286,7 +286,7 @@ def run_tool(action: Callable[[], RunSummary]) -> None:
     """Run a tool from its command line: print the summary; bad input or Ctrl-C end with a short message."""
     try:
         summary = action()
-    except ToolError as error:
+    except (ToolError, WriteError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         sys.exit("interrupted: the outputs written so far are complete (atomic writes); run the same command "
