@@ -56,6 +56,28 @@ def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
 
 
+BLENDS = ("mean", "gaussian")
+GAUSSIAN_SIGMA = 1 / 8
+"""Standard deviation of the ``"gaussian"`` window weights, as a fraction of the window side (as nnU-Net)."""
+
+
+def window_weights(height: int, width: int, blend: str) -> torch.Tensor | None:
+    """(height, width) float32 weights of one window's logits in the overlap blend; None for ``"mean"``.
+
+    ``"gaussian"``: ``exp(-d^2 / (2 sigma^2))`` per axis (d = distance to the window's centre, sigma =
+    ``GAUSSIAN_SIGMA`` x side), the outer product of both axes, 1 at the centre and never 0.
+    """
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+    if blend == "mean":
+        return None
+    axes = []
+    for length in (height, width):
+        distance = torch.arange(length, dtype=torch.float64) - (length - 1) / 2
+        axes.append(torch.exp(-(distance**2) / (2 * (GAUSSIAN_SIGMA * length) ** 2)))
+    return torch.outer(axes[0], axes[1]).float()
+
+
 @torch.inference_mode()
 def sliding_window_logits(
     model: torch.nn.Module,
@@ -63,13 +85,15 @@ def sliding_window_logits(
     window: int,
     stride: int,
     batch_size: int = 1,
+    blend: str = "mean",
 ) -> torch.Tensor:
     """Logits averaged over overlapping square windows.
 
     Windows of ``window`` pixels (clipped to the image when it is smaller) start every ``stride``
     pixels, the last one shifted back to end at the border; ``batch_size`` windows go through the
-    model at once. Every pixel's logits are the sum over the windows covering it divided by their
-    number (the original divided by a counter indexed on the wrong axes; this does not).
+    model at once. With ``blend="mean"`` every pixel's logits are the sum over the windows covering it
+    divided by their number (the original divided by a counter indexed on the wrong axes; this does
+    not); with ``"gaussian"`` a weighted mean with :func:`window_weights`.
 
     Args:
         images: (N, 3, H, W) normalised images.
@@ -82,9 +106,11 @@ def sliding_window_logits(
     lefts = window_starts(width, window, stride)
     boxes = [(top, left) for top in window_starts(height, window, stride) for left in lefts]
     logit_sum = None
+    weights = window_weights(window_h, window_w, blend)
+    weights = None if weights is None else weights.to(images.device)
     counts = torch.zeros(height, width, dtype=torch.float32, device=images.device)
     for top, left in boxes:
-        counts[top : top + window_h, left : left + window_w] += 1
+        counts[top : top + window_h, left : left + window_w] += 1 if weights is None else weights
     for image_index in range(num_images):
         for first in range(0, len(boxes), batch_size):
             batch_boxes = boxes[first : first + batch_size]
@@ -95,7 +121,8 @@ def sliding_window_logits(
             if logit_sum is None:
                 logit_sum = images.new_zeros((num_images, crop_logits.shape[1], height, width), dtype=torch.float32)
             for (top, left), logits in zip(batch_boxes, crop_logits):
-                logit_sum[image_index, :, top : top + window_h, left : left + window_w] += logits
+                weighted = logits if weights is None else logits * weights
+                logit_sum[image_index, :, top : top + window_h, left : left + window_w] += weighted
     return logit_sum / counts
 
 
@@ -168,6 +195,7 @@ def infer_logits(
     window: int | None = None,
     stride: int | None = None,
     batch_size: int = 1,
+    blend: str = "mean",
 ) -> torch.Tensor:
     """Mean raw logits over scales and the D4 transforms that the chosen flags generate.
 
@@ -180,6 +208,7 @@ def infer_logits(
         window: sliding-window size in pixels of the scaled image; ``None`` = whole image in one pass.
         stride: window step in pixels (required with ``window``).
         batch_size: windows per forward pass (sliding only).
+        blend: overlap weights of the sliding windows (:func:`sliding_window_logits`).
 
     Returns:
         (N, K, H, W) float32 logits.
@@ -196,33 +225,11 @@ def infer_logits(
             if window is None:
                 logits = forward_logits(model, inputs).float()
             else:
-                logits = sliding_window_logits(model, inputs, window, stride, batch_size)
+                logits = sliding_window_logits(model, inputs, window, stride, batch_size, blend)
             logits = resize_logits(undo_transform(logits, transform), size)
             logit_sum = logits.clone() if logit_sum is None else logit_sum.add_(logits)
             passes += 1
     return logit_sum / passes
-
-
-BLENDS = ("mean", "gaussian")
-GAUSSIAN_SIGMA = 1 / 8
-"""Standard deviation of the ``"gaussian"`` window weights, as a fraction of the window side (as nnU-Net)."""
-
-
-def window_weights(height: int, width: int, blend: str) -> torch.Tensor | None:
-    """(height, width) float32 weights of one window's logits in the overlap blend; None for ``"mean"``.
-
-    ``"gaussian"``: ``exp(-d^2 / (2 sigma^2))`` per axis (d = distance to the window's centre, sigma =
-    ``GAUSSIAN_SIGMA`` x side), the outer product of both axes, 1 at the centre and never 0.
-    """
-    if blend not in BLENDS:
-        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
-    if blend == "mean":
-        return None
-    axes = []
-    for length in (height, width):
-        distance = torch.arange(length, dtype=torch.float64) - (length - 1) / 2
-        axes.append(torch.exp(-(distance**2) / (2 * (GAUSSIAN_SIGMA * length) ** 2)))
-    return torch.outer(axes[0], axes[1]).float()
 
 
 ReadRegion = Callable[[int, int, int, int], np.ndarray]

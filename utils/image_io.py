@@ -7,10 +7,11 @@ API (what other modules code against)::
 
     read_image(path, bands=None, scaling=None) -> np.ndarray          # (H, W, 3) uint8, the whole image
     open_raster(path, bands=None, scaling=None) -> RasterSource        # windowed, use as a context manager
-        source.height, source.width, source.band_count, source.dtype
+        source.height, source.width, source.band_count, source.dtype, source.sample_valid_fraction
         source.read(top, left, height, width) -> (height, width, 3) uint8
         source.valid_mask(top, left, height, width) -> (height, width) bool (False = nodata / alpha 0)
-        source.geo_profile -> {"crs", "transform"} or {"gcps"} or None (not georeferenced)
+        source.geo_profile -> {"crs", "transform"} or {"gcps", "gcps_crs"} or None (not georeferenced)
+    image_size(path) -> (H, W) from the header, without decoding the pixels
     parse_bands("4,1,2") -> (4, 1, 2);  parse_scaling("auto" | "LOW,HIGH" | "scaling.json") -> ImageScaling | None
     ImageScaling(low, high)  .apply(pixels)  .from_sample(pixels, valid)  .save(path)  ImageScaling.load(path)
     ImageReadError (a ValueError): the message names the file and says what to do.
@@ -196,6 +197,8 @@ class RasterSource:
     bands: tuple[int, ...]
     scaling: ImageScaling | None
     geo_profile: dict | None
+    sample_valid_fraction: float
+    """Fraction of valid pixels in the regular sample the default scaling is estimated on (0: no data)."""
 
     def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
         """(height, width, 3) uint8 pixels of the chosen bands, scaled by the rule."""
@@ -229,6 +232,7 @@ class RasterSource:
         if scaling is None and self.dtype != "uint8":
             scaling = ImageScaling.from_sample(sample, valid)
         self.scaling = scaling
+        self.sample_valid_fraction = float(valid.mean()) if valid.size else 0.0
 
 
 class ArraySource(RasterSource):
@@ -277,13 +281,10 @@ class GdalSource(RasterSource):
         self.gdal_env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
         self.gdal_env.__enter__()
         try:
-            with warnings.catch_warnings():  # a plain (non-geo) TIFF is fine to read
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                self.dataset = rasterio.open(path)
-        except rasterio.errors.RasterioIOError as error:
+            self.dataset = open_raster_header(path)  # a plain (non-geo) TIFF is fine to read
+        except ImageReadError:
             self.gdal_env.__exit__(None, None, None)
-            state = "does not exist" if not Path(path).exists() else f"cannot be read (truncated or corrupt?): {error}"
-            raise ImageReadError(f"{path} {state}") from None
+            raise
         try:
             self._describe(path, bands)
             step = max(1, math.ceil(max(self.height, self.width) / SAMPLE_SIDE))
@@ -398,3 +399,43 @@ def read_image(path: str | os.PathLike, bands: tuple[int, ...] | None = None,
     """The whole image as (H, W, 3) uint8 RGB (see :func:`open_raster` for the arguments and errors)."""
     with open_raster(path, bands, scaling) as source:
         return source.read(0, 0, source.height, source.width)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image from its header (rasterio for rasters, Pillow otherwise), as decoded by
+    :func:`read_image` (EXIF-rotated JPEGs swapped); Pillow's decompression-bomb limit does not apply.
+
+    Raises:
+        ImageReadError: the header cannot be read; the message names the file.
+    """
+    if Path(path).suffix.lower() in RASTER_SUFFIXES:
+        with open_raster_header(path) as dataset:
+            return dataset.height, dataset.width
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            turned = Path(path).suffix.lower() in EIGHT_BIT_SUFFIXES and image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except (OSError, ValueError) as error:
+        raise ImageReadError(f"{path}: cannot be read ({error})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return (width, height) if turned else (height, width)
+
+
+def open_raster_header(path: str | os.PathLike):
+    """The rasterio dataset of a TIFF/GeoTIFF/VRT (header only until read; use as a context manager).
+
+    Raises:
+        ImageReadError: missing or unreadable file; the message names it.
+    """
+    rasterio = import_rasterio()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as error:
+        state = "does not exist" if not Path(path).exists() else f"cannot be read (truncated or corrupt?): {error}"
+        raise ImageReadError(f"{path} {state}") from None
