@@ -169,14 +169,34 @@ def is_finished(job: Job, size: tuple[int, int]) -> bool:
         return False
 
 
-def check_job(job: Job, overwrite: bool) -> bool:
-    """Read the input's header and look at its outputs; True if the job is already finished (to skip).
+def check_input(path: Path, read_options: dict) -> tuple[int, int]:
+    """(H, W) of an input from its header; a raster (TIFF/VRT) is also opened as it will be read (bands, a
+    sample of its pixels), so its problems show before any output is written. PNG/JPEG are decoded later.
 
     Raises:
-        ImageReadError: the input's header is unreadable. FileExistsError: an output path holds something
-            other than a finished output and ``overwrite`` is not set.
+        ImageReadError: unreadable header, ``--bands`` beyond the band count, no valid pixel; names the file.
     """
-    size = image_size(job.image)
+    if path.suffix.lower() not in RASTER_SUFFIXES:
+        return image_size(path)
+    with open_raster(path, **read_options) as source:
+        check_has_data(path, source)
+        return source.height, source.width
+
+
+def check_has_data(path: Path, source) -> None:
+    """Raises ImageReadError naming ``path`` when the sampled pixels of ``source`` are all nodata."""
+    if source.sample_valid_fraction == 0:
+        raise ImageReadError(f"{path} has no valid pixels (all nodata or alpha 0): nothing to segment")
+
+
+def check_job(job: Job, read_options: dict, overwrite: bool) -> bool:
+    """Check the input (:func:`check_input`) and its outputs; True if the job is already finished (to skip).
+
+    Raises:
+        ImageReadError: see :func:`check_input`. FileExistsError: an output path holds something other than
+            a finished output and ``overwrite`` is not set.
+    """
+    size = check_input(job.image, read_options)
     if overwrite:
         return False
     if is_finished(job, size):
@@ -222,8 +242,7 @@ def predict_file(model, job: Job, settings: Settings, args: argparse.Namespace, 
             an output could not be written.
     """
     with open_raster(job.image, **settings.read_options) as source:
-        if source.sample_valid_fraction == 0:
-            raise ImageReadError(f"{job.image} has no valid pixels (all nodata or alpha 0): nothing to segment")
+        check_has_data(job.image, source)
         if job.mask.suffix == ".png" and source.geo_profile is not None:
             print(f"warning: {job.image} is georeferenced but {job.mask} is a PNG: the georeference is dropped "
                   "(use --format tif to keep it)", file=sys.stderr)
@@ -309,12 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         jobs = plan_jobs(collect_inputs(args.inputs), out_dir, args.format, args.probabilities, args.polygons)
         rank, world, args.device = distributed_context(args.device)
         my_jobs = jobs[rank::world]
-        check_out_dir(out_dir)
         results = {"written": [], "kept": [], "failed": []}
         todo = []
         for job in my_jobs:
             try:
-                finished = check_job(job, args.overwrite)
+                finished = check_job(job, read_options, args.overwrite)
             except ImageReadError as error:
                 if args.on_error == "error":
                     raise
@@ -324,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["kept"].append(str(job.image))
             else:
                 todo.append(job)
+        check_out_dir(out_dir)
         if args.dataset:
             class_names, palette = dataset_table(args.dataset)
             num_classes = len(class_names)

@@ -9,7 +9,8 @@ API (what other modules code against)::
     open_raster(path, bands=None, scaling=None) -> RasterSource        # windowed, use as a context manager
         source.height, source.width, source.band_count, source.dtype, source.sample_valid_fraction
         source.read(top, left, height, width) -> (height, width, 3) uint8
-        source.valid_mask(top, left, height, width) -> (height, width) bool (False = nodata / alpha 0)
+        source.valid_mask(top, left, height, width) -> (height, width) bool (False = nodata in every chosen
+            band, alpha 0, or a non-finite value)
         source.geo_profile -> {"crs", "transform"} or {"gcps", "gcps_crs"} or None (not georeferenced)
     image_size(path) -> (H, W) from the header, without decoding the pixels
     parse_bands("4,1,2") -> (4, 1, 2);  parse_scaling("auto" | "LOW,HIGH" | "scaling.json") -> ImageScaling | None
@@ -80,6 +81,14 @@ def import_rasterio():
         raise ImportError("reading TIFF/GeoTIFF/VRT images or writing GeoTIFFs needs rasterio: pip install rasterio"
                           ) from error
     return rasterio
+
+
+def gdal_errors() -> tuple[type[Exception], ...]:
+    """The exception types rasterio raises for GDAL failures (its own errors and GDAL's CPLE errors)."""
+    rasterio = import_rasterio()
+    from rasterio._err import CPLE_BaseError
+
+    return rasterio.errors.RasterioError, CPLE_BaseError
 
 
 @dataclass(frozen=True)
@@ -292,7 +301,7 @@ class GdalSource(RasterSource):
             sample = self.dataset.read(self.bands, out_shape=(len(self.bands), *sample_shape)).transpose(1, 2, 0)
             valid = self._masks(None, sample_shape)
             self._choose_scaling(scaling, self._expand(sample), valid)
-        except rasterio.errors.RasterioError as error:
+        except gdal_errors() as error:
             self.close()
             raise ImageReadError(f"{path}: cannot be read (truncated or corrupt?): {error}") from None
         except BaseException:
@@ -337,20 +346,26 @@ class GdalSource(RasterSource):
         return Window(left, top, width, height)
 
     def _read_bands(self, top: int, left: int, height: int, width: int) -> np.ndarray:
-        bands = self.dataset.read(self.bands, window=self._window(top, left, height, width))
+        try:
+            bands = self.dataset.read(self.bands, window=self._window(top, left, height, width))
+        except gdal_errors() as error:
+            raise ImageReadError(f"{self.path}: cannot be read (truncated or corrupt?): {error}") from None
         return self._expand(bands.transpose(1, 2, 0))
 
     def _masks(self, window, out_shape: tuple[int, int] | None = None) -> np.ndarray:
         kwargs = {"window": window} if out_shape is None else {"out_shape": (len(self.bands), *out_shape)}
         masks = self.dataset.read_masks(self.bands, **kwargs)
-        valid = (masks != 0).all(axis=0)
+        valid = (masks != 0).any(axis=0)  # nodata only where every chosen band is (a 0 in one band is data)
         if np.dtype(self.dtype).kind == "f":
             values = self.dataset.read(self.bands, **kwargs)
             valid &= np.isfinite(values).all(axis=0)
         return valid
 
     def valid_mask(self, top: int, left: int, height: int, width: int) -> np.ndarray:
-        return self._masks(self._window(top, left, height, width))
+        try:
+            return self._masks(self._window(top, left, height, width))
+        except gdal_errors() as error:
+            raise ImageReadError(f"{self.path}: cannot be read (truncated or corrupt?): {error}") from None
 
     def close(self) -> None:
         self.dataset.close()
@@ -436,6 +451,6 @@ def open_raster_header(path: str | os.PathLike):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as error:
+    except gdal_errors() as error:
         state = "does not exist" if not Path(path).exists() else f"cannot be read (truncated or corrupt?): {error}"
         raise ImageReadError(f"{path} {state}") from None

@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from utils.atomic import WriteError, atomic_path, atomic_write_bytes, publish, temporary_path_beside
-from utils.image_io import import_rasterio
+from utils.image_io import gdal_errors, import_rasterio
 from utils.palette import full_palette, palette_image
 
 COG_BLOCK = 256
@@ -105,7 +105,7 @@ class CogSink:
             if palette is not None:
                 table = full_palette(palette)
                 self.dataset.write_colormap(1, {index: (*map(int, table[index]), 255) for index in range(256)})
-        except (OSError, rasterio.errors.RasterioError) as error:
+        except (OSError, *gdal_errors()) as error:
             self._remove(self.stream_path)
             raise WriteError(self.path, str(error).splitlines()[0]) from None
 
@@ -118,7 +118,6 @@ class CogSink:
 
     def close(self) -> None:
         """Copy the stream into the COG, read it back, publish it; on failure raise ``WriteError``."""
-        rasterio = import_rasterio()
         from rasterio.shutil import copy as copy_raster
 
         self.dataset.close()
@@ -126,7 +125,7 @@ class CogSink:
         try:
             copy_raster(self.stream_path, cog_path, driver="COG", compress="deflate", blocksize=COG_BLOCK,
                                  resampling="nearest", overview_resampling="nearest")
-        except (OSError, rasterio.errors.RasterioError) as error:
+        except (OSError, *gdal_errors()) as error:
             self._remove(cog_path)
             raise WriteError(self.path, str(error).splitlines()[0]) from None
         finally:
