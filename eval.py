@@ -35,17 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets import normalize_image
-from evaluation.cli import (
-    add_band_arguments,
-    add_run_arguments,
-    add_tta_arguments,
-    add_window_arguments,
-    band_options,
-    check_batch_size,
-    parse_scales,
-    tta_options,
-    window_stride,
-)
+from evaluation import cli
 from evaluation.dataset_split import DATASET_NAMES, load_split
 from evaluation.inference import infer_logits
 from evaluation.metrics import (
@@ -95,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="whole image in one forward pass, or overlapping windows averaged (default "
                                "sliding, as the original; the official scripts use whole)")
     protocol.add_argument("--single_scale", action="store_true", help="use scale 1.0 only (ignores --scales)")
-    add_tta_arguments(protocol, scales="0.5,1.0,2.0", flip=True)
-    add_window_arguments(protocol, window=513, blend="mean")
-    add_band_arguments(protocol)
+    cli.add_tta_arguments(protocol, scales="0.5,1.0,2.0", flip=True)
+    cli.add_window_arguments(protocol, window=513, blend="mean")
+    cli.add_band_arguments(protocol)
     protocol.add_argument("--exclude-classes", "--exclude_classes", dest="exclude_classes", default="",
                           help="class ids or names left out of the means, e.g. 'clutter' or '0' "
                                "(default: none; the published numbers include background/clutter)")
@@ -127,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images shown in report_samples.png / report.html (default 4)")
 
     run = parser.add_argument_group("run")
-    add_run_arguments(run)
+    cli.add_run_arguments(run)
     run.add_argument("--num_workers", type=int, default=4, help="data-loading processes (default 4)")
     run.add_argument("--test_mode", action="store_true", help="stop after 7 images (a quick check)")
     run.add_argument("--with_f1", action="store_true", help="accepted for compatibility: F1 is always reported")
@@ -242,13 +232,13 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.eroded_masks:
         items = replace_masks(items, args.eroded_masks)
     exclude = parse_class_list(args.exclude_classes, class_names)
-    scales = (1.0,) if args.single_scale else parse_scales(args.scales)
-    check_batch_size(args.batch_size)
-    read_options = band_options(args)
+    scales = (1.0,) if args.single_scale else cli.parse_scales(args.scales)
+    cli.check_batch_size(args.batch_size)
+    read_options = cli.band_options(args)
     sliding = args.inference_mode == "sliding"
     if args.batch_size > 1 and not sliding and not args.resize_scale:
         raise ValueError("--batch_size > 1 in whole mode needs --resize_scale (images of one size)")
-    stride = window_stride(args.window, args.stride, args.overlap) if sliding else None
+    stride = cli.window_stride(args.window, args.stride, args.overlap) if sliding else None
     out_dir = output_dir(args)
     if (out_dir / "metrics.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out_dir / 'metrics.json'} exists; pass --overwrite or choose --out_dir")
@@ -262,7 +252,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     log.info("snapshot %s (epoch %s), arch %s, dataset %s/%s: %d images", args.snapshot,
              checkpoint_extras.get("epoch"), args.arch, args.dataset, args.split, len(items))
     log.info("mode %s, scales %s, transforms %s, resize %s%s; output %s", args.inference_mode, scales,
-             tta_options(args), args.resize_scale,
+             cli.tta_options(args), args.resize_scale,
              f", window {args.window} stride {stride} blend {args.blend}" if sliding else "", out_dir)
 
     dataset = ProtocolDataset(items, len(class_names), args.resize_scale, args.boundary_ignore, read_options)
@@ -274,7 +264,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     progress = tqdm(loader, desc=f"eval {args.split}", unit="batch")
     for batch_index, batch in enumerate(progress):
         logits = infer_logits(
-            model, batch["image"].to(args.device), scales=scales, **tta_options(args),
+            model, batch["image"].to(args.device), scales=scales, **cli.tta_options(args),
             window=args.window if sliding else None, stride=stride, batch_size=args.batch_size, blend=args.blend,
         )
         predictions = logits.argmax(1)
@@ -299,7 +289,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         else float(checkpoint_extras["mean_iu"]),
         "images": images_scored,
         "protocol": {
-            "inference_mode": args.inference_mode, "scales": list(scales), **tta_options(args),
+            "inference_mode": args.inference_mode, "scales": list(scales), **cli.tta_options(args),
             "blend": args.blend if sliding else None,
             "resize_scale": args.resize_scale, "crop_size": args.window if sliding else None,
             "stride": stride, "eroded_masks": args.eroded_masks, "boundary_ignore": args.boundary_ignore,

@@ -159,12 +159,13 @@ def plan_jobs(inputs: list[Path], out_dir: Path, fmt: str, probabilities: bool, 
     return jobs
 
 
-def is_finished(job: Job, size: tuple[int, int]) -> bool:
-    """All outputs exist and the mask's header has the input's size (published atomically: complete)."""
-    if not all(path.is_file() for path in job.outputs()):
-        return False
+def is_own_output(path: Path, size: tuple[int, int]) -> bool:
+    """Whether ``path`` is an output this input gets: a raster (mask, probabilities) whose header has the
+    input's size, or the polygons file. Outputs are published atomically, so such a file is complete."""
+    if path.suffix == ".geojson":
+        return True
     try:
-        return image_size(job.mask) == size
+        return image_size(path) == size
     except ImageReadError:
         return False
 
@@ -194,18 +195,17 @@ def check_job(job: Job, read_options: dict, overwrite: bool) -> bool:
 
     Raises:
         ImageReadError: see :func:`check_input`. FileExistsError: an output path holds something other than
-            a finished output and ``overwrite`` is not set.
+            an output of this input (:func:`is_own_output`) and ``overwrite`` is not set.
     """
     size = check_input(job.image, read_options)
     if overwrite:
         return False
-    if is_finished(job, size):
-        return True
-    for path in job.outputs():
-        if path.exists():
+    existing = [path for path in job.outputs() if path.exists()]
+    for path in existing:
+        if not is_own_output(path, size):
             raise FileExistsError(f"{path} exists but is not a finished output of {job.image} "
                                   f"({size[1]}x{size[0]}); pass --overwrite to replace it")
-    return False
+    return len(existing) == len(job.outputs())  # some missing (a run stopped between them): redo the job
 
 
 def check_out_dir(out_dir: Path) -> None:

@@ -4,14 +4,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from eval_fixtures import assert_clear_decisions_match, blocky_image, calibrated_pfnet
+from eval_fixtures import assert_clear_decisions_match, blocky_image, calibrated_checkpoint
 from PIL import Image
 
 import predict
 from datasets import normalize_image
 from evaluation.cli import parse_scales, window_stride
 from evaluation.inference import sliding_window_logits
-from utils.checkpoint import save_checkpoint
 from utils.image_io import parse_bands
 
 NUM_CLASSES = 6
@@ -22,10 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def model_and_checkpoint(tmp_path_factory):
-    model = calibrated_pfnet(NUM_CLASSES)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pth"
-    save_checkpoint(path, {"state_dict": model.state_dict(), "epoch": 3, "mean_iu": 0.5, "command": "test"})
-    return model, path
+    return calibrated_checkpoint(tmp_path_factory.mktemp("ckpt"), NUM_CLASSES)
 
 
 def expected_logits(model, pixels, window, stride=None, blend="gaussian"):

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from eval_fixtures import assert_clear_decisions_match, blocky_image, calibrated_pfnet
+from eval_fixtures import assert_clear_decisions_match, blocky_image, calibrated_checkpoint
 from PIL import Image
 
 import predict
 from datasets import normalize_image
 from evaluation.inference import sliding_window_logits
-from utils.checkpoint import save_checkpoint
 
 rasterio = pytest.importorskip("rasterio")
 from rasterio.control import GroundControlPoint  # noqa: E402
@@ -29,10 +28,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 
 @pytest.fixture(scope="module")
 def model_and_checkpoint(tmp_path_factory):
-    model = calibrated_pfnet(NUM_CLASSES)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pth"
-    save_checkpoint(path, {"state_dict": model.state_dict(), "epoch": 1, "mean_iu": 0.1, "command": "test"})
-    return model, path
+    return calibrated_checkpoint(tmp_path_factory.mktemp("ckpt"), NUM_CLASSES)
 
 
 def write_geotiff(path: Path, bands_first: np.ndarray, **profile) -> None:
