@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from config import add_config_flags, parse_with_config
 from evaluation.cli import (
     add_band_arguments,
     add_run_arguments,
@@ -52,13 +53,8 @@ from evaluation.cli import (
 )
 from evaluation.dataset_split import dataset_table
 from evaluation.inference import NODATA_CLASS, predict_large_image
-from evaluation.restore import (
-    add_model_options,
-    checkpoint_num_classes,
-    inference_options,
-    model_options,
-    restore_model,
-)
+from evaluation.restore import add_speed_flags, restore_model, speed_options
+from network.options import add_model_flags
 from utils.atomic import atomic_write_bytes, exit_on_write_error, remove_stale_partial_files
 from utils.checkpoint import CheckpointMismatchError
 from utils.image_io import IMAGE_SUFFIXES, RASTER_SUFFIXES, ImageReadError, image_size, open_raster
@@ -76,8 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image files, folders of images (not searched recursively) and/or .txt files listing "
                              "one image path per line")
     parser.add_argument("--snapshot", required=True, help="checkpoint (.pth) to load, e.g. an official PFSegNets one")
-    parser.add_argument("--arch", default="pfnet_r50",
-                        help="model name (pfnet_r50, pfnet_r101, or the original dotted name); default pfnet_r50")
     parser.add_argument("--dataset", default=None,
                         help="iSAID, Posdam (or potsdam) or Vaihingen: gives the class count and the colour palette; "
                              "without it the class count is read from the checkpoint and a generic palette is used")
@@ -102,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_tta_arguments(inference, scales="1.0", flip=False)
     add_band_arguments(inference)
     add_run_arguments(parser)
-    add_model_options(parser)
+    add_model_flags(parser)
+    add_speed_flags(parser)
+    add_config_flags(parser, "predict.py")
     return parser
 
 
@@ -317,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     outputs are kept and a re-run resumes) unless ``--on-error skip``.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, _ = parse_with_config(parser, argv)
     start = time.perf_counter()
     try:
         stride = window_stride(args.window, args.stride, args.overlap)
@@ -343,18 +339,18 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 todo.append(job)
         check_out_dir(out_dir)
-        if args.dataset:
-            class_names, palette = dataset_table(args.dataset)
-            num_classes = len(class_names)
-        else:
-            num_classes = checkpoint_num_classes(args.snapshot, args.arch, args.trusted_pickle)
-            class_names, palette = [f"class_{index}" for index in range(num_classes)], default_palette(num_classes)
+        class_names, palette = dataset_table(args.dataset) if args.dataset else ([], None)
         model = None
-        if todo:
-            model, _ = restore_model(
-                args.arch, args.snapshot, num_classes, device=args.device, trusted_pickle=args.trusted_pickle,
-                **inference_options(args), **model_options(args),
-            )
+        if todo:  # nothing to do (all finished): no model to load
+            restored = restore_model(args, args.snapshot, len(class_names) if args.dataset else None,
+                                     device=args.device, trusted_pickle=args.trusted_pickle, **speed_options(args))
+            model = restored.model
+            for warning in restored.resolved.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            print(f"model: {restored.resolved.describe()}")
+            if palette is None:
+                class_names = [f"class_{index}" for index in range(restored.num_classes)]
+                palette = default_palette(restored.num_classes)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError, OSError,
             CheckpointMismatchError) as error:
         parser.error(str(error))
