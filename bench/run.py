@@ -196,6 +196,8 @@ def config_worker(connection: Connection, task: str, arch: str, config: str, dev
     try:
         torch.set_num_threads(threads)
         device = torch.device(device_name)
+        # As train.py without --deterministic: cuDNN picks the fastest convolution algorithms (in the warm-up).
+        torch.backends.cudnn.benchmark = device.type == "cuda"
         run = make_runner(task, arch, config, device, batch, size)
         requests = {"time": lambda: timed(run, device), "flops": lambda: count_flops(run),
                     "peak": lambda: peak_memory_bytes(device)}
