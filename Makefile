@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-smoke clean-venv
+.PHONY: demo test lint bench bench-smoke clean-venv gpu-check
 
 $(STAMP): requirements.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,9 @@ clean-venv:
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+# GPU check (docs/gpu.md): uses the GPU machine's own python3 (CUDA torch), not the CPU venv; CI does not run it.
+GPU_PYTHON ?= python3
+gpu-check:
+	@test -n "$(OUT)" || { echo "make gpu-check: give the output folder, e.g. make gpu-check OUT=gpu_out" >&2; exit 2; }
+	$(GPU_PYTHON) bench/gpu_check.py --out "$(OUT)"

@@ -112,20 +112,24 @@ def check_backend_flags(args: argparse.Namespace) -> None:
         raise ValueError("--snapshot is required (or run an exported model: --backend onnxruntime --onnx FILE)")
 
 
-def onnx_backend_model(args: argparse.Namespace, dataset_palette: np.ndarray | None) -> tuple[OnnxModel, np.ndarray]:
-    """The :class:`OnnxModel` of ``--onnx`` and the palette to write masks with.
+def onnx_backend_model(args: argparse.Namespace, class_names: list[str],
+                       palette: np.ndarray | None) -> tuple[OnnxModel, list[str], np.ndarray]:
+    """The :class:`OnnxModel` of ``--onnx`` and the class names and palette to write outputs with.
 
-    The palette is the dataset's when ``--dataset`` is given (its class count must match the file's), else the
-    one in the file's metadata, else a generic one.
+    ``class_names`` / ``palette`` are the dataset's when ``--dataset`` is given (empty list / None otherwise):
+    they win, and their class count must match the file's. Otherwise the file's metadata gives them, else
+    generic ones (``class_0``, ..., ``utils.palette.default_palette``).
 
     Raises:
         ValueError: the file's class count differs from the dataset's, or see :class:`OnnxModel`.
         FileNotFoundError / ImportError: see :class:`OnnxModel`.
     """
     model = OnnxModel(args.onnx)
-    if dataset_palette is not None and len(dataset_palette) != model.num_classes:
-        raise ValueError(f"class-count mismatch: {args.onnx} predicts {model.num_classes} classes but --dataset "
-                         f"has {len(dataset_palette)}")
-    if dataset_palette is not None:
-        return model, dataset_palette
-    return model, model.palette if model.palette is not None else default_palette(model.num_classes)
+    count = model.num_classes
+    if palette is not None:
+        if len(palette) != count:
+            raise ValueError(f"class-count mismatch: {args.onnx} predicts {count} classes but --dataset has "
+                             f"{len(palette)}")
+        return model, class_names, palette
+    names = model.class_names or [f"class_{index}" for index in range(count)]
+    return model, names, model.palette if model.palette is not None else default_palette(count)
