@@ -134,8 +134,9 @@ def test_predict_onnxruntime_backend_matches_pytorch(tmp_path, pfnet_export):
                         "--out_dir", str(tmp_path / "out"), "--window", "64", "--stride", "40", "--batch_size", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     with torch.no_grad():
-        scene_logits = sliding_window_logits(model, normalize_image(scene)[None], 64, 40)[0]
-        tile_logits = sliding_window_logits(model, normalize_image(tile)[None], 64, 40)[0]
+        # predict.py's default Gaussian blend of the windows, computed with the PyTorch model
+        scene_logits = sliding_window_logits(model, normalize_image(scene)[None], 64, 40, blend="gaussian")[0]
+        tile_logits = sliding_window_logits(model, normalize_image(tile)[None], 64, 40, blend="gaussian")[0]
     mask = Image.open(tmp_path / "out" / "scene_pred.png")
     assert mask.getpalette()[:6] == [255, 255, 255, 0, 0, 255]  # the Vaihingen palette from the file's metadata
     assert_clear_decisions_match(np.asarray(mask), scene_logits)
