@@ -63,6 +63,7 @@ from engine.train_log import RunLog, close_logger, prediction_panel, setup_logge
 from evaluation.metrics import ConfusionMatrix, format_table, metrics_summary
 from loss import get_loss
 from network.options import ResolvedModel, add_model_flags, resolve_model_options
+from utils.atomic import exit_on_write_error
 from utils.checkpoint import load_checkpoint, read_checkpoint, unwrap_model
 
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -692,4 +693,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_write_error():
+        main()

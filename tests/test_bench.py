@@ -41,3 +41,17 @@ def test_train_batch_below_two_is_refused(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--train-batch", "1"])
     assert "--train-batch must be >= 2" in capsys.readouterr().err
+
+
+def test_memory_bench_smoke_is_flat_and_complete(tmp_path):
+    json_path = tmp_path / "memory.json"
+    completed = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "bench_memory.py"), "--smoke", "--whole",
+                                "--json", str(json_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "| tile | window / stride | K | windows |" in completed.stdout
+    small, large = json.loads(json_path.read_text())["results"]
+    assert (small["size"], large["size"]) == (300, 900) and small["complete"] and large["complete"]
+    # the 900² tile holds 9 times the pixels and runs 13 times the windows; its peak stays within allocator
+    # noise of the 300² one (the real figures, 2000² to 30000², are in bench/RESULTS.md)
+    assert large["peak_rss_mib"] - small["peak_rss_mib"] < 20
+    assert large["windows"] > 10 * small["windows"]
