@@ -144,9 +144,9 @@ def test_deeplabv3plus_structure():
     assert captured["decoded"].shape == (1, 512, 16, 24)  # the decoder runs at stride 4
 
 
-@pytest.mark.parametrize("arch", ["upernet_r18", "pspnet_r50", "deeplabv3plus_r50"])
-def test_training_forward_gives_logits_only_and_backpropagates(arch):
-    model = network.get_model(arch, 5).train()
+def test_training_forward_gives_logits_only_and_backpropagates():
+    # As PSPNet's and DeepLabV3+'s (their training runs in tests/test_baselines_workflow.py).
+    model = network.get_model("upernet_r18", 5).train()
     logits = model(torch.randn(2, 3, 64, 80))
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, 5, 64, 80)
     logits.mean().backward()
@@ -222,9 +222,6 @@ def test_optimize_for_inference_folds_every_norm_within_parity_bound(parity_weig
     with torch.no_grad():
         fast = optimized(images)
     assert (fast - logits).abs().max() <= 1e-4 * logits.abs().max()
-    with torch.no_grad():
-        bf16 = network.optimize_for_inference(model, dtype=torch.bfloat16)(images)
-    assert bf16.dtype == torch.float32 and (bf16.argmax(1) == logits.argmax(1)).float().mean() > 0.9
 
 
 # Tracing costs ~20 s a model on this machine; UperNet-R18 runs the shared trunk and FPN head code.
