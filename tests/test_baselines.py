@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from parity_case import BASELINE_CASES, PARITY_DIR, load_baseline_case, parity_bound
-from parity_weights import parity_state_dict
+from parity_weights import imagenet_file_state, parity_state_dict
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import network
@@ -162,21 +162,6 @@ def test_point_flow_flags_are_ignored_for_other_models_and_unknown_options_refus
 
 
 # --- the shared harness: ImageNet files, optimize_for_inference, activation checkpointing, torch.compile ---
-
-def imagenet_file_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trunk of ``model`` under the key names of the original's ImageNet files (with an fc)."""
-    state = {}
-    for key, tensor in model.state_dict().items():
-        if key.startswith("layer0.0."):
-            state["conv1." + key[len("layer0.0."):]] = tensor.clone()
-        elif key.startswith("layer0.1."):
-            state["bn1." + key[len("layer0.1."):]] = tensor.clone()
-        elif key.startswith("layer"):
-            state[key] = tensor.clone()
-    state["fc.weight"] = torch.zeros(1000, model.trunk_channels[-1])
-    state["fc.bias"] = torch.zeros(1000)
-    return state
-
 
 @pytest.mark.parametrize("source, targets", [
     ("pfnet_r50", ["upernet_r50", "pspnet_r50", "pspnet_d16_r50", "deeplabv3plus_r50"]),
