@@ -20,33 +20,29 @@ from typing import Any
 import yaml
 from easydict import EasyDict
 
+from datasets.registry import DATASET_CLASSES, DATASETS, names_text
 from utils.atomic import atomic_path
 
 cfg = EasyDict()
 
 cfg.DATASET = EasyDict()
-# Root of the prepared iSAID patches ({root}/{split}/images, {root}/{split}/masks).
-cfg.DATASET.ISAID_DIR = "./data/iSAID"
-# Root of the prepared 896x896 Potsdam patches (the original's spelling "posdam").
-cfg.DATASET.POSDAM_DIR = "./data/posdam896"
-# Root of the prepared 768x768 Vaihingen patches.
-cfg.DATASET.VAIHINGEN_DIR = "./data/vaihingen768"
+# Root of each dataset's prepared patches ({root}/{split}/images, {root}/{split}/masks), one key per dataset,
+# declared on its class in datasets/ (root_key, default_root): ISAID_DIR, POSDAM_DIR (the original's spelling
+# "posdam"), VAIHINGEN_DIR, LOVEDA_DIR, CUSTOM_DIR.
+cfg.DATASET.update({dataset.root_key: dataset.default_root for dataset in DATASET_CLASSES})
 # Number of cross-validation splits; --cv must be smaller (the aerial datasets have a single split).
 cfg.DATASET.CV_SPLITS = 3
 
 
-# cfg.DATASET key of each dataset name's root (both spellings of Potsdam).
-DATASET_ROOT_KEYS = {"isaid": "ISAID_DIR", "posdam": "POSDAM_DIR", "potsdam": "POSDAM_DIR",
-                     "vaihingen": "VAIHINGEN_DIR"}
-
-
 def dataset_root(name: str) -> str:
-    """The configured root folder of dataset ``name`` (``iSAID``, ``Posdam``/``potsdam``, ``Vaihingen``).
+    """The configured root folder of dataset ``name`` (any ``--dataset`` name, e.g. ``iSAID`` or ``potsdam``).
 
     Raises:
         KeyError: unknown dataset name.
     """
-    return cfg.DATASET[DATASET_ROOT_KEYS[name.lower()]]
+    if name.lower() not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {names_text()}")
+    return cfg.DATASET[DATASETS[name.lower()].root_key]
 
 class ConfigError(ValueError):
     """An experiment file or override names an unknown key or holds a malformed value."""

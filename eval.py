@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets import normalize_image
-from evaluation.dataset_split import DATASET_NAMES, load_split
+from datasets.registry import names_text, val_splits_text
+from evaluation.dataset_split import DATASET_NAMES, default_split, load_split
 from evaluation.inference import infer_logits
 from evaluation.metrics import (
     ConfusionMatrix,
@@ -60,12 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_argument_group("what to evaluate")
     what.add_argument("--dataset", required=True, choices=DATASET_NAMES,
-                      help="dataset (original spellings; potsdam is accepted for Posdam)")
+                      help=f"dataset: {names_text()} (the original's spellings are accepted)")
+    what.add_argument("--dataset_spec", default=None,
+                      help="with --dataset custom: the YAML description of the dataset (docs/data_custom.md)")
     what.add_argument("--dataset_dir", default=None,
                       help="dataset root holding {split}/images and {split}/masks (default: the config's root)")
-    what.add_argument("--split", default="val",
-                      help="split folder to evaluate (default val; the official Potsdam/Vaihingen scripts pass "
-                           "--split test)")
+    what.add_argument("--split", default=None,
+                      help=f"split folder to evaluate (default: the split the original validated on: "
+                           f"{val_splits_text()})")
     what.add_argument("--snapshot", required=True, help="checkpoint file (.pth) to evaluate")
     what.add_argument("--arch", required=True,
                       help="model: pfnet_r50, pfnet_r101 or the original dotted names "
@@ -255,7 +258,8 @@ def dump_prediction(out_dir: Path, name: str, pixels: np.ndarray, truth: np.ndar
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Run the evaluation described by ``args``; return the metrics summary (see ``metrics_summary``)."""
-    items, class_names, palette = load_split(args.dataset, args.split, args.dataset_dir)
+    args.split = args.split or default_split(args.dataset)
+    items, class_names, palette = load_split(args.dataset, args.split, args.dataset_dir, args.dataset_spec)
     if args.eroded_masks:
         items = replace_masks(items, args.eroded_masks)
     exclude = parse_class_list(args.exclude_classes, class_names)

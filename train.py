@@ -35,7 +35,6 @@ import datasets
 import network
 import transforms
 from config import (
-    DATASET_ROOT_KEYS,
     ConfigError,
     cfg,
     dataset_root,
@@ -47,6 +46,7 @@ from config import (
     set_dotted,
     yaml_value,
 )
+from datasets.registry import names_text, val_splits_text
 from datasets.uniform import ClassUniformSampler
 from engine.distributed import (
     DistContext,
@@ -73,7 +73,6 @@ from loss import get_loss
 from utils.checkpoint import load_checkpoint, unwrap_model
 
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-VAL_SPLITS = {"isaid": "val", "posdam": "test", "potsdam": "test", "vaihingen": "test"}
 NUM_VAL_PANELS = 4
 # Flags that say how to run, not what to train: left out of config.yaml (so that ``--config that/config.yaml``
 # repeats a run without resuming or stopping it) and of the resume consistency check.
@@ -91,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="iSAID",
-                      help="iSAID, Posdam (or potsdam) or Vaihingen; root from cfg.DATASET")
+                      help=f"{names_text()}; root from cfg.DATASET")
     data.add_argument("--cv", type=int, default=0, help="cross-validation split; the aerial datasets have one (0)")
     data.add_argument("--val_split", default=None,
-                      help="split validated during training (default as the original: val for iSAID, test for ISPRS)")
+                      help=f"split validated during training (default as the original: {val_splits_text()})")
     data.add_argument("--crop_size", type=int, default=720, help="training patch size (resize or crop, see --with_aug)")
     data.add_argument("--with_aug", action="store_true",
                       help="Potsdam/Vaihingen: random scale in [--scale_min, --scale_max] + random crop instead of "
@@ -307,8 +306,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> lis
         parser.error("--bs_mult must be at least 2: the PSP module's 1x1 bin is batch-normalised per process")
     if not 0 <= args.cv < cfg.DATASET.CV_SPLITS:
         parser.error(f"--cv {args.cv} is outside [0, {cfg.DATASET.CV_SPLITS})")
-    if args.dataset.lower() not in DATASET_ROOT_KEYS:
-        parser.error(f"--dataset {args.dataset!r}: choose iSAID, Posdam (potsdam) or Vaihingen")
+    if args.dataset.lower() not in datasets.DATASETS:
+        parser.error(f"--dataset {args.dataset!r}: choose {names_text()}")
     if args.resume and args.snapshot:
         parser.error("--resume continues a run with its own weights; leave out --snapshot")
     try:
@@ -337,7 +336,7 @@ def build_datasets(args: argparse.Namespace):
         color_aug=args.color_aug, gaussian_blur=args.gblur, pre_size=args.pre_size)
     train_set = datasets.get_dataset(args.dataset, "train", root, joint_transform=train_transform,
                                      with_edge=args.joint_edge_loss_pfnet, edge_thickness=args.thicky)
-    val_split = args.val_split or VAL_SPLITS[args.dataset.lower()]
+    val_split = args.val_split or datasets.dataset_class(args.dataset).val_split
     val_set = datasets.get_dataset(args.dataset, val_split, root,
                                    joint_transform=transforms.build_eval_transform(args.dataset, args.crop_size))
     return train_set, val_set

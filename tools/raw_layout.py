@@ -21,6 +21,12 @@ Vaihingen (IR-R-G images)::
     {raw}/ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE/top_mosaic_09cm_area1.tif
     {raw}/ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE/top_mosaic_09cm_area1_noBoundary.tif
 
+LoveDA (the three zips unpacked side by side)::
+
+    {raw}/Train/Urban/images_png/1366.png     image, 1024 x 1024 RGB
+    {raw}/Train/Urban/masks_png/1366.png      label values: 0 = no-data, 1..7 = classes
+    {raw}/Train/Rural/images_png/0.png, {raw}/Val/{Urban,Rural}/..., {raw}/Test/{Urban,Rural}/images_png/...
+
 The original repository ships no tile lists (its issue #7 points to the paper's supplement); these are
 the official ISPRS benchmark split, as also used by mmsegmentation's converters.  Potsdam tiles are
 named by ``"{row}_{col}"`` (``top_potsdam_2_10_RGB.tif``), Vaihingen tiles by their area number
@@ -78,3 +84,13 @@ def isprs_file_names(dataset: str, tile: str) -> dict[str, str]:
         stem = f"top_mosaic_09cm_area{tile}"
         return {"image": f"{stem}.tif", "label": f"{stem}.tif", "eroded": f"{stem}_noBoundary.tif"}
     raise ValueError(f"unknown ISPRS dataset {dataset!r}; expected 'potsdam' or 'vaihingen'")
+
+
+LOVEDA_SPLIT_FOLDERS: Final[dict[str, str]] = {"train": "Train", "val": "Val", "test": "Test"}
+"""LoveDA: prepared split -> folder of the unpacked ``Train.zip`` / ``Val.zip`` / ``Test.zip``."""
+LOVEDA_DOMAIN_FOLDERS: Final[dict[str, str]] = {"urban": "Urban", "rural": "Rural"}
+"""LoveDA: domain -> sub-folder of each split."""
+LOVEDA_IMAGE_FOLDER: Final[str] = "images_png"
+LOVEDA_MASK_FOLDER: Final[str] = "masks_png"
+"""LoveDA: ``{raw}/Train/Urban/images_png/1366.png`` has its mask at ``{raw}/Train/Urban/masks_png/1366.png``
+(uint8, 0 = no-data, 1..7 = classes); ``Test/`` has no ``masks_png``."""
