@@ -50,7 +50,7 @@ from evaluation.metrics import (
 )
 from evaluation.report import make_sample, write_report
 from evaluation.restore import add_model_options, inference_options, model_options, restore_model
-from utils.checkpoint import CheckpointMismatchError
+from utils.checkpoint import CheckpointMismatchError, read_class_table
 from utils.palette import blend, colorize, error_map, palette_image, save_image, side_by_side
 
 log = logging.getLogger("eval")
@@ -280,6 +280,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     log_path = setup_logging(out_dir)
     log.info("snapshot %s (epoch %s), arch %s, dataset %s/%s: %d images", args.snapshot,
              checkpoint_extras.get("epoch"), args.arch, args.dataset, args.split, len(items))
+    saved_classes = read_class_table(checkpoint_extras)
+    if saved_classes is not None and saved_classes[0] != list(class_names):
+        log.warning("the checkpoint was trained for classes %s but %s has %s: the scores compare different "
+                    "classes", saved_classes[0], args.dataset, list(class_names))
     log.info("mode %s, scales %s, flip %s, resize %s%s; output %s", args.inference_mode, scales, not args.no_flip,
              args.resize_scale, f", window {args.crop_size} stride {stride}" if sliding else "", out_dir)
 

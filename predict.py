@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from datasets.registry import names_text
 from evaluation.dataset_split import dataset_table
 from evaluation.inference import predict_large_image
 from evaluation.restore import (
@@ -30,7 +31,7 @@ from evaluation.restore import (
     model_options,
     restore_model,
 )
-from utils.checkpoint import CheckpointMismatchError
+from utils.checkpoint import CheckpointMismatchError, read_class_table
 from utils.palette import default_palette
 from utils.raster_io import IMAGE_SUFFIXES, GeoTiffMaskSink, PaletteMaskSink, open_image
 
@@ -43,8 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", default="pfnet_r50",
                         help="model name (pfnet_r50, pfnet_r101, or the original dotted name); default pfnet_r50")
     parser.add_argument("--dataset", default=None,
-                        help="iSAID, Posdam (or potsdam) or Vaihingen: gives the class count and the colour palette; "
-                             "without it the class count is read from the checkpoint and a generic palette is used")
+                        help=f"{names_text()}: gives the class count and the colour palette; without it both "
+                             "are read from the checkpoint (train.py saves the class names and palette; for other "
+                             "checkpoints a generic palette is used)")
+    parser.add_argument("--dataset_spec", default=None,
+                        help="with --dataset custom: its YAML description (not needed: the checkpoint carries "
+                             "the classes)")
     parser.add_argument("--out_dir", required=True, help="folder for the masks (created if missing)")
     parser.add_argument("--format", choices=("auto", "png", "tif"), default="auto",
                         help="mask format: palette PNG or single-band GeoTIFF; auto = GeoTIFF for GeoTIFF inputs, "
@@ -197,15 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         inputs = collect_inputs(args.inputs)
         outputs = plan_outputs(inputs, Path(args.out_dir), args.format, args.overwrite)
         if args.dataset:
-            class_names, palette = dataset_table(args.dataset)
+            class_names, palette = dataset_table(args.dataset, args.dataset_spec)
             num_classes = len(class_names)
         else:
             num_classes = checkpoint_num_classes(args.snapshot, args.arch, args.trusted_pickle)
-            palette = default_palette(num_classes)
-        model, _ = restore_model(
+        model, extras = restore_model(
             args.arch, args.snapshot, num_classes, device=args.device, trusted_pickle=args.trusted_pickle,
             **inference_options(args), **model_options(args),
         )
+        if not args.dataset:
+            saved = read_class_table(extras)
+            palette = saved[1] if saved is not None else default_palette(num_classes)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:
         parser.error(str(error))
     for image_path, out_path in tqdm(list(zip(inputs, outputs)), desc="images", unit="img", disable=len(inputs) < 2):

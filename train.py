@@ -70,7 +70,7 @@ from engine.run_checkpoint import (
 from engine.train_log import RunLog, close_logger, prediction_panel, setup_logger
 from evaluation.metrics import ConfusionMatrix, format_table, metrics_summary
 from loss import get_loss
-from utils.checkpoint import load_checkpoint, unwrap_model
+from utils.checkpoint import checkpoint_class_table, load_checkpoint, unwrap_model
 
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 NUM_VAL_PANELS = 4
@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="iSAID",
                       help=f"{names_text()}; root from cfg.DATASET")
+    data.add_argument("--dataset_spec", default=None,
+                      help="with --dataset custom: YAML description of your dataset (docs/data_custom.md); root "
+                           "from cfg DATASET.CUSTOM_DIR")
     data.add_argument("--cv", type=int, default=0, help="cross-validation split; the aerial datasets have one (0)")
     data.add_argument("--val_split", default=None,
                       help=f"split validated during training (default as the original: {val_splits_text()})")
@@ -306,8 +309,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> lis
         parser.error("--bs_mult must be at least 2: the PSP module's 1x1 bin is batch-normalised per process")
     if not 0 <= args.cv < cfg.DATASET.CV_SPLITS:
         parser.error(f"--cv {args.cv} is outside [0, {cfg.DATASET.CV_SPLITS})")
-    if args.dataset.lower() not in datasets.DATASETS:
-        parser.error(f"--dataset {args.dataset!r}: choose {names_text()}")
+    try:
+        datasets.dataset_class(args.dataset, args.dataset_spec)
+    except (KeyError, ValueError) as error:
+        parser.error(f"--dataset {args.dataset!r}: {error.args[0]}")
     if args.resume and args.snapshot:
         parser.error("--resume continues a run with its own weights; leave out --snapshot")
     try:
@@ -331,14 +336,14 @@ def flag_values(args: argparse.Namespace) -> dict:
 def build_datasets(args: argparse.Namespace):
     """Training dataset (with the boundary target for the edge loss) and validation dataset."""
     root = dataset_root(args.dataset)
+    dataset_cls = datasets.dataset_class(args.dataset, args.dataset_spec)
     train_transform = transforms.build_train_transform(
-        args.dataset, args.crop_size, scale_min=args.scale_min, scale_max=args.scale_max, with_aug=args.with_aug,
+        dataset_cls, args.crop_size, scale_min=args.scale_min, scale_max=args.scale_max, with_aug=args.with_aug,
         color_aug=args.color_aug, gaussian_blur=args.gblur, pre_size=args.pre_size)
-    train_set = datasets.get_dataset(args.dataset, "train", root, joint_transform=train_transform,
-                                     with_edge=args.joint_edge_loss_pfnet, edge_thickness=args.thicky)
-    val_split = args.val_split or datasets.dataset_class(args.dataset).val_split
-    val_set = datasets.get_dataset(args.dataset, val_split, root,
-                                   joint_transform=transforms.build_eval_transform(args.dataset, args.crop_size))
+    train_set = dataset_cls(root, "train", joint_transform=train_transform, with_edge=args.joint_edge_loss_pfnet,
+                            edge_thickness=args.thicky)
+    val_split = args.val_split or dataset_cls.val_split
+    val_set = dataset_cls(root, val_split, joint_transform=transforms.build_eval_transform(dataset_cls, args.crop_size))
     return train_set, val_set
 
 
@@ -573,11 +578,14 @@ def resume(args: argparse.Namespace, ctx: DistContext, model, optimizer, schedul
 
 
 def save_epoch(run_dir: Path, model, optimizer, scheduler, scaler, state: TrainingState, epoch: int, config: dict,
-               command: str, seed: int, improved: bool, stale_best: str, ctx: DistContext, log) -> None:
-    """Gather every process's RNG state; rank 0 writes last.pth (and the new best snapshot)."""
+               command: str, seed: int, improved: bool, stale_best: str, ctx: DistContext, log,
+               class_table: dict) -> None:
+    """Gather every process's RNG state; rank 0 writes last.pth (and the new best snapshot), with the dataset's
+    ``class_names`` and ``palette`` (``class_table``) so that predict.py needs no dataset to colour its masks."""
     rng_states = all_gather_objects(capture_rng_state())
     if ctx.is_main:
         payload = training_payload(model, optimizer, scheduler, scaler, state, epoch, rng_states, config, command, seed)
+        payload.update(class_table)
         write_epoch_checkpoints(run_dir, payload, state.best.file_name if improved else "", stale_best)
         log.info(f"epoch {epoch}: saved {run_dir / LAST_NAME}"
                  + (f" and {state.best.file_name} (best mIoU {state.best.mean_iu:.5f})" if improved else ""))
@@ -640,7 +648,7 @@ def train(args: argparse.Namespace, notes: list[str], ctx: DistContext, command:
                 log_validation(run_log, log, epoch, summary, val_loss, panels)
             state.next_epoch = epoch + 1
             save_epoch(run_dir, model, optimizer, scheduler, scaler, state, epoch, config, command, args.seed,
-                       improved, stale_best, ctx, log)
+                       improved, stale_best, ctx, log, checkpoint_class_table(dataset_cls))
         if end_epoch < args.max_epoch:
             log.info(f"stopped after {args.stop_after} epochs (--stop_after); "
                      f"continue with --resume {run_dir / LAST_NAME}")
