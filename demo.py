@@ -31,6 +31,7 @@ from datasets import get_dataset  # noqa: E402
 from evaluation.metrics import ConfusionMatrix, metrics_summary  # noqa: E402
 from tools.make_synthetic_data import make_synthetic  # noqa: E402
 from tools.prepare_dataset import prepare  # noqa: E402
+from utils.atomic import exit_on_write_error  # noqa: E402
 
 MARKER = ".pfnet_demo"  # written into the output folder so a rerun only ever deletes a demo's folder
 PATCH = 128
@@ -106,4 +107,5 @@ def main(argv: list[str] | None = None) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_write_error():
+        main()

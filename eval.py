@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from datetime import datetime
@@ -37,6 +36,17 @@ from tqdm import tqdm
 
 from datasets import normalize_image
 from datasets.registry import names_text, val_splits_text
+from evaluation.cli import (
+    add_band_arguments,
+    add_run_arguments,
+    add_tta_arguments,
+    add_window_arguments,
+    band_options,
+    check_batch_size,
+    parse_scales,
+    tta_options,
+    window_stride,
+)
 from evaluation.dataset_split import DATASET_NAMES, default_split, load_split
 from evaluation.inference import infer_logits
 from evaluation.metrics import (
@@ -50,7 +60,9 @@ from evaluation.metrics import (
 )
 from evaluation.report import make_sample, write_report
 from evaluation.restore import add_model_options, inference_options, model_options, restore_model
+from utils.atomic import exit_on_write_error
 from utils.checkpoint import CheckpointMismatchError, read_class_table
+from utils.image_io import read_image
 from utils.palette import blend, colorize, error_map, palette_image, save_image, side_by_side
 
 log = logging.getLogger("eval")
@@ -77,8 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="dataset quality; only 'semantic' exists for these datasets (kept for the scripts)")
     what.add_argument("--cv_split", type=int, default=None,
                       help="accepted for the original scripts; these datasets have a single split")
-    what.add_argument("--trusted-pickle", dest="trusted_pickle", action="store_true",
-                      help="allow arbitrary pickled objects in the checkpoint (only for files you trust)")
 
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--resize_scale", type=int, default=None,
@@ -88,15 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="whole image in one forward pass, or overlapping windows averaged (default "
                                "sliding, as the original; the official scripts use whole)")
     protocol.add_argument("--single_scale", action="store_true", help="use scale 1.0 only (ignores --scales)")
-    protocol.add_argument("--scales", default="0.5,1.0,2.0",
-                          help="comma-separated test-time scales whose logits are averaged (default 0.5,1.0,2.0)")
-    protocol.add_argument("--no_flip", action="store_true",
-                          help="do not average in the horizontally flipped image (flip is on by default)")
-    protocol.add_argument("--crop_size", type=int, default=513, help="sliding-window size in pixels (default 513)")
-    protocol.add_argument("--sliding_overlap", type=float, default=1 / 3,
-                          help="window overlap: a fraction (<= 1) of the window, or pixels (> 1) (default 1/3)")
-    protocol.add_argument("--stride", type=int, default=None,
-                          help="sliding-window step in pixels; overrides --sliding_overlap")
+    add_tta_arguments(protocol, scales="0.5,1.0,2.0", flip=True)
+    add_window_arguments(protocol, window=513, blend="mean")
+    add_band_arguments(protocol)
     protocol.add_argument("--exclude-classes", "--exclude_classes", dest="exclude_classes", default="",
                           help="class ids or names left out of the means, e.g. 'clutter' or '0' "
                                "(default: none; the published numbers include background/clutter)")
@@ -126,10 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images shown in report_samples.png / report.html (default 4)")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                     help="torch device (default: cuda if available, else cpu)")
-    run.add_argument("--batch_size", type=int, default=1,
-                     help="whole mode: images per forward pass (needs --resize_scale); sliding: windows per pass")
+    add_run_arguments(run)
     run.add_argument("--num_workers", type=int, default=4, help="data-loading processes (default 4)")
     run.add_argument("--test_mode", action="store_true", help="stop after 7 images (a quick check)")
     run.add_argument("--with_f1", action="store_true", help="accepted for compatibility: F1 is always reported")
@@ -144,19 +145,19 @@ class ProtocolDataset(Dataset):
     """
 
     def __init__(self, items: list[tuple[str, str]], num_classes: int, resize_scale: int | None = None,
-                 boundary_ignore: int = 0):
+                 boundary_ignore: int = 0, read_options: dict | None = None):
         self.items = items
         self.num_classes = num_classes
         self.resize_scale = resize_scale
         self.boundary_ignore = boundary_ignore
+        self.read_options = read_options or {}
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
         image_path, mask_path = self.items[index]
-        with Image.open(image_path) as image_file:
-            image = image_file.convert("RGB")
+        image = Image.fromarray(read_image(image_path, **self.read_options))
         with Image.open(mask_path) as mask_file:
             mask_file.load()
             mask = mask_file
@@ -197,24 +198,6 @@ def output_dir(args: argparse.Namespace) -> Path:
     exp_name = args.exp_name if args.exp_name is not None else os.path.basename(experiment_dir)
     ckpt_path = args.ckpt_path if args.ckpt_path is not None else os.path.basename(os.path.dirname(experiment_dir))
     return Path(ckpt_path) / exp_name / args.split
-
-
-def sliding_stride(args: argparse.Namespace) -> int:
-    """``--stride``, else ``ceil(crop * (1 - overlap))`` for a fractional overlap or ``crop - overlap`` pixels.
-
-    Raises:
-        ValueError: the step is not in ``1..--crop_size`` (windows would leave pixels uncovered or never move).
-    """
-    if args.stride:
-        stride = args.stride
-    elif args.sliding_overlap <= 1:
-        stride = math.ceil(args.crop_size * (1 - args.sliding_overlap))
-    else:
-        stride = args.crop_size - int(args.sliding_overlap)
-    if not 1 <= stride <= args.crop_size:
-        raise ValueError(f"sliding-window step {stride} px is not between 1 and --crop_size {args.crop_size}: "
-                         "choose --stride or --sliding_overlap (fraction < 1, or pixels < --crop_size)")
-    return stride
 
 
 def replace_masks(items: list[tuple[str, str]], mask_dir: str) -> list[tuple[str, str]]:
@@ -263,11 +246,13 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.eroded_masks:
         items = replace_masks(items, args.eroded_masks)
     exclude = parse_class_list(args.exclude_classes, class_names)
-    scales = (1.0,) if args.single_scale else tuple(float(value) for value in args.scales.split(","))
+    scales = (1.0,) if args.single_scale else parse_scales(args.scales)
+    check_batch_size(args.batch_size)
+    read_options = band_options(args)
     sliding = args.inference_mode == "sliding"
     if args.batch_size > 1 and not sliding and not args.resize_scale:
         raise ValueError("--batch_size > 1 in whole mode needs --resize_scale (images of one size)")
-    stride = sliding_stride(args) if sliding else None
+    stride = window_stride(args.window, args.stride, args.overlap) if sliding else None
     out_dir = output_dir(args)
     if (out_dir / "metrics.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out_dir / 'metrics.json'} exists; pass --overwrite or choose --out_dir")
@@ -284,10 +269,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     if saved_classes is not None and saved_classes[0] != list(class_names):
         log.warning("the checkpoint was trained for classes %s but %s has %s: the scores compare different "
                     "classes", saved_classes[0], args.dataset, list(class_names))
-    log.info("mode %s, scales %s, flip %s, resize %s%s; output %s", args.inference_mode, scales, not args.no_flip,
-             args.resize_scale, f", window {args.crop_size} stride {stride}" if sliding else "", out_dir)
+    log.info("mode %s, scales %s, transforms %s, resize %s%s; output %s", args.inference_mode, scales,
+             tta_options(args), args.resize_scale,
+             f", window {args.window} stride {stride} blend {args.blend}" if sliding else "", out_dir)
 
-    dataset = ProtocolDataset(items, len(class_names), args.resize_scale, args.boundary_ignore)
+    dataset = ProtocolDataset(items, len(class_names), args.resize_scale, args.boundary_ignore, read_options)
     loader = DataLoader(dataset, batch_size=1 if sliding else args.batch_size, shuffle=False,
                         num_workers=args.num_workers)
     meter = ConfusionMatrix(len(class_names), device=args.device)
@@ -296,8 +282,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     progress = tqdm(loader, desc=f"eval {args.split}", unit="batch")
     for batch_index, batch in enumerate(progress):
         logits = infer_logits(
-            model, batch["image"].to(args.device), scales=scales, flip=not args.no_flip,
-            window=args.crop_size if sliding else None, stride=stride, batch_size=args.batch_size,
+            model, batch["image"].to(args.device), scales=scales, **tta_options(args),
+            window=args.window if sliding else None, stride=stride, batch_size=args.batch_size, blend=args.blend,
         )
         predictions = logits.argmax(1)
         meter.update(predictions, batch["mask"])
@@ -321,8 +307,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         else float(checkpoint_extras["mean_iu"]),
         "images": images_scored,
         "protocol": {
-            "inference_mode": args.inference_mode, "scales": list(scales), "flip": not args.no_flip,
-            "resize_scale": args.resize_scale, "crop_size": args.crop_size if sliding else None,
+            "inference_mode": args.inference_mode, "scales": list(scales), **tta_options(args),
+            "blend": args.blend if sliding else None,
+            "resize_scale": args.resize_scale, "crop_size": args.window if sliding else None,
             "stride": stride, "eroded_masks": args.eroded_masks, "boundary_ignore": args.boundary_ignore,
         },
         "model_options": model_options(args),
@@ -348,4 +335,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with exit_on_write_error():
+        sys.exit(main())

@@ -1,10 +1,24 @@
-"""Segment your own imagery with a PFNet checkpoint: image files, folders, whole GeoTIFF tiles.
+"""Segment your own imagery with a PFNet checkpoint: image files, folders, file lists, whole GeoTIFF mosaics.
 
-Every image, whatever its size, is segmented with overlapping sliding windows whose logits are
-averaged; tiles are processed in strips, so memory does not grow with the tile's area (see
-``evaluation.inference.predict_large_image``). One mask per input, ``{out_dir}/{stem}_pred.png`` (palette
-PNG, pixel values = class ids) or ``{stem}_pred.tif`` (single-band uint8 GeoTIFF of class ids with
-the input's CRS, geotransform and a colour table).
+Every image, whatever its size, is segmented with overlapping sliding windows blended with Gaussian
+weights (``--blend mean``: the uniform average); memory is bounded by the window, not the image (see
+``evaluation.inference.predict_large_image``; PNG/JPEG inputs are decoded whole, GeoTIFFs and VRTs are
+read window by window). Inputs are read by ``utils.image_io``: ``--bands`` picks three bands of a
+multi-band raster, 16-bit and float imagery is scaled by its stated rule (``--scaling``), nodata and
+alpha are respected (no prediction there: the mask holds 255).
+
+Outputs per input, in ``--out_dir``: ``{stem}_pred.png`` (palette PNG, pixel values = class ids) or
+``{stem}_pred.tif`` (a Cloud-Optimized GeoTIFF of class ids with the input's CRS and transform or GCPs, a
+colour table, nodata 255 and overviews); with ``--probabilities`` ``{stem}_prob.tif`` (one uint8 band per
+class, softmax x 255); with ``--polygons`` ``{stem}_pred.geojson`` (polygons per class). Then
+``predict_summary.json``: what was written, kept and failed.
+
+Runs resume: a finished input (all its outputs present, the mask of the input's size: outputs are
+published atomically, so a file under its name is complete) is skipped; any other file in the way is
+refused unless ``--overwrite``. Before the model is loaded, every flag, input header and output path
+is checked; an image whose pixels turn out unreadable later stops the run naming it (``--on-error
+skip``: it is listed at the end and the run goes on). Several processes share the inputs:
+``torchrun --nproc_per_node=N predict.py DIR ...`` (multi-node too), each on its own device.
 
 Example::
 
@@ -13,17 +27,32 @@ Example::
 from __future__ import annotations
 
 import argparse
-import math
+import json
+import os
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from datasets.registry import names_text
+from evaluation.cli import (
+    add_band_arguments,
+    add_run_arguments,
+    add_tta_arguments,
+    add_window_arguments,
+    band_options,
+    check_batch_size,
+    parse_scales,
+    tta_options,
+    window_stride,
+)
 from evaluation.dataset_split import dataset_table
-from evaluation.inference import predict_large_image
+from evaluation.inference import NODATA_CLASS, predict_large_image
 from evaluation.restore import (
     add_model_options,
     checkpoint_num_classes,
@@ -31,15 +60,22 @@ from evaluation.restore import (
     model_options,
     restore_model,
 )
-from utils.checkpoint import CheckpointMismatchError, read_class_table
+from utils.atomic import atomic_write_bytes, exit_on_write_error, remove_stale_partial_files
+from utils.checkpoint import CheckpointMismatchError, read_checkpoint, read_class_table
+from utils.image_io import IMAGE_SUFFIXES, RASTER_SUFFIXES, ImageReadError, image_size, open_raster
 from utils.palette import default_palette
-from utils.raster_io import IMAGE_SUFFIXES, GeoTiffMaskSink, PaletteMaskSink, open_image
+from utils.raster_io import CogSink, PaletteMaskSink, write_polygons
+
+SUMMARY_FILE = "predict_summary.json"
+ON_ERROR_CHOICES = ("error", "skip")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """predict.py's flags (values are checked in :func:`main`, before the model is loaded)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images (not searched recursively)")
+    parser.add_argument("inputs", nargs="+",
+                        help="image files, folders of images (not searched recursively) and/or .txt files listing "
+                             "one image path per line")
     parser.add_argument("--snapshot", required=True, help="checkpoint (.pth) to load, e.g. an official PFSegNets one")
     parser.add_argument("--arch", default="pfnet_r50",
                         help="model name (pfnet_r50, pfnet_r101, or the original dotted name); default pfnet_r50")
@@ -50,179 +86,285 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset_spec", default=None,
                         help="with --dataset custom: its YAML description (not needed: the checkpoint carries "
                              "the classes)")
-    parser.add_argument("--out_dir", required=True, help="folder for the masks (created if missing)")
-    parser.add_argument("--format", choices=("auto", "png", "tif"), default="auto",
-                        help="mask format: palette PNG or single-band GeoTIFF; auto = GeoTIFF for GeoTIFF inputs, "
-                             "PNG otherwise (default auto)")
-    parser.add_argument("--window", type=int, default=896,
-                        help="sliding-window size in pixels (default 896, the training crop of iSAID/Potsdam; "
-                             "768 suits Vaihingen)")
-    parser.add_argument("--stride", type=int, default=None,
-                        help="window step in pixels (default: from --overlap)")
-    parser.add_argument("--overlap", type=float, default=1 / 3,
-                        help="window overlap fraction when --stride is not given: stride = ceil(window * (1 - "
-                             "overlap)) (default 1/3, as the original's sliding mode)")
-    parser.add_argument("--batch_size", type=int, default=1, help="windows per forward pass (default 1)")
-    parser.add_argument("--scales", default="1.0",
-                        help="comma-separated test-time scales, applied per window (default 1.0)")
-    parser.add_argument("--flip", action="store_true", help="also average the horizontally flipped window")
-    parser.add_argument("--bands", default="1,2,3",
-                        help="GeoTIFF bands (1-based) fed as the model's three channels (default 1,2,3)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--overwrite", action="store_true", help="replace masks that already exist")
-    parser.add_argument("--trusted-pickle", dest="trusted_pickle", action="store_true",
-                        help="allow arbitrary pickled objects in the checkpoint (only for files you trust)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out_dir", required=True, help="folder for the outputs (created if missing)")
+    output.add_argument("--format", choices=("auto", "png", "tif"), default="auto",
+                        help="mask format: palette PNG or Cloud-Optimized GeoTIFF; auto = GeoTIFF for TIFF/VRT "
+                             "inputs, PNG otherwise (default auto). PNG drops a GeoTIFF's georeference (warned)")
+    output.add_argument("--probabilities", action="store_true",
+                        help="also write {stem}_prob.tif: one uint8 band per class, softmax of the blended logits "
+                             "x 255")
+    output.add_argument("--polygons", action="store_true",
+                        help="also write {stem}_pred.geojson: the mask's polygons per class (in the input's CRS)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="redo finished inputs and replace files in the way (default: skip finished inputs, "
+                             "refuse other existing files)")
+    output.add_argument("--on-error", "--on_error", dest="on_error", choices=ON_ERROR_CHOICES, default="error",
+                        help="on an image that cannot be read or segmented: stop naming it (default), or skip it, "
+                             "go on and list it at the end (a re-run retries it)")
+    inference = parser.add_argument_group("inference")
+    add_window_arguments(inference, window=896, blend="gaussian")
+    add_tta_arguments(inference, scales="1.0", flip=False)
+    add_band_arguments(inference)
+    add_run_arguments(parser)
     add_model_options(parser)
     return parser
 
 
+@dataclass(frozen=True)
+class Job:
+    """One input and the outputs it gets."""
+
+    image: Path
+    mask: Path
+    probabilities: Path | None
+    polygons: Path | None
+
+    def outputs(self) -> list[Path]:
+        """Every output path of this input."""
+        return [path for path in (self.mask, self.probabilities, self.polygons) if path is not None]
+
+
 def collect_inputs(entries: list[str]) -> list[Path]:
-    """Image files named directly plus the images (by suffix) directly inside named folders, sorted."""
+    """Image files named directly, the images (by suffix) directly inside named folders, and the paths listed
+    in ``.txt`` files (one per line, relative to the list's folder); in order, duplicates dropped."""
     found = []
     for entry in map(Path, entries):
         if entry.is_dir():
             found += sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif entry.is_file() and entry.suffix.lower() == ".txt":
+            lines = [line.strip() for line in entry.read_text().splitlines()]
+            listed = [entry.parent / line for line in lines if line and not line.startswith("#")]
+            missing = [path for path in listed if not path.is_file()]
+            if missing:
+                raise FileNotFoundError(f"{entry} lists {len(missing)} missing file(s), e.g. {missing[0]}")
+            found += listed
         elif entry.is_file():
             found.append(entry)
         else:
             raise FileNotFoundError(f"input not found: {entry}")
     if not found:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(entries)}")
-    return found
+    return list(dict.fromkeys(found))
 
 
-def output_path(out_dir: Path, image_path: Path, fmt: str) -> Path:
-    """``{out_dir}/{stem}_pred.{png|tif}``; ``auto`` picks tif for GeoTIFF inputs."""
-    if fmt == "auto":
-        fmt = "tif" if image_path.suffix.lower() in (".tif", ".tiff") else "png"
-    return out_dir / f"{image_path.stem}_pred.{fmt}"
-
-
-def plan_outputs(inputs: list[Path], out_dir: Path, fmt: str, overwrite: bool) -> list[Path]:
-    """One output per input; refuse name clashes and (without ``overwrite``) existing files, up front."""
-    outputs = [output_path(out_dir, path, fmt) for path in inputs]
-    seen: dict[Path, Path] = {}
-    for image_path, out_path in zip(inputs, outputs):
-        if out_path in seen:
-            raise ValueError(f"{image_path} and {seen[out_path]} would both be written to {out_path}; "
+def plan_jobs(inputs: list[Path], out_dir: Path, fmt: str, probabilities: bool, polygons: bool) -> list[Job]:
+    """One job per input (``{out_dir}/{stem}_pred.{png|tif}`` ...); refuse two inputs sharing an output name."""
+    jobs, seen = [], {}
+    for image_path in inputs:
+        mask_format = fmt if fmt != "auto" else ("tif" if image_path.suffix.lower() in RASTER_SUFFIXES else "png")
+        job = Job(image=image_path, mask=out_dir / f"{image_path.stem}_pred.{mask_format}",
+                  probabilities=out_dir / f"{image_path.stem}_prob.tif" if probabilities else None,
+                  polygons=out_dir / f"{image_path.stem}_pred.geojson" if polygons else None)
+        if job.mask in seen:
+            raise ValueError(f"{image_path} and {seen[job.mask]} would both be written to {job.mask}; "
                              "predict them into different --out_dir folders")
-        seen[out_path] = image_path
-        if out_path.exists() and not overwrite:
-            raise FileExistsError(f"{out_path} exists; pass --overwrite to replace it")
-    return outputs
+        seen[job.mask] = image_path
+        jobs.append(job)
+    return jobs
 
 
-def parse_bands(text: str) -> tuple[int, int, int]:
-    """``--bands`` text such as ``"4,3,2"`` -> three 1-based band numbers (R, G, B order fed to the model).
+def is_finished(job: Job, size: tuple[int, int]) -> bool:
+    """All outputs exist and the mask's header has the input's size (published atomically: complete)."""
+    if not all(path.is_file() for path in job.outputs()):
+        return False
+    try:
+        return image_size(job.mask) == size
+    except ImageReadError:
+        return False
+
+
+def check_job(job: Job, overwrite: bool) -> bool:
+    """Read the input's header and look at its outputs; True if the job is already finished (to skip).
 
     Raises:
-        ValueError: not three positive integers; the message names ``--bands``.
+        ImageReadError: the input's header is unreadable. FileExistsError: an output path holds something
+            other than a finished output and ``overwrite`` is not set.
     """
-    try:
-        bands = tuple(int(value) for value in text.split(","))
-    except ValueError:
-        bands = ()
-    if len(bands) != 3 or min(bands) < 1:
-        raise ValueError(f"--bands needs three 1-based band numbers such as 1,2,3, got {text!r}")
-    return bands
+    size = image_size(job.image)
+    if overwrite:
+        return False
+    if is_finished(job, size):
+        return True
+    for path in job.outputs():
+        if path.exists():
+            raise FileExistsError(f"{path} exists but is not a finished output of {job.image} "
+                                  f"({size[1]}x{size[0]}); pass --overwrite to replace it")
+    return False
 
 
-def parse_scales(text: str) -> tuple[float, ...]:
-    """``--scales`` text such as ``"0.5,1.0"`` -> the test-time scale factors, each finite and positive.
+def check_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` and check it is writable; remove partial files of ended runs.
 
     Raises:
-        ValueError: a value is not a positive number; the message names ``--scales``.
+        OSError: not creatable or not writable; the message names the folder.
     """
     try:
-        scales = tuple(float(value) for value in text.split(","))
-    except ValueError:
-        scales = ()
-    if not scales or not all(0 < scale < math.inf for scale in scales):
-        raise ValueError(f"--scales needs comma-separated positive numbers such as 0.75,1.0, got {text!r}")
-    return scales
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot create the output folder {out_dir}: {error.strerror}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OSError(f"cannot write to the output folder {out_dir} (permission denied): choose another --out_dir")
+    remove_stale_partial_files(out_dir)
 
 
-def window_stride(window: int, stride: int | None, overlap: float) -> int:
-    """The window step in pixels: ``stride``, else ``ceil(window * (1 - overlap))``.
+@dataclass
+class Settings:
+    """What every job of a run shares: the flags' values checked and parsed."""
+
+    stride: int
+    scales: tuple[float, ...]
+    read_options: dict
+    palette: np.ndarray
+    class_names: list[str]
+
+
+def predict_file(model, job: Job, settings: Settings, args: argparse.Namespace, show_progress: bool = True) -> None:
+    """Segment one image into its outputs (each published atomically; partial files removed on failure).
 
     Raises:
-        ValueError: ``--window`` not positive, ``--stride`` outside ``1..window`` (a larger step would leave
-            pixels uncovered) or ``--overlap`` outside ``[0, 1)``; the message names the flag.
+        ImageReadError: unreadable pixels, bands out of range or no valid pixel; utils.atomic.WriteError:
+            an output could not be written.
     """
-    if window < 1:
-        raise ValueError(f"--window must be a positive number of pixels, got {window}")
-    if stride is None:
-        if not 0 <= overlap < 1:
-            raise ValueError(f"--overlap must be a fraction in [0, 1), got {overlap}")
-        return math.ceil(window * (1 - overlap))
-    if not 1 <= stride <= window:
-        raise ValueError(f"--stride must be between 1 and --window ({window}) so windows cover every pixel, "
-                         f"got {stride}")
-    return stride
-
-
-def predict_file(model, image_path: Path, out_path: Path, palette: np.ndarray, args, stride: int,
-                 scales: tuple[float, ...], bands: tuple[int, int, int], show_progress: bool = True) -> None:
-    """Segment one image into ``out_path`` (partial files are removed on failure)."""
-    source = open_image(image_path, bands)
-    try:
-        if out_path.suffix == ".tif":
-            sink = GeoTiffMaskSink(out_path, source.height, source.width, palette, source.geo_profile)
+    with open_raster(job.image, **settings.read_options) as source:
+        if source.sample_valid_fraction == 0:
+            raise ImageReadError(f"{job.image} has no valid pixels (all nodata or alpha 0): nothing to segment")
+        if job.mask.suffix == ".png" and source.geo_profile is not None:
+            print(f"warning: {job.image} is georeferenced but {job.mask} is a PNG: the georeference is dropped "
+                  "(use --format tif to keep it)", file=sys.stderr)
+        size = (source.height, source.width)
+        if job.mask.suffix == ".tif":
+            mask_sink = CogSink(job.mask, *size, geo_profile=source.geo_profile, nodata=NODATA_CLASS,
+                                palette=settings.palette)
         else:
-            sink = PaletteMaskSink(out_path, source.height, source.width, palette)
+            mask_sink = PaletteMaskSink(job.mask, *size, settings.palette)
+        sinks = [mask_sink]
+        if job.probabilities is not None:
+            sinks.append(CogSink(job.probabilities, *size, count=len(settings.class_names),
+                                 geo_profile=source.geo_profile))
         try:
             predict_large_image(
-                model, source.read, (source.height, source.width), sink.write,
-                window=args.window, stride=stride, batch_size=args.batch_size, scales=scales, flip=args.flip,
+                model, source.read, size, mask_sink.write, window=args.window, stride=settings.stride,
+                batch_size=args.batch_size, scales=settings.scales, **tta_options(args), blend=args.blend,
+                valid_region=source.valid_mask, write_probabilities=sinks[1].write if len(sinks) > 1 else None,
                 device=args.device, show_progress=show_progress,
             )
         except BaseException:
-            sink.abort()
+            for sink in sinks:
+                sink.abort()
             raise
-        sink.close()
-    finally:
-        source.close()
+        for sink in sinks:
+            sink.close()
+    if job.polygons is not None:
+        write_polygons(job.mask, job.polygons, settings.class_names, NODATA_CLASS)
+
+
+def distributed_context(device: str) -> tuple[int, int, str]:
+    """(rank, world size, this process's device); joins the ``torchrun`` process group when there is one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), world, device
+
+
+def gather_results(results: dict, world: int) -> list[dict]:
+    """Every process's results (all processes take part), in rank order."""
+    if world == 1:
+        return [results]
+    gathered = [None] * world
+    dist.all_gather_object(gathered, results)
+    return gathered
+
+
+def write_summary(out_dir: Path, per_process: list[dict], seconds: float) -> str:
+    """Write ``{out_dir}/predict_summary.json`` and return the printed summary."""
+    summary = {key: sorted(sum((results[key] for results in per_process), []), key=str)
+               for key in ("written", "kept", "failed")}
+    summary.update(processes=len(per_process), seconds=round(seconds, 1))
+    atomic_write_bytes(out_dir / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
+    lines = [f"predict: {len(summary['written'])} written, {len(summary['kept'])} finished before (kept), "
+             f"{len(summary['failed'])} failed; {len(per_process)} process(es), {seconds:.1f} s; "
+             f"summary in {out_dir / SUMMARY_FILE}"]
+    if summary["failed"]:
+        lines.append(f"{len(summary['failed'])} input(s) failed (re-run the same command to retry them):")
+        lines.extend(f"  {failure['input']}: {failure['error']}" for failure in summary["failed"])
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: check every flag, load the model once, write one mask per input.
+    """Command-line entry point: check every flag, input and output, load the model once, run the jobs.
 
-    Flag, input and checkpoint problems end in a usage error (exit status 2) before any mask is
-    written; an image that cannot be read stops the run with its name (earlier masks are kept).
+    Flag, input header, output and checkpoint problems end in a usage error (exit status 2) before any
+    output is written; an image that fails later stops the run with its name (exit status 2; earlier
+    outputs are kept and a re-run resumes) unless ``--on-error skip``.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    start = time.perf_counter()
     try:
         stride = window_stride(args.window, args.stride, args.overlap)
         scales = parse_scales(args.scales)
-        bands = parse_bands(args.bands)
-        if args.batch_size < 1:
-            raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
-        inputs = collect_inputs(args.inputs)
-        outputs = plan_outputs(inputs, Path(args.out_dir), args.format, args.overwrite)
+        read_options = band_options(args)
+        check_batch_size(args.batch_size)
+        out_dir = Path(args.out_dir)
+        jobs = plan_jobs(collect_inputs(args.inputs), out_dir, args.format, args.probabilities, args.polygons)
+        rank, world, args.device = distributed_context(args.device)
+        my_jobs = jobs[rank::world]
+        check_out_dir(out_dir)
+        results = {"written": [], "kept": [], "failed": []}
+        todo = []
+        for job in my_jobs:
+            try:
+                finished = check_job(job, args.overwrite)
+            except ImageReadError as error:
+                if args.on_error == "error":
+                    raise
+                results["failed"].append({"input": str(job.image), "error": str(error)})
+                continue
+            if finished:
+                results["kept"].append(str(job.image))
+            else:
+                todo.append(job)
         if args.dataset:
             class_names, palette = dataset_table(args.dataset, args.dataset_spec)
             num_classes = len(class_names)
         else:
             num_classes = checkpoint_num_classes(args.snapshot, args.arch, args.trusted_pickle)
-        model, extras = restore_model(
-            args.arch, args.snapshot, num_classes, device=args.device, trusted_pickle=args.trusted_pickle,
-            **inference_options(args), **model_options(args),
-        )
-        if not args.dataset:
-            saved = read_class_table(extras)
-            palette = saved[1] if saved is not None else default_palette(num_classes)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:
+            saved = read_class_table(read_checkpoint(args.snapshot, trusted_pickle=args.trusted_pickle))
+            class_names, palette = saved if saved is not None else (
+                [f"class_{index}" for index in range(num_classes)], default_palette(num_classes))
+        model = None
+        if todo:
+            model, _ = restore_model(
+                args.arch, args.snapshot, num_classes, device=args.device, trusted_pickle=args.trusted_pickle,
+                **inference_options(args), **model_options(args),
+            )
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError, OSError,
+            CheckpointMismatchError) as error:
         parser.error(str(error))
-    for image_path, out_path in tqdm(list(zip(inputs, outputs)), desc="images", unit="img", disable=len(inputs) < 2):
+    settings = Settings(stride, scales, read_options, palette, list(class_names))
+    for job in tqdm(todo, desc="images", unit="img", disable=len(todo) < 2):
         try:
-            predict_file(model, image_path, out_path, palette, args, stride, scales, bands)
+            predict_file(model, job, settings, args)
         except (ValueError, ImportError, OSError) as error:
-            parser.exit(2, f"error: {image_path}: {error}\n")
-        print(f"{image_path} -> {out_path}")
+            if args.on_error == "error":
+                parser.exit(2, f"error: {job.image}: {error}\n")
+            results["failed"].append({"input": str(job.image), "error": str(error).splitlines()[0]})
+            continue
+        results["written"].append(str(job.image))
+        print(f"{job.image} -> {', '.join(map(str, job.outputs()))}")
+    per_process = gather_results(results, world)
+    if rank == 0:
+        print(write_summary(out_dir, per_process, time.perf_counter() - start))
+    if world > 1:
+        dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with exit_on_write_error():
+        sys.exit(main())

@@ -70,6 +70,7 @@ from engine.run_checkpoint import (
 from engine.train_log import RunLog, close_logger, prediction_panel, setup_logger
 from evaluation.metrics import ConfusionMatrix, format_table, metrics_summary
 from loss import get_loss
+from utils.atomic import exit_on_write_error
 from utils.checkpoint import checkpoint_class_table, load_checkpoint, unwrap_model
 
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -659,4 +660,5 @@ def train(args: argparse.Namespace, notes: list[str], ctx: DistContext, command:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_write_error():
+        main()

@@ -1,13 +1,18 @@
-"""Inference on images of any size: whole image, batched sliding windows, multi-scale and flip.
+"""Inference on images of any size: whole image, batched sliding windows, multi-scale and D4 test-time augmentation.
 
 All functions take an eval-mode model mapping (N, 3, h, w) normalised images to (N, K, h, w) logits
-and run it on the device of the input tensors. Test-time augmentation follows the original
-``eval.py``: for every (scale, flip) pair the logits are resized back to the input size (bilinear,
-``align_corners=True``) and the **raw logits are averaged** (no softmax) before the argmax.
+(any such callable: a ``torch.nn.Module``, an ONNX session wrapper) and run it on the device of the
+input tensors. Test-time augmentation follows the original ``eval.py``: for every (scale, transform)
+pair the logits are mapped back (transform undone, resized to the input size with bilinear,
+``align_corners=True``) and the **raw logits are averaged** (no softmax) before the argmax. The
+transforms are the group that the chosen generators (horizontal flip, vertical flip, 90-degree
+rotation; :func:`dihedral_transforms`) generate inside the dihedral group D4: aerial imagery has no up.
 
-:func:`predict_large_image` segments tiles too large for memory (e.g. 6000 x 6000 or 4000 x 13000):
-it reads, accumulates and writes in strips, so its memory is bounded by one strip of windows across
-the tile's shorter side, whatever the tile's area.
+:func:`predict_large_image` segments tiles of any size (e.g. 30000 x 30000 px orthomosaics) with memory
+bounded by the window, not the tile: it works in bands of a few windows across and strips of one window
+along, and keeps only the logits that windows still to come will add to. Overlapping windows are
+blended uniformly (``"mean"``, the original's sliding mode) or with Gaussian weights that fall off
+towards the window's border (``"gaussian"``).
 """
 from __future__ import annotations
 
@@ -51,6 +56,28 @@ def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
 
 
+BLENDS = ("mean", "gaussian")
+GAUSSIAN_SIGMA = 1 / 8
+"""Standard deviation of the ``"gaussian"`` window weights, as a fraction of the window side (as nnU-Net)."""
+
+
+def window_weights(height: int, width: int, blend: str) -> torch.Tensor | None:
+    """(height, width) float32 weights of one window's logits in the overlap blend; None for ``"mean"``.
+
+    ``"gaussian"``: ``exp(-d^2 / (2 sigma^2))`` per axis (d = distance to the window's centre, sigma =
+    ``GAUSSIAN_SIGMA`` x side), the outer product of both axes, 1 at the centre and never 0.
+    """
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+    if blend == "mean":
+        return None
+    axes = []
+    for length in (height, width):
+        distance = torch.arange(length, dtype=torch.float64) - (length - 1) / 2
+        axes.append(torch.exp(-(distance**2) / (2 * (GAUSSIAN_SIGMA * length) ** 2)))
+    return torch.outer(axes[0], axes[1]).float()
+
+
 @torch.inference_mode()
 def sliding_window_logits(
     model: torch.nn.Module,
@@ -58,13 +85,15 @@ def sliding_window_logits(
     window: int,
     stride: int,
     batch_size: int = 1,
+    blend: str = "mean",
 ) -> torch.Tensor:
     """Logits averaged over overlapping square windows.
 
     Windows of ``window`` pixels (clipped to the image when it is smaller) start every ``stride``
     pixels, the last one shifted back to end at the border; ``batch_size`` windows go through the
-    model at once. Every pixel's logits are the sum over the windows covering it divided by their
-    number (the original divided by a counter indexed on the wrong axes; this does not).
+    model at once. With ``blend="mean"`` every pixel's logits are the sum over the windows covering it
+    divided by their number (the original divided by a counter indexed on the wrong axes; this does
+    not); with ``"gaussian"`` a weighted mean with :func:`window_weights`.
 
     Args:
         images: (N, 3, H, W) normalised images.
@@ -77,9 +106,11 @@ def sliding_window_logits(
     lefts = window_starts(width, window, stride)
     boxes = [(top, left) for top in window_starts(height, window, stride) for left in lefts]
     logit_sum = None
+    weights = window_weights(window_h, window_w, blend)
+    weights = None if weights is None else weights.to(images.device)
     counts = torch.zeros(height, width, dtype=torch.float32, device=images.device)
     for top, left in boxes:
-        counts[top : top + window_h, left : left + window_w] += 1
+        counts[top : top + window_h, left : left + window_w] += 1 if weights is None else weights
     for image_index in range(num_images):
         for first in range(0, len(boxes), batch_size):
             batch_boxes = boxes[first : first + batch_size]
@@ -90,7 +121,8 @@ def sliding_window_logits(
             if logit_sum is None:
                 logit_sum = images.new_zeros((num_images, crop_logits.shape[1], height, width), dtype=torch.float32)
             for (top, left), logits in zip(batch_boxes, crop_logits):
-                logit_sum[image_index, :, top : top + window_h, left : left + window_w] += logits
+                weighted = logits if weights is None else logits * weights
+                logit_sum[image_index, :, top : top + window_h, left : left + window_w] += weighted
     return logit_sum / counts
 
 
@@ -107,27 +139,76 @@ def scale_images(images: torch.Tensor, scale: float) -> torch.Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+Transform = tuple[bool, int]
+"""A D4 element ``(mirror, quarter_turns)``: mirror left-right first (if set), then rotate by
+``quarter_turns`` x 90 degrees counter-clockwise (``torch.rot90`` on the last two axes)."""
+IDENTITY: Transform = (False, 0)
+HFLIP: Transform = (True, 0)
+VFLIP: Transform = (True, 2)  # a left-right mirror turned by 180 degrees is the top-bottom mirror
+
+
+def dihedral_transforms(hflip: bool = False, vflip: bool = False, rot90: bool = False) -> tuple[Transform, ...]:
+    """The test-time transforms generated by the chosen D4 generators, identity first.
+
+    none: identity; ``hflip``: + mirror; ``vflip``: + top-bottom mirror; both flips: + the 180-degree
+    turn (4); ``rot90``: the four rotations; ``rot90`` with a flip: all 8 elements of D4.
+    """
+    if rot90 and (hflip or vflip):
+        return tuple((mirror, turns) for mirror in (False, True) for turns in range(4))
+    if rot90:
+        return tuple((False, turns) for turns in range(4))
+    transforms = [IDENTITY]
+    if hflip:
+        transforms.append(HFLIP)
+    if vflip:
+        transforms.append(VFLIP)
+    if hflip and vflip:
+        transforms.append((False, 2))
+    return tuple(transforms)
+
+
+def apply_transform(images: torch.Tensor, transform: Transform) -> torch.Tensor:
+    """(N, C, H, W) -> the transformed images ((N, C, W, H) after an odd number of quarter turns)."""
+    mirror, turns = transform
+    if mirror:
+        images = images.flip(-1)
+    return torch.rot90(images, turns, dims=(-2, -1)) if turns else images
+
+
+def undo_transform(logits: torch.Tensor, transform: Transform) -> torch.Tensor:
+    """Map (N, K, h, w) logits of transformed images back to the original orientation."""
+    mirror, turns = transform
+    if turns:
+        logits = torch.rot90(logits, -turns, dims=(-2, -1))
+    return logits.flip(-1) if mirror else logits
+
+
 @torch.inference_mode()
 def infer_logits(
-    model: torch.nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     *,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    vflip: bool = False,
+    rot90: bool = False,
     window: int | None = None,
     stride: int | None = None,
     batch_size: int = 1,
+    blend: str = "mean",
 ) -> torch.Tensor:
-    """Mean raw logits over scales and (optionally) horizontal flips.
+    """Mean raw logits over scales and the D4 transforms that the chosen flags generate.
 
     Args:
         model: eval-mode segmentation model on the device of ``images``.
         images: (N, 3, H, W) normalised images.
         scales: input scale factors; each scaled image is segmented, its logits resized back to (H, W).
-        flip: also segment the horizontally flipped image (logits flipped back).
+        flip: horizontal (left-right) flip, as the original; ``vflip``: vertical flip; ``rot90``: the
+            90/180/270-degree rotations (see :func:`dihedral_transforms`). Transforms are undone on the logits.
         window: sliding-window size in pixels of the scaled image; ``None`` = whole image in one pass.
         stride: window step in pixels (required with ``window``).
         batch_size: windows per forward pass (sliding only).
+        blend: overlap weights of the sliding windows (:func:`sliding_window_logits`).
 
     Returns:
         (N, K, H, W) float32 logits.
@@ -139,27 +220,66 @@ def infer_logits(
     passes = 0
     for scale in scales:
         scaled = scale_images(images, scale)
-        for flipped in (False, True) if flip else (False,):
-            inputs = scaled.flip(-1) if flipped else scaled
+        for transform in dihedral_transforms(flip, vflip, rot90):
+            inputs = apply_transform(scaled, transform)
             if window is None:
                 logits = forward_logits(model, inputs).float()
             else:
-                logits = sliding_window_logits(model, inputs, window, stride, batch_size)
-            if flipped:
-                logits = logits.flip(-1)
-            logits = resize_logits(logits, size)
+                logits = sliding_window_logits(model, inputs, window, stride, batch_size, blend)
+            logits = resize_logits(undo_transform(logits, transform), size)
             logit_sum = logits.clone() if logit_sum is None else logit_sum.add_(logits)
             passes += 1
     return logit_sum / passes
 
 
 ReadRegion = Callable[[int, int, int, int], np.ndarray]
+"""``(top, left, height, width) -> uint8 (height, width, 3)`` RGB pixels of the tile."""
+ValidRegion = Callable[[int, int, int, int], np.ndarray]
+"""``(top, left, height, width) -> bool (height, width)``: False where the tile has no data."""
 WriteBlock = Callable[[int, int, np.ndarray], None]
+"""``(top, left, block)``: class ids uint8 (h, w), or probabilities uint8 (K, h, w)."""
+NODATA_CLASS = 255
+"""Class id written where the input has no valid data (also the ignore label of the datasets)."""
+BAND_WINDOWS = 4
+"""Windows per band across the tile in :func:`predict_large_image` (memory ~ K x window x this many windows)."""
+
+
+class _Oriented:
+    """Reads and writes in strip coordinates (outer = along the strips, inner = across); transposes for wide tiles."""
+
+    def __init__(self, transposed: bool):
+        self.transposed = transposed
+
+    def region(self, read: Callable, outer: int, inner: int, outer_size: int, inner_size: int) -> np.ndarray:
+        if not self.transposed:
+            return read(outer, inner, outer_size, inner_size)
+        values = read(inner, outer, inner_size, outer_size)
+        return values.swapaxes(0, 1)
+
+    def block(self, write: WriteBlock, outer: int, inner: int, values: np.ndarray) -> None:
+        if not self.transposed:
+            write(outer, inner, values)
+        else:
+            write(inner, outer, np.ascontiguousarray(values.swapaxes(-1, -2)))
+
+
+def band_ranges(starts: list[int], window: int, length: int, band_windows: int) -> list[tuple[int, int, list[int]]]:
+    """Split an axis covered by windows at ``starts`` into bands of ``band_windows`` windows.
+
+    Returns ``(first pixel, end pixel, window starts)`` per band: the band's output pixels and every window
+    reaching them (windows across a band border belong to both bands and are computed for each).
+    """
+    bands = []
+    for first in range(0, len(starts), band_windows):
+        begin = 0 if first == 0 else starts[first]
+        end = starts[first + band_windows] if first + band_windows < len(starts) else length
+        bands.append((begin, end, [start for start in starts if start < end and start + window > begin]))
+    return bands
 
 
 @torch.inference_mode()
 def predict_large_image(
-    model: torch.nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     read_region: ReadRegion,
     image_size: tuple[int, int],
     write_block: WriteBlock,
@@ -169,72 +289,125 @@ def predict_large_image(
     batch_size: int = 1,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    vflip: bool = False,
+    rot90: bool = False,
+    blend: str = "mean",
+    valid_region: ValidRegion | None = None,
+    write_probabilities: WriteBlock | None = None,
+    band_windows: int = BAND_WINDOWS,
     device: torch.device | str = "cpu",
     show_progress: bool = True,
 ) -> tuple[int, ...]:
-    """Segment a tile of any size in strips, with memory bounded by one strip.
+    """Segment a tile of any size with memory bounded by the window size, not the tile's.
 
-    The tile is covered by the same windows as :func:`sliding_window_logits`. Strips run across the
-    tile's shorter side: for each row of windows (a column when the tile is wider than tall) the
-    uint8 input strip is read once, its windows are normalised and segmented ``batch_size`` at a time
-    (test-time augmentation per window: ``scales`` and ``flip`` as :func:`infer_logits`), and their
-    logits are summed into a float32 buffer of ``(K, window, shorter side)``. Pixels no later window
-    can reach are final: their argmax is written out and the buffer moves on. The argmax of the sum
-    equals the argmax of the overlap average (the count is positive and shared by all classes of a
-    pixel). Besides the model, memory holds that buffer and the strip's ``3 x window x shorter side``
-    bytes; no float copy of the strip is made.
+    The tile is covered by the windows of :func:`sliding_window_logits`. Strips of one window run along the
+    tile's longer side; across it the windows are grouped into bands of ``band_windows`` windows. Band by
+    band, strip by strip, the uint8 pixels of the strip are read, its windows are normalised and segmented
+    ``batch_size`` at a time (test-time augmentation per window: ``scales``, ``flip``/``vflip``/``rot90``
+    as :func:`infer_logits`), weighted (:func:`window_weights`) and summed into a float32 buffer of
+    (K, window, band span). Pixels no later window reaches are final: their argmax is written and the
+    buffer moves on. A window crossing a band border is computed for both bands (about 1 / band_windows
+    more forward passes when the overlap is under half a window); each pixel still sums exactly the
+    windows covering it, in the same order, so with ``"mean"`` the class ids are bit-identical to
+    summing over the whole tile at once. Windows without a valid pixel are skipped and invalid pixels get
+    ``NODATA_CLASS``.
 
     Args:
-        model: eval-mode model on ``device``.
+        model: eval-mode model on ``device`` (any callable (N, 3, h, w) -> (N, K, h, w) logits).
         read_region: ``(top, left, height, width) -> uint8 (height, width, 3)`` RGB pixels.
         image_size: (H, W) of the tile.
         write_block: ``(top, left, class_ids)`` receives each finished block, uint8 (h, w).
+        blend: ``"mean"`` (uniform average, the original) or ``"gaussian"`` window weights.
+        valid_region: ``(top, left, height, width) -> bool (height, width)``; None = every pixel valid.
+        write_probabilities: receives ``(top, left, uint8 (K, h, w))`` per finished block: the softmax of the
+            blended logits times 255, rounded (0 under nodata); None = not computed.
+        band_windows: windows per band across the tile.
 
     Returns:
         The shape of the logit buffer, (K, rows, columns) in strip orientation (for tests and logs).
     """
     height, width = image_size
-    along_rows = width <= height
-    outer_length, inner_length = (height, width) if along_rows else (width, height)
+    orient = _Oriented(transposed=width > height)
+    outer_length, inner_length = (width, height) if orient.transposed else (height, width)
     outer_window, inner_window = min(window, outer_length), min(window, inner_length)
     outer_starts = window_starts(outer_length, window, stride)
-    inner_starts = window_starts(inner_length, window, stride)
-    logit_buffer = None
-    progress = tqdm(total=len(outer_starts) * len(inner_starts), desc="windows", unit="win", disable=not show_progress)
-    for strip_index, outer in enumerate(outer_starts):
-        if along_rows:
-            strip_pixels = read_region(outer, 0, outer_window, inner_length)
-        else:
-            strip_pixels = read_region(0, outer, inner_length, outer_window)
-        for first in range(0, len(inner_starts), batch_size):
-            batch_starts = inner_starts[first : first + batch_size]
-            if along_rows:
-                crop_pixels = [strip_pixels[:, inner : inner + inner_window] for inner in batch_starts]
-            else:
-                crop_pixels = [strip_pixels[inner : inner + inner_window] for inner in batch_starts]
-            # normalised per window (elementwise, so the same values): no float copy of the whole strip
-            crops = torch.stack([normalize_image(pixels) for pixels in crop_pixels]).to(device)
-            crop_logits = infer_logits(model, crops, scales=scales, flip=flip)
-            if not along_rows:
-                crop_logits = crop_logits.transpose(2, 3)
-            if logit_buffer is None:
-                logit_buffer = torch.zeros(
-                    (crop_logits.shape[1], outer_window, inner_length), dtype=torch.float32, device=device
-                )
-                if logit_buffer.shape[0] > 256:
-                    raise ValueError(f"{logit_buffer.shape[0]} classes do not fit a uint8 class-id mask")
-            for inner, logits in zip(batch_starts, crop_logits):
-                logit_buffer[:, :, inner : inner + inner_window] += logits
-            progress.update(len(batch_starts))
-        is_last = strip_index == len(outer_starts) - 1
-        finished = outer_window if is_last else outer_starts[strip_index + 1] - outer
-        class_ids = logit_buffer[:, :finished].argmax(0).to(torch.uint8).cpu().numpy()
-        if along_rows:
-            write_block(outer, 0, class_ids)
-        else:
-            write_block(0, outer, np.ascontiguousarray(class_ids.T))
-        kept = outer_window - finished
-        logit_buffer[:, :kept] = logit_buffer[:, finished:].clone()
-        logit_buffer[:, kept:] = 0
+    bands = band_ranges(window_starts(inner_length, window, stride), inner_window, inner_length, band_windows)
+    weights = window_weights(outer_window, inner_window, blend)
+    if weights is not None:
+        weights = weights.to(device)
+    total = len(outer_starts) * sum(len(band_starts) for _, _, band_starts in bands)
+    progress = tqdm(total=total, desc="windows", unit="win", disable=not show_progress)
+    buffer_shape = ()
+    for band_begin, band_end, band_starts in bands:
+        span_begin, span_end = band_starts[0], band_starts[-1] + inner_window
+        logit_buffer = weight_buffer = None
+        for strip_index, outer in enumerate(outer_starts):
+            pixels = orient.region(read_region, outer, span_begin, outer_window, span_end - span_begin)
+            valid = (None if valid_region is None else
+                     orient.region(valid_region, outer, span_begin, outer_window, span_end - span_begin))
+            useful = [inner for inner in band_starts
+                      if valid is None or valid[:, inner - span_begin : inner - span_begin + inner_window].any()]
+            for first in range(0, len(useful), batch_size):
+                batch_starts = useful[first : first + batch_size]
+                crops = torch.stack([
+                    normalize_image(np.ascontiguousarray(
+                        pixels[:, inner - span_begin : inner - span_begin + inner_window]))
+                    for inner in batch_starts
+                ]).to(device)
+                if orient.transposed:
+                    crops = crops.transpose(2, 3).contiguous()
+                crop_logits = infer_logits(model, crops, scales=scales, flip=flip, vflip=vflip, rot90=rot90)
+                if orient.transposed:
+                    crop_logits = crop_logits.transpose(2, 3)
+                if logit_buffer is None:
+                    if crop_logits.shape[1] > 256:
+                        raise ValueError(f"{crop_logits.shape[1]} classes do not fit a uint8 class-id mask")
+                    logit_buffer = torch.zeros((crop_logits.shape[1], outer_window, span_end - span_begin),
+                                               dtype=torch.float32, device=device)
+                    weight_buffer = torch.zeros((outer_window, span_end - span_begin), dtype=torch.float32,
+                                                device=device)
+                for inner, logits in zip(batch_starts, crop_logits):
+                    columns = slice(inner - span_begin, inner - span_begin + inner_window)
+                    if weights is None:
+                        logit_buffer[:, :, columns] += logits
+                        weight_buffer[:, columns] += 1
+                    else:
+                        logit_buffer[:, :, columns] += logits * weights
+                        weight_buffer[:, columns] += weights
+            progress.update(len(band_starts))
+            is_last = strip_index == len(outer_starts) - 1
+            finished = outer_window if is_last else outer_starts[strip_index + 1] - outer
+            _write_finished(orient, write_block, write_probabilities, logit_buffer, weight_buffer, valid,
+                            outer, finished, band_begin - span_begin, band_end - span_begin, band_begin)
+            if logit_buffer is not None:
+                buffer_shape = tuple(logit_buffer.shape)
+                kept = outer_window - finished
+                logit_buffer[:, :kept] = logit_buffer[:, finished:].clone()
+                logit_buffer[:, kept:] = 0
+                weight_buffer[:kept] = weight_buffer[finished:].clone()
+                weight_buffer[kept:] = 0
     progress.close()
-    return tuple(logit_buffer.shape)
+    return buffer_shape
+
+
+def _write_finished(orient: _Oriented, write_block: WriteBlock, write_probabilities: WriteBlock | None,
+                    logit_buffer: torch.Tensor | None, weight_buffer: torch.Tensor | None,
+                    valid: np.ndarray | None, outer: int, rows: int, column_begin: int, column_end: int,
+                    inner: int) -> None:
+    """Write the first ``rows`` buffer rows of the band's columns: class ids (and probabilities)."""
+    shape = (rows, column_end - column_begin)
+    if logit_buffer is None:  # no valid pixel yet in this band: all nodata
+        orient.block(write_block, outer, inner, np.full(shape, NODATA_CLASS, np.uint8))
+        return
+    logits = logit_buffer[:, :rows, column_begin:column_end]
+    class_ids = logits.argmax(0).to(torch.uint8).cpu().numpy()
+    invalid = None if valid is None else ~valid[:rows, column_begin:column_end]
+    if invalid is not None:
+        class_ids[invalid] = NODATA_CLASS
+    orient.block(write_block, outer, inner, class_ids)
+    if write_probabilities is not None:
+        weight_sum = weight_buffer[:rows, column_begin:column_end].clamp_min(torch.finfo(torch.float32).tiny)
+        probabilities = torch.softmax(logits / weight_sum, dim=0).mul(255).round().to(torch.uint8).cpu().numpy()
+        if invalid is not None:
+            probabilities[:, invalid] = 0
+        orient.block(write_probabilities, outer, inner, probabilities)

@@ -144,7 +144,7 @@ def test_bad_sliding_step_is_refused_before_outputs(tmp_path, model_and_checkpoi
     _, checkpoint = model_and_checkpoint
     with pytest.raises(SystemExit):
         run_eval(vaihingen_root, checkpoint, tmp_path / "out", "--crop_size", "40", "--sliding_overlap", "1")
-    assert "sliding-window step 0 px is not between 1 and --crop_size 40" in capsys.readouterr().err
+    assert "--overlap 1.0 leaves a window step of 0 px" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

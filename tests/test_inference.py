@@ -216,3 +216,128 @@ def test_strips_with_flip_and_scales_run_per_window(height, width):
     # TTA of the whole image is not what runs here: the windows see other context at scale 0.5
     whole = infer_logits(model, normalize_image(pixels)[None], scales=(0.5, 1.0), flip=True).argmax(1)[0].numpy()
     assert (whole != expected).any()
+
+
+class RowColumn(torch.nn.Module):
+    """Logits (N, 2, h, w): 1 + row index and 1 + column index x 10 of each pixel in the input it was given
+    (position-dependent and asymmetric: any transform not undone, or undone wrongly, shows)."""
+
+    def forward(self, images):
+        height, width = images.shape[-2:]
+        rows = torch.arange(height, dtype=torch.float32).view(height, 1).expand(height, width) + 1
+        columns = torch.arange(width, dtype=torch.float32).view(1, width).expand(height, width) * 10 + 1
+        return torch.stack([rows, columns]).expand(images.shape[0], 2, height, width) + images[:, :1] * 0
+
+
+def test_dihedral_transforms_by_hand():
+    from evaluation.inference import apply_transform, dihedral_transforms, undo_transform
+
+    grid = torch.arange(6.0).view(1, 1, 2, 3)  # [[0, 1, 2], [3, 4, 5]]
+    assert dihedral_transforms() == ((False, 0),)
+    assert len(dihedral_transforms(hflip=True, vflip=True)) == 4 and len(dihedral_transforms(rot90=True)) == 4
+    d4 = dihedral_transforms(hflip=True, rot90=True)
+    assert len({tuple(apply_transform(grid, t).flatten().tolist()) + tuple(apply_transform(grid, t).shape)
+                for t in d4}) == 8
+    assert apply_transform(grid, (True, 2)).tolist() == [[[[3, 4, 5], [0, 1, 2]]]]  # the vertical flip
+    assert apply_transform(grid, (False, 1)).tolist() == [[[[2, 5], [1, 4], [0, 3]]]]  # a quarter turn
+    for transform in d4:
+        assert torch.equal(undo_transform(apply_transform(grid, transform), transform), grid)
+
+
+def test_tta_averages_undone_logits_of_position_dependent_model():
+    images = torch.zeros(1, 3, 3, 4)
+    rows = np.arange(3, dtype=np.float32)[:, None] + np.zeros((1, 4), np.float32)
+    columns = np.zeros((3, 1), np.float32) + np.arange(4, dtype=np.float32)[None]
+    # identity: channel 0 = 1 + r, channel 1 = 1 + 10 c. Vertical flip undone: 1 + (2 - r), 1 + 10 c.
+    vflip = infer_logits(RowColumn(), images, vflip=True)[0].numpy()
+    np.testing.assert_array_equal(vflip[0], ((1 + rows) + (1 + 2 - rows)) / 2)
+    np.testing.assert_array_equal(vflip[1], 1 + 10 * columns)
+    # the four rotations: the model sees a 4 x 3 image at odd turns; its "row" there is a column here.
+    # turn k (counter-clockwise) maps pixel (r, c) of the 3 x 4 image to (model row, model column):
+    # k=0: (r, c); k=1: (3 - c, r); k=2: (2 - r, 3 - c); k=3: (c, 2 - r)
+    model_rows = [rows, 3 - columns, 2 - rows, columns]
+    model_columns = [columns, rows, 3 - columns, 2 - rows]
+    rotations = infer_logits(RowColumn(), images, rot90=True)[0].numpy()
+    np.testing.assert_allclose(rotations[0], sum(1 + r for r in model_rows) / 4)
+    np.testing.assert_allclose(rotations[1], sum(1 + 10 * c for c in model_columns) / 4)
+
+
+@pytest.mark.parametrize("height, width", [(70, 45), (45, 70)])
+def test_bands_are_bit_identical_to_one_band_and_bounded(height, width):
+    model = conv_model(3, num_classes=4)
+    pixels = np.random.default_rng(2).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    outputs, shapes = [], []
+    for band_windows in (1, 2, 100):
+        output = np.full((height, width), 77, dtype=np.uint8)
+
+        def write_block(top, left, class_ids, output=output):
+            block = output[top : top + class_ids.shape[0], left : left + class_ids.shape[1]]
+            assert (block == 77).all()  # every pixel written exactly once
+            block[:] = class_ids
+
+        shapes.append(predict_large_image(
+            model, lambda top, left, h, w: pixels[top : top + h, left : left + w], (height, width), write_block,
+            window=16, stride=11, band_windows=band_windows, show_progress=False))
+        outputs.append(output)
+    for output in outputs[:2]:
+        np.testing.assert_array_equal(output, outputs[2])
+    # the buffer spans a band's windows plus the one reaching in from the band before (45 px side, starts
+    # 0, 11, 22, 29: the last band of one window also needs the window at 22), not the whole side
+    assert [shape[2] for shape in shapes] == [23, 34, 45]
+
+
+class ColumnRamp(torch.nn.Module):
+    """Two-class logits (N, 2, h, w): 0, and 0.05 x the column index within the input it was given."""
+
+    def forward(self, images):
+        ramp = torch.arange(images.shape[-1], dtype=torch.float32) * 0.05
+        return torch.stack([torch.zeros_like(images[:, 0]), ramp.expand_as(images[:, 0])], dim=1)
+
+
+def test_gaussian_blend_has_no_seams_with_position_dependent_model():
+    # ColumnRamp's logit restarts at every window border: window 32, stride 16, the uniform mean of the two
+    # windows over a column is 0.05 x (8 + column mod 16), a saw with a step of 0.75 at each window border;
+    # with Gaussian weights the window whose centre is nearer dominates and the blend changes smoothly.
+    pixels = np.zeros((1, 96, 3), dtype=np.uint8)
+    probabilities = {}
+    for blend in ("mean", "gaussian"):
+        store = np.zeros((2, 1, 96), dtype=np.uint8)
+
+        def write_probabilities(top, left, values, store=store):
+            store[:, top : top + values.shape[1], left : left + values.shape[2]] = values
+
+        predict_large_image(ColumnRamp(), lambda top, left, h, w: pixels[top : top + h, left : left + w], (1, 96),
+                            lambda *block: None, window=32, stride=16, blend=blend,
+                            write_probabilities=write_probabilities, show_progress=False)
+        probabilities[blend] = store[1, 0].astype(np.int64)
+    # the class-1 probability (x 255) of the interior columns: sigmoid of the blended logit
+    steps = {blend: np.abs(np.diff(values[16:-16])).max() for blend, values in probabilities.items()}
+    expected_mean_step = round(255 / (1 + np.exp(-0.05 * 23))) - round(255 / (1 + np.exp(-0.05 * 8)))
+    assert steps["mean"] == expected_mean_step
+    # Gaussian: a smooth wave whose steps stay within a few times the ramp's own slope (3 per column)
+    assert steps["gaussian"] * 4 < steps["mean"], steps
+
+
+def test_nodata_pixels_get_nodata_and_empty_windows_are_skipped():
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, images):
+            calls.append(images.shape[0])
+            return torch.stack([images[:, 0], -images[:, 0]], dim=1)
+
+    pixels = np.random.default_rng(3).integers(0, 256, size=(20, 40, 3), dtype=np.uint8)
+    valid = np.ones((20, 40), bool)
+    valid[:, 20:] = False  # right half nodata: the windows starting at 20 and 24 see no valid pixel
+    output = np.zeros((20, 40), np.uint8)
+
+    def write_block(top, left, class_ids):
+        output[top : top + class_ids.shape[0], left : left + class_ids.shape[1]] = class_ids
+
+    def region(array):
+        return lambda top, left, h, w: array[top : top + h, left : left + w]
+
+    predict_large_image(Counting(), region(pixels), (20, 40), write_block, window=20, stride=10,
+                        valid_region=region(valid), show_progress=False)
+    assert (output[:, 20:] == 255).all() and (output[:, :20] < 2).all()
+    assert len(calls) == 2  # windows at columns 0 and 10 of 0, 10, 20

@@ -9,8 +9,10 @@ from PIL import Image
 
 import predict
 from datasets import normalize_image
+from evaluation.cli import parse_scales, window_stride
 from evaluation.inference import sliding_window_logits
 from utils.checkpoint import save_checkpoint
+from utils.image_io import parse_bands
 
 NUM_CLASSES = 6
 
@@ -26,12 +28,13 @@ def model_and_checkpoint(tmp_path_factory):
     return model, path
 
 
-def expected_logits(model, pixels, window, stride=None):
-    """(K, H, W) logits of the plain model: one forward, or sliding windows when ``stride`` is given."""
+def expected_logits(model, pixels, window, stride=None, blend="gaussian"):
+    """(K, H, W) logits of the plain model: one forward, or sliding windows (predict.py's default Gaussian
+    blend) when ``stride`` is given."""
     with torch.no_grad():
         if stride is None:
             return model(normalize_image(pixels)[None])[0]
-        return sliding_window_logits(model, normalize_image(pixels)[None], window, stride)[0]
+        return sliding_window_logits(model, normalize_image(pixels)[None], window, stride, blend=blend)[0]
 
 
 def test_png_whole_image_matches_direct_forward(tmp_path, model_and_checkpoint):
@@ -56,7 +59,7 @@ def test_folder_of_images_with_overlapping_windows(tmp_path, model_and_checkpoin
     (folder / "notes.txt").write_text("not an image")
     predict.main([str(folder), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
                   "--window", "64", "--stride", "40", "--batch_size", "3", "--device", "cpu"])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_pred.png", "b_pred.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_pred.png", "b_pred.png", "predict_summary.json"]
     assert_clear_decisions_match(np.asarray(Image.open(tmp_path / "out" / "a_pred.png")),
                                  expected_logits(model, tall, 64, 40))
 
@@ -96,7 +99,7 @@ def test_geotiff_keeps_georeference(tmp_path, model_and_checkpoint):
         assert result.transform == transform
         assert result.colormap(1)[1][:3] == (128, 0, 0)
         assert_clear_decisions_match(result.read(1), expected_logits(model, pixels, 64, 48))
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["tile_pred.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predict_summary.json", "tile_pred.tif"]
 
 
 @pytest.mark.filterwarnings("ignore:Dataset has no geotransform")
@@ -114,16 +117,18 @@ def test_geotiff_png_output_and_band_selection(tmp_path, model_and_checkpoint):
 
 
 @pytest.mark.filterwarnings("ignore:Dataset has no geotransform")
-def test_sixteen_bit_geotiff_is_refused_clearly(tmp_path, model_and_checkpoint, capsys):
+def test_sixteen_bit_geotiff_follows_the_scaling_rule(tmp_path, model_and_checkpoint):
     rasterio = pytest.importorskip("rasterio", reason="rasterio (optional) not installed")
-    _, checkpoint = model_and_checkpoint
-    with rasterio.open(tmp_path / "deep.tif", "w", driver="GTiff", height=8, width=8, count=3, dtype="uint16") as dst:
-        dst.write(np.zeros((3, 8, 8), dtype=np.uint16))
-    with pytest.raises(SystemExit):
-        predict.main([str(tmp_path / "deep.tif"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "o"),
-                      "--device", "cpu"])
-    assert "expects 8-bit" in capsys.readouterr().err
-    assert not list((tmp_path / "o").glob("*"))
+    model, checkpoint = model_and_checkpoint
+    pixels = blocky_image(np.random.default_rng(5), 40, 48)
+    # v x 257 spans 0..65535: --scaling 0,65535 maps it back to v exactly (the rule: round(v x 257 / 65535 x 255))
+    with rasterio.open(tmp_path / "deep.tif", "w", driver="GTiff", height=40, width=48, count=3,
+                       dtype="uint16") as dst:
+        dst.write(pixels.transpose(2, 0, 1).astype(np.uint16) * 257)
+    predict.main([str(tmp_path / "deep.tif"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "o"),
+                  "--window", "64", "--scaling", "0,65535", "--device", "cpu"])
+    with rasterio.open(tmp_path / "o" / "deep_pred.tif") as result:
+        assert_clear_decisions_match(result.read(1), expected_logits(model, pixels, 64))
 
 
 def test_missing_rasterio_gives_install_hint(tmp_path, model_and_checkpoint, monkeypatch, capsys):
@@ -155,7 +160,7 @@ def test_dataset_palette_and_class_count_mismatch(tmp_path, model_and_checkpoint
     (["--scales", "0.5,-1"], "--scales needs comma-separated positive numbers"),
     (["--stride", "0"], "--stride must be between 1 and --window (64)"),
     (["--stride", "65"], "--stride must be between 1 and --window (64)"),
-    (["--overlap", "1"], "--overlap must be a fraction in [0, 1)"),
+    (["--overlap", "1"], "--overlap 1.0 leaves a window step of 0 px"),
     (["--window", "0"], "--window must be a positive number"),
     (["--bands", "1,x,3"], "--bands needs three 1-based band numbers"),
     (["--bands", "1,2"], "--bands needs three 1-based band numbers"),
@@ -175,10 +180,11 @@ def test_bad_flags_are_usage_errors_before_anything_is_read(tmp_path, capsys, fl
 
 
 def test_flag_helpers_by_hand():
-    assert predict.parse_scales("0.5,1,1.75") == (0.5, 1.0, 1.75)
-    assert predict.parse_bands("4,3,2") == (4, 3, 2)
-    assert predict.window_stride(896, None, 1 / 3) == 598  # ceil(896 * 2 / 3) = ceil(597.33)
-    assert predict.window_stride(64, None, 0) == 64
-    assert predict.window_stride(64, 40, 0.9) == 40  # --stride wins over --overlap
+    assert parse_scales("0.5,1,1.75") == (0.5, 1.0, 1.75)
+    assert parse_bands("4,3,2") == (4, 3, 2)
+    assert window_stride(896, None, 1 / 3) == 598  # ceil(896 * 2 / 3) = ceil(597.33)
+    assert window_stride(64, None, 0) == 64
+    assert window_stride(64, None, 16) == 48  # an overlap above 1 is in pixels, as the original eval.py
+    assert window_stride(64, 40, 0.9) == 40  # --stride wins over --overlap
     with pytest.raises(ValueError, match="--scales"):
-        predict.parse_scales("nan")
+        parse_scales("nan")

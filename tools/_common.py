@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils.atomic import atomic_write_bytes
+from utils import image_io
+from utils.atomic import WriteError, atomic_write_bytes
 
 ON_ERROR_CHOICES = ("error", "skip")
 _EXIF_ORIENTATION = 0x0112
@@ -167,11 +168,17 @@ def header_size(path: Path) -> tuple[int, int] | None:
 
 
 def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
-    """Read an image with OpenCV (BGR order for colour).
+    """Read a colour image (BGR order, (H, W, 3) uint8) through ``utils.image_io``, or with other ``flags``
+    a label image as stored (``cv2.imread``).
 
     Raises:
         InputError: if the file is missing, truncated, corrupt or not an image.
     """
+    if flags == cv2.IMREAD_COLOR:
+        try:
+            return np.ascontiguousarray(image_io.read_image(path)[..., ::-1])
+        except image_io.ImageReadError as error:
+            raise InputError(f"{error}; re-download or re-extract it, or run with --on-error skip") from None
     image = cv2.imread(str(path), flags)
     if image is None:
         state = ("cannot be decoded (truncated, corrupt or not an image)" if Path(path).exists()
@@ -279,7 +286,7 @@ def run_tool(action: Callable[[], RunSummary]) -> None:
     """Run a tool from its command line: print the summary; bad input or Ctrl-C end with a short message."""
     try:
         summary = action()
-    except ToolError as error:
+    except (ToolError, WriteError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         sys.exit("interrupted: the outputs written so far are complete (atomic writes); run the same command "

@@ -26,7 +26,7 @@ from tools._common import (
 )
 from tools._masks import ColourCoding, IdCoding, palette_coding
 from tools._tiling import SplitJob, check_geometry, read_job_mask
-from utils.raster_io import IMAGE_SUFFIXES
+from utils.image_io import IMAGE_SUFFIXES
 
 CUSTOM_NAME = CustomDataset.prepare_name
 _LISTED = 3

@@ -12,8 +12,9 @@ caller passes ``trusted_pickle=True`` for a legacy file it trusts.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -149,13 +150,47 @@ def load_checkpoint(path: str | Path, model: nn.Module, *, strict_shapes: bool =
     return contents
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` with ``torch.save`` atomically (see :func:`utils.atomic.atomic_path`).
+class _ErrorKeepingFile:
+    """A binary file wrapper that keeps the ``OSError`` of a failed write: torch.save reports a full disk
+    only as "enforce fail at inline_container.cc", so the OS reason is taken from here."""
 
-    An interrupted save never leaves a truncated file at ``path``; parent folders are created.
+    def __init__(self, handle: BinaryIO):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _check_zip_archive(path: str) -> None:
+    with zipfile.ZipFile(path) as archive:
+        archive.infolist()
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` with ``torch.save`` atomically and verified (see :func:`utils.atomic.atomic_path`).
+
+    An interrupted or failed save never leaves a truncated file at ``path``; parent folders are created.
+
+    Raises:
+        utils.atomic.WriteError: the file could not be written (one line: the path and the OS reason,
+            e.g. "No space left on device"); the previous file at ``path`` is unchanged.
     """
-    with atomic_path(path) as temp_name:
-        torch.save(payload, temp_name)
+    with atomic_path(path, verify=_check_zip_archive) as temp_name, open(temp_name, "wb") as handle:
+        recorder = _ErrorKeepingFile(handle)
+        try:
+            torch.save(payload, recorder)
+        except RuntimeError as error:
+            if recorder.error is None:
+                raise
+            raise recorder.error from error
 
 
 def checkpoint_class_table(dataset: Any) -> dict[str, list]:

@@ -1,132 +1,43 @@
-"""Reading user imagery region by region and writing class-id masks block by block.
+"""Writing predictions block by block: palette PNG masks, Cloud-Optimized GeoTIFFs, polygons.
 
-GeoTIFFs (``.tif``/``.tiff``) go through rasterio, an optional dependency: they are read one window
-at a time, and a GeoTIFF mask is written one block at a time with the source's CRS and geotransform,
-so neither the image nor the mask is ever held whole. Other formats (PNG, JPEG, BMP, ...) have no
-random access: they are decoded whole with Pillow (3 bytes per pixel), and a PNG mask is kept in
-memory (1 byte per pixel) until it is saved as a palette PNG whose pixel values are the class ids.
+Images are read by ``utils.image_io`` (the one reader); this module only writes. A writer receives
+finished blocks (``write(top, left, block)``) and publishes its file atomically on ``close``
+(``utils.atomic.publish``: nothing appears under the name unless complete; ``abort`` leaves nothing).
+
+* :class:`PaletteMaskSink`: the class-id mask kept in memory (1 byte per pixel) and saved as a palette
+  PNG whose pixel values are the class ids.
+* :class:`CogSink`: a uint8 raster streamed into a tiled temporary GeoTIFF, then copied by GDAL's COG
+  driver into a Cloud-Optimized GeoTIFF (256 px tiles, DEFLATE, overviews by nearest resampling, so
+  overview pixels are class ids too) with the input's CRS and transform, or its GCPs, the nodata value
+  and, for masks, the palette as colour table. GDAL reports many write errors (a full disk) only on
+  stderr and rasterio's ``write``/``close`` do not raise, so the published file is re-opened and read
+  back completely, and a position-weighted checksum of every pixel must equal the one of the blocks
+  written; otherwise :class:`utils.atomic.WriteError` names the file and nothing is published.
+* :func:`write_polygons`: polygons per class (``rasterio.features.shapes``) of a class-id GeoTIFF, as GeoJSON.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import warnings
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
 
-from utils.atomic import atomic_path, publish, temporary_path_beside
+from utils.atomic import WriteError, atomic_path, atomic_write_bytes, publish, temporary_path_beside
+from utils.image_io import import_rasterio
 from utils.palette import full_palette, palette_image
 
-GEOTIFF_SUFFIXES = (".tif", ".tiff")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp") + GEOTIFF_SUFFIXES
-GDAL_CACHE_BYTES = 64 * 2**20
-
-
-def import_rasterio():
-    """Import rasterio or explain how to get it."""
-    try:
-        import rasterio
-    except ImportError as error:
-        raise ImportError(
-            "reading or writing GeoTIFFs needs rasterio, an optional dependency: pip install rasterio"
-        ) from error
-    return rasterio
-
-
-class ImageSource(Protocol):
-    """An RGB image readable by region."""
-
-    height: int
-    width: int
-    geo_profile: dict | None
-
-    def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
-        """uint8 (height, width, 3) RGB pixels of the region."""
-
-    def close(self) -> None:
-        """Release the file."""
-
-
-class PillowSource:
-    """A whole image decoded with Pillow and converted to RGB (no georeference)."""
-
-    geo_profile = None
-
-    def __init__(self, path: str | os.PathLike):
-        with Image.open(path) as image:
-            self.pixels = np.asarray(image.convert("RGB"))
-        self.height, self.width = self.pixels.shape[:2]
-
-    def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
-        return self.pixels[top : top + height, left : left + width]
-
-    def close(self) -> None:
-        self.pixels = None
-
-
-class RasterioSource:
-    """A raster (GeoTIFF) read window by window; ``bands`` (1-based) picks the R, G, B bands.
-
-    Raises:
-        ValueError: the raster is not 8-bit or lacks the requested bands; the message says what to do.
-    """
-
-    def __init__(self, path: str | os.PathLike, bands: tuple[int, int, int] = (1, 2, 3)):
-        rasterio = import_rasterio()
-        # GDAL's block cache defaults to 5 % of the RAM and would grow with the tile; each strip is read once
-        self.gdal_env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
-        self.gdal_env.__enter__()
-        with warnings.catch_warnings():  # a plain (non-geo) TIFF is fine to read
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            self.dataset = rasterio.open(path)
-        try:
-            self._check_bands(path, tuple(bands))
-        except ValueError:
-            self.close()
-            raise
-        self.bands = tuple(bands)
-        self.height, self.width = self.dataset.height, self.dataset.width
-        georeferenced = self.dataset.crs is not None or not self.dataset.transform.is_identity
-        self.geo_profile = {"crs": self.dataset.crs, "transform": self.dataset.transform} if georeferenced else None
-
-    def _check_bands(self, path: str | os.PathLike, bands: tuple[int, ...]) -> None:
-        if max(bands) > self.dataset.count:
-            raise ValueError(
-                f"{path} has {self.dataset.count} band(s); --bands {','.join(map(str, bands))} asks for more. "
-                "The model needs three 8-bit bands in the order it was trained on (RGB; IR-R-G for Vaihingen)."
-            )
-        dtypes = {self.dataset.dtypes[band - 1] for band in bands}
-        if dtypes != {"uint8"}:
-            raise ValueError(
-                f"{path} holds {'/'.join(sorted(dtypes))} pixels; the model expects 8-bit bands (0-255). "
-                "Rescale first, e.g. gdal_translate -ot Byte -scale <in> <out>."
-            )
-
-    def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
-        from rasterio.windows import Window
-
-        bands = self.dataset.read(self.bands, window=Window(left, top, width, height))
-        return np.ascontiguousarray(bands.transpose(1, 2, 0))
-
-    def close(self) -> None:
-        self.dataset.close()
-        self.gdal_env.__exit__(None, None, None)
-
-
-def open_image(path: str | os.PathLike, bands: tuple[int, int, int] = (1, 2, 3)) -> ImageSource:
-    """Open a GeoTIFF with rasterio (windowed) or any other image with Pillow (whole)."""
-    if Path(path).suffix.lower() in GEOTIFF_SUFFIXES:
-        return RasterioSource(path, bands)
-    return PillowSource(path)
+COG_BLOCK = 256
+"""Tile size of the written GeoTIFFs in pixels."""
 
 
 class MaskSink(Protocol):
-    """Receives finished blocks of class ids; ``close`` publishes the file atomically."""
+    """Receives finished blocks; ``close`` publishes the file atomically."""
 
-    def write(self, top: int, left: int, class_ids: np.ndarray) -> None:
-        """Store a uint8 (h, w) block at (top, left)."""
+    def write(self, top: int, left: int, block: np.ndarray) -> None:
+        """Store a uint8 block, (h, w) or (C, h, w), at (top, left)."""
 
     def close(self) -> None:
         """Finish the file."""
@@ -136,15 +47,15 @@ class MaskSink(Protocol):
 
 
 class PaletteMaskSink:
-    """Collects the mask in memory and saves it as a palette PNG (values = class ids)."""
+    """Collects the class-id mask in memory, (H, W) uint8, and saves it as a palette PNG (values = class ids)."""
 
     def __init__(self, path: str | os.PathLike, height: int, width: int, palette: np.ndarray):
         self.path = Path(path)
         self.palette = palette
         self.class_ids = np.zeros((height, width), dtype=np.uint8)
 
-    def write(self, top: int, left: int, class_ids: np.ndarray) -> None:
-        self.class_ids[top : top + class_ids.shape[0], left : left + class_ids.shape[1]] = class_ids
+    def write(self, top: int, left: int, block: np.ndarray) -> None:
+        self.class_ids[top : top + block.shape[0], left : left + block.shape[1]] = block
 
     def close(self) -> None:
         with atomic_path(self.path) as temp_path:
@@ -155,35 +66,124 @@ class PaletteMaskSink:
         self.class_ids = None
 
 
-class GeoTiffMaskSink:
-    """Streams the mask into a single-band uint8 GeoTIFF (tiled, deflate) with the source's georeference
-    and the palette as its colour table; the file appears under its name only when complete."""
+def _checksum(top: int, left: int, block: np.ndarray) -> int:
+    """Position-weighted sum of a (C, h, w) uint8 block placed at (top, left): moved, lost or changed
+    pixels change it (zeros too: each value counts as value + 1)."""
+    rows = np.arange(top, top + block.shape[1], dtype=np.uint64)[:, None]
+    columns = np.arange(left, left + block.shape[2], dtype=np.uint64)[None]
+    weights = (rows * np.uint64(7919) + columns * np.uint64(104729)) % np.uint64(65521) + np.uint64(1)
+    return int(((block.astype(np.uint64) + np.uint64(1)) * weights).sum())
 
-    def __init__(self, path: str | os.PathLike, height: int, width: int, palette: np.ndarray,
-                 geo_profile: dict | None):
+
+class CogSink:
+    """Streams a uint8 raster of ``count`` bands into a verified Cloud-Optimized GeoTIFF (see the module doc).
+
+    Args:
+        path: the target ``.tif``.
+        height, width, count: raster size and band count.
+        geo_profile: ``{"crs", "transform"}`` or ``{"gcps", "gcps_crs"}`` of the input, or None.
+        nodata: the nodata value stored in the file (None: none).
+        palette: (K, 3) uint8 class colours for a single-band class-id mask's colour table (None: no table).
+    """
+
+    def __init__(self, path: str | os.PathLike, height: int, width: int, count: int = 1,
+                 geo_profile: dict | None = None, nodata: int | None = None, palette: np.ndarray | None = None):
         rasterio = import_rasterio()
         self.path = Path(path)
-        self.temp_path = temporary_path_beside(self.path)
-        profile = {
-            "driver": "GTiff", "height": height, "width": width, "count": 1, "dtype": "uint8",
-            "compress": "deflate", "tiled": True, "blockxsize": 256, "blockysize": 256,
-            **(geo_profile or {}),
-        }
-        self.dataset = rasterio.open(self.temp_path, "w", **profile)
-        table = full_palette(palette)
-        self.dataset.write_colormap(1, {index: (*map(int, table[index]), 255) for index in range(256)})
+        self.shape = (count, height, width)
+        self.checksum = 0
+        self.stream_path = temporary_path_beside(self.path)
+        geo = dict(geo_profile or {})
+        gcps = geo.pop("gcps", None), geo.pop("gcps_crs", None)
+        profile = {"driver": "GTiff", "height": height, "width": width, "count": count, "dtype": "uint8",
+                   "compress": "deflate", "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
+                   "nodata": nodata, **geo}
+        try:
+            self.dataset = rasterio.open(self.stream_path, "w", **profile)
+            if gcps[0]:
+                self.dataset.gcps = gcps
+            if palette is not None:
+                table = full_palette(palette)
+                self.dataset.write_colormap(1, {index: (*map(int, table[index]), 255) for index in range(256)})
+        except (OSError, rasterio.errors.RasterioError) as error:
+            self._remove(self.stream_path)
+            raise WriteError(self.path, str(error).splitlines()[0]) from None
 
-    def write(self, top: int, left: int, class_ids: np.ndarray) -> None:
+    def write(self, top: int, left: int, block: np.ndarray) -> None:
         from rasterio.windows import Window
 
-        window = Window(left, top, class_ids.shape[1], class_ids.shape[0])
-        self.dataset.write(class_ids[np.newaxis], window=window)
+        bands = block if block.ndim == 3 else block[np.newaxis]
+        self.dataset.write(bands, window=Window(left, top, bands.shape[2], bands.shape[1]))
+        self.checksum += _checksum(top, left, bands)
 
     def close(self) -> None:
+        """Copy the stream into the COG, read it back, publish it; on failure raise ``WriteError``."""
+        rasterio = import_rasterio()
+        from rasterio.shutil import copy as copy_raster
+
         self.dataset.close()
-        publish(self.temp_path, self.path)
+        cog_path = temporary_path_beside(self.path)
+        try:
+            copy_raster(self.stream_path, cog_path, driver="COG", compress="deflate", blocksize=COG_BLOCK,
+                                 resampling="nearest", overview_resampling="nearest")
+        except (OSError, rasterio.errors.RasterioError) as error:
+            self._remove(cog_path)
+            raise WriteError(self.path, str(error).splitlines()[0]) from None
+        finally:
+            self._remove(self.stream_path)
+        publish(cog_path, self.path, verify=self._verify)
+
+    def _verify(self, name: str) -> None:
+        """Re-open ``name`` and read every pixel; raise if its size or checksum differ from what was written."""
+        rasterio = import_rasterio()
+        from rasterio.windows import Window
+
+        count, height, width = self.shape
+        checksum = 0
+        with rasterio.open(name) as dataset:
+            if (dataset.count, dataset.height, dataset.width) != self.shape:
+                raise ValueError(f"size {dataset.count}x{dataset.height}x{dataset.width}, expected "
+                                 f"{count}x{height}x{width}")
+            for top in range(0, height, COG_BLOCK):
+                rows = min(COG_BLOCK, height - top)
+                checksum += _checksum(top, 0, dataset.read(window=Window(0, top, width, rows)))
+        if checksum != self.checksum:
+            raise ValueError("its pixels differ from those written (is the disk full?)")
 
     def abort(self) -> None:
         """Drop the unfinished file."""
-        self.dataset.close()
-        os.remove(self.temp_path)
+        with contextlib.suppress(Exception):
+            self.dataset.close()
+        self._remove(self.stream_path)
+
+    @staticmethod
+    def _remove(name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(name)
+
+
+def write_polygons(mask_path: str | os.PathLike, out_path: str | os.PathLike, class_names: list[str],
+                   nodata: int) -> int:
+    """Polygons of each class of a class-id raster as a GeoJSON FeatureCollection; returns the polygon count.
+
+    Coordinates are in the raster's CRS (pixel coordinates when it has none), named in the legacy ``crs``
+    member that GDAL and QGIS read. The mask is read whole (1 byte per pixel). Properties: ``class_id``,
+    ``class_name``. Pixels equal to ``nodata`` get no polygon.
+    """
+    rasterio = import_rasterio()
+    from rasterio.features import shapes
+
+    with rasterio.open(mask_path) as dataset:
+        class_ids = dataset.read(1)
+        transform, crs = dataset.transform, dataset.crs
+    features = []
+    for geometry, value in shapes(class_ids, mask=class_ids != nodata, connectivity=4, transform=transform):
+        class_id = int(value)
+        name = class_names[class_id] if class_id < len(class_names) else str(class_id)
+        features.append({"type": "Feature", "geometry": geometry,
+                         "properties": {"class_id": class_id, "class_name": name}})
+    collection = {"type": "FeatureCollection", "features": features}
+    if crs is not None:
+        collection["crs"] = {"type": "name", "properties": {"name": crs.to_string()}}
+    atomic_write_bytes(out_path, json.dumps(collection).encode())
+    return len(features)

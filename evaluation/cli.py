@@ -1,0 +1,144 @@
+"""One vocabulary for the inference flags of ``eval.py`` and ``predict.py``: same concept, same flag, same meaning.
+
+=====================  ==================================================  ==================================
+concept                flag (aliases kept for the original's scripts)      meaning
+=====================  ==================================================  ==================================
+window                 ``--window`` (``--crop_size``)                      sliding-window side in pixels
+stride                 ``--stride``                                        window step in pixels
+overlap                ``--overlap`` (``--sliding_overlap``)               step from the window: fraction <= 1
+                                                                           or pixels > 1 (when no --stride)
+blend                  ``--blend {mean,gaussian}``                         weights of overlapping windows
+scales                 ``--scales``                                        test-time scales, logits averaged
+flips / rotations      ``--flip``/``--hflip``, ``--no_flip``, ``--vflip``,   D4 test-time transforms
+                       ``--rot90``
+windows per pass       ``--batch_size``                                    windows per forward pass
+device                 ``--device``                                        torch device
+checkpoint trust       ``--trusted-pickle`` (``--trusted_pickle``)          may run code from the checkpoint
+bands / scaling        ``--bands``, ``--scaling``                          see ``utils.image_io``
+=====================  ==================================================  ==================================
+
+Model options and ``--precision`` are defined in ``evaluation.restore``. The defaults differ where the
+protocols do (``eval.py`` follows the original: 513 px windows, horizontal flip on, uniform blend;
+``predict.py``: 896 px windows, no flip, Gaussian blend); the meaning never does.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from evaluation.inference import BLENDS
+from utils.image_io import parse_bands, parse_scaling
+
+TRUSTED_PICKLE_HELP = ("allow arbitrary pickled objects in the checkpoint: this can run code from the file, so "
+                       "only for checkpoints you trust")
+
+
+def add_window_arguments(parser: argparse._ActionsContainer, *, window: int, blend: str) -> None:
+    """``--window`` (alias ``--crop_size``), ``--stride``, ``--overlap`` (alias ``--sliding_overlap``), ``--blend``."""
+    parser.add_argument("--window", "--crop_size", dest="window", type=int, default=window,
+                        help=f"sliding-window size in pixels (default {window})")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="window step in pixels, 1..--window (default: from --overlap)")
+    parser.add_argument("--overlap", "--sliding_overlap", dest="overlap", type=float, default=1 / 3,
+                        help="window overlap when --stride is not given: a fraction (<= 1) of the window, step = "
+                             "ceil(window x (1 - overlap)), or pixels (> 1), step = window - overlap (default 1/3, "
+                             "as the original's sliding mode)")
+    parser.add_argument("--blend", choices=BLENDS, default=blend,
+                        help=f"weights of overlapping windows: mean = uniform average (the original's), gaussian = "
+                             f"weights falling off towards the window border, no seams (default {blend})")
+
+
+def add_tta_arguments(parser: argparse._ActionsContainer, *, scales: str, flip: bool) -> None:
+    """``--scales``, ``--flip``/``--hflip``/``--no_flip``, ``--vflip``, ``--rot90``, ``--batch_size``."""
+    parser.add_argument("--scales", default=scales,
+                        help=f"comma-separated test-time scales whose logits are averaged (default {scales})")
+    parser.add_argument("--flip", "--hflip", dest="flip", action="store_true", default=flip,
+                        help="also average the horizontally flipped image" + (" (default on)" if flip else ""))
+    parser.add_argument("--no_flip", dest="flip", action="store_false",
+                        help="do not average the horizontally flipped image" + ("" if flip else " (default)"))
+    parser.add_argument("--vflip", action="store_true", help="also average the vertically flipped image")
+    parser.add_argument("--rot90", action="store_true",
+                        help="also average the 90/180/270-degree rotations (with a flip: all 8 of the dihedral "
+                             "group; aerial imagery has no up). Logits are averaged before the argmax")
+    parser.add_argument("--batch_size", type=int, default=1,
+                        help="windows (eval whole mode: images) per forward pass (default 1)")
+
+
+def add_run_arguments(parser: argparse._ActionsContainer) -> None:
+    """``--device`` and ``--trusted-pickle`` (alias ``--trusted_pickle``)."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--trusted-pickle", "--trusted_pickle", dest="trusted_pickle", action="store_true",
+                        help=TRUSTED_PICKLE_HELP)
+
+
+def add_band_arguments(parser: argparse._ActionsContainer) -> None:
+    """``--bands`` and ``--scaling`` (the reader's band choice and 16-bit/float rule, ``utils.image_io``)."""
+    parser.add_argument("--bands", default=None,
+                        help="three 1-based bands fed as the model's channels, e.g. 4,1,2 for IR-R-G from RGB+IR "
+                             "(default 1,2,3; a gray image is repeated)")
+    parser.add_argument("--scaling", default="auto",
+                        help="16-bit/float inputs: auto = per-band 2nd-98th percentile stretch of each image, "
+                             "LOW,HIGH = that range to 0..255 for every band, or a scaling.json saved beside a "
+                             "prepared dataset (8-bit inputs are used as they are; default auto)")
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``--scales`` text such as ``"0.5,1.0"`` -> the test-time scale factors, each finite and positive.
+
+    Raises:
+        ValueError: a value is not a positive number; the message names ``--scales``.
+    """
+    try:
+        scales = tuple(float(value) for value in text.split(","))
+    except ValueError:
+        scales = ()
+    if not scales or not all(0 < scale < math.inf for scale in scales):
+        raise ValueError(f"--scales needs comma-separated positive numbers such as 0.75,1.0, got {text!r}")
+    return scales
+
+
+def window_stride(window: int, stride: int | None, overlap: float) -> int:
+    """The window step in pixels: ``stride``, else ``ceil(window * (1 - overlap))`` for a fraction
+    ``overlap <= 1``, else ``window - int(overlap)`` (overlap in pixels), as the original ``eval.py``.
+
+    Raises:
+        ValueError: ``--window`` not positive, or a step outside ``1..window`` (a larger step would leave
+            pixels uncovered); the message names the flag.
+    """
+    if window < 1:
+        raise ValueError(f"--window must be a positive number of pixels, got {window}")
+    if stride is None:
+        if overlap < 0 or not math.isfinite(overlap):
+            raise ValueError(f"--overlap must be a fraction in [0, 1) or a pixel count > 1, got {overlap}")
+        step = math.ceil(window * (1 - overlap)) if overlap <= 1 else window - int(overlap)
+        if not 1 <= step <= window:
+            raise ValueError(f"--overlap {overlap} leaves a window step of {step} px: give a fraction in [0, 1) or "
+                             f"a pixel count below --window ({window})")
+        return step
+    if not 1 <= stride <= window:
+        raise ValueError(f"--stride must be between 1 and --window ({window}) so windows cover every pixel, "
+                         f"got {stride}")
+    return stride
+
+
+def band_options(args: argparse.Namespace) -> dict:
+    """``bands`` and ``scaling`` keyword arguments of ``utils.image_io`` readers from the parsed flags.
+
+    Raises:
+        ValueError: a malformed ``--bands`` or ``--scaling``; the message names the flag.
+    """
+    return {"bands": None if args.bands is None else parse_bands(args.bands), "scaling": parse_scaling(args.scaling)}
+
+
+def tta_options(args: argparse.Namespace) -> dict:
+    """``flip``, ``vflip`` and ``rot90`` keyword arguments of ``evaluation.inference`` from the parsed flags."""
+    return {"flip": args.flip, "vflip": args.vflip, "rot90": args.rot90}
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Raises ValueError naming ``--batch_size`` unless it is at least 1."""
+    if batch_size < 1:
+        raise ValueError(f"--batch_size must be at least 1, got {batch_size}")
