@@ -26,6 +26,7 @@ from tools._common import (
     read_label_image,
 )
 from tools._masks import ColourCoding, IdCoding, colours_to_ids, ids_to_labels
+from utils.image_io import ImageScaling
 
 MASK_READ_MODES = ("colour", "gray", "convert", "remap")
 
@@ -88,6 +89,9 @@ class SplitJob:
             (the original's behaviour) instead of writing ``{base}.png`` / ``{base}{mask_suffix}.png``.
         whole_only: never cut; write the whole image (for stitched whole-image evaluation).
         overwrite: rewrite outputs that exist.
+        bands: 1-based bands of the image written as its three channels (None: ``utils.image_io``'s default,
+            1, 2, 3), e.g. ``(4, 1, 2)`` for IR-R-G from an RGB+IR tile.
+        scaling: ``utils.image_io.ImageScaling`` of non-8-bit images (None: per-image percentiles).
     """
 
     name: str
@@ -105,6 +109,8 @@ class SplitJob:
     whole_copy: bool = False
     whole_only: bool = False
     overwrite: bool = False
+    bands: tuple[int, ...] | None = None
+    scaling: ImageScaling | None = None
 
 
 def largest_first(jobs: list[SplitJob]) -> list[SplitJob]:
@@ -175,7 +181,7 @@ def split_one(job: SplitJob) -> JobResult:
             result.existing = sum(1 + (mask is not None) for _, mask in pairs)
             result.patches = len(pairs)
             return result
-    image = read_image(job.image_path, cv2.IMREAD_COLOR)
+    image = read_image(job.image_path, cv2.IMREAD_COLOR, job.bands, job.scaling)
     mask = None
     if job.mask_path is not None:
         mask, result.warnings = read_job_mask(job)

@@ -64,28 +64,34 @@ from tools.raw_layout import (  # noqa: E402
     LOVEDA_IMAGE_FOLDER,
     LOVEDA_MASK_FOLDER,
     LOVEDA_SPLIT_FOLDERS,
+    POTSDAM_IRRG_BANDS,
+    POTSDAM_PRODUCTS,
     SPLIT_TILES,
     isprs_file_names,
 )
 from tools.split_iSAID import EXCLUDED_IMAGES, isaid_base_images  # noqa: E402
 from utils.atomic import remove_partial_files  # noqa: E402
+from utils.image_io import parse_bands  # noqa: E402
 
 PREPARED = {cls.prepare_name: cls for cls in DATASET_CLASSES if cls.prepare_name != CUSTOM_NAME}
 """``prepare_dataset.py`` sub-command -> dataset class (its window, mask suffix and splits)."""
 DATASETS = (*PREPARED, CUSTOM_NAME)
 LOVEDA_DOMAINS = ("all", *LOVEDA_DOMAIN_FOLDERS)
 LABEL_VARIANTS = ("full", "eroded")
-_TILE_PATTERN = {"potsdam": re.compile(r"^top_potsdam_(\d+_\d+)_RGB\.tif$"),
-                 "vaihingen": re.compile(r"^top_mosaic_09cm_area(\d+)\.tif$")}
+POTSDAM_BAND_CHOICES = ("default", "irrg")
+_TILE_PATTERN = {"potsdam": {product: re.compile(rf"^top_potsdam_(\d+_\d+)_{tag}\.tif$")
+                             for product, (_, tag) in POTSDAM_PRODUCTS.items()},
+                 "vaihingen": {"RGB": re.compile(r"^top_mosaic_09cm_area(\d+)\.tif$")}}
 
 
 def _job(image_path: Path, mask_path: Path | None, out_split: Path, base: str, mask_suffix: str,
-         coding: ColourCoding | IdCoding, patch: int, overlap: int, whole_only: bool, overwrite: bool) -> SplitJob:
+         coding: ColourCoding | IdCoding, patch: int, overlap: int, whole_only: bool, overwrite: bool,
+         bands: tuple[int, ...] | None = None) -> SplitJob:
     mask_mode = "remap" if isinstance(coding, IdCoding) else "convert"
     return SplitJob(name=str(image_path), base=base, image_path=image_path, image_out=out_split / "images",
                     mask_path=mask_path, mask_out=out_split / "masks", mask_suffix=mask_suffix,
                     mask_mode=mask_mode, coding=coding, patch_height=patch, patch_width=patch, overlap=overlap,
-                    whole_only=whole_only, overwrite=overwrite)
+                    whole_only=whole_only, overwrite=overwrite, bands=bands)
 
 
 def _isaid_jobs(raw: Path, out: Path, coding: ColourCoding, patch: int, overlap: int, whole_held_out: bool,
@@ -118,11 +124,11 @@ def _isaid_jobs(raw: Path, out: Path, coding: ColourCoding, patch: int, overlap:
     return jobs, notes
 
 
-def _isprs_tiles(dataset: str, image_dir: Path) -> dict[str, Path]:
-    """Tile id -> image path for the tiles present in ``image_dir``."""
+def _isprs_tiles(dataset: str, image_dir: Path, product: str) -> dict[str, Path]:
+    """Tile id -> image path for the tiles of ``product`` present in ``image_dir``."""
     tiles = {}
     for path in sorted(image_dir.glob("*.tif"), key=lambda item: natural_key(item.name)):
-        match = _TILE_PATTERN[dataset].match(path.name)
+        match = _TILE_PATTERN[dataset][product].match(path.name)
         if match:
             tiles[match.group(1)] = path
     return tiles
@@ -130,19 +136,20 @@ def _isprs_tiles(dataset: str, image_dir: Path) -> dict[str, Path]:
 
 def _isprs_jobs(dataset: str, raw: Path, out: Path, coding: ColourCoding, patch: int, overlap: int,
                 label_variant: str, image_dir: Path | None, label_dir: Path | None,
-                split_tiles: dict[str, tuple[str, ...]], whole_held_out: bool,
-                overwrite: bool) -> tuple[list[SplitJob], list[str]]:
+                split_tiles: dict[str, tuple[str, ...]], whole_held_out: bool, overwrite: bool, product: str,
+                bands: tuple[int, ...] | None) -> tuple[list[SplitJob], list[str]]:
     folders = ISPRS_FOLDERS[dataset]
-    image_dir = image_dir or raw / folders["image"]
+    image_dir = image_dir or raw / (POTSDAM_PRODUCTS[product][0] if dataset == "potsdam" else folders["image"])
     label_key = "label" if label_variant == "full" else "eroded"
     label_dir = label_dir or raw / folders[label_key]
     for folder, what in ((image_dir, "images"), (label_dir, f"{label_variant} labels")):
         if not folder.is_dir():
             raise ToolError(f"{folder} does not exist; expected the {dataset} {what} there (official layout, "
                             "see tools/raw_layout.py), or pass --image-dir / --label-dir")
-    tiles = _isprs_tiles(dataset, image_dir)
+    tiles = _isprs_tiles(dataset, image_dir, product)
     if not tiles:
-        raise ToolError(f"{image_dir} holds no {dataset} image tiles ({_TILE_PATTERN[dataset].pattern})")
+        raise ToolError(f"{image_dir} holds no {dataset} image tiles ({_TILE_PATTERN[dataset][product].pattern}); "
+                        "for another Potsdam product pass --product")
     jobs, notes = [], []
     assigned = set()
     for split, split_ids in split_tiles.items():
@@ -157,7 +164,7 @@ def _isprs_jobs(dataset: str, raw: Path, out: Path, coding: ColourCoding, patch:
                 targets.append((out / f"{split}_ori", True))
             for out_split, whole in targets:
                 jobs.append(_job(image_path, mask_path, out_split, image_path.stem, PotsdamDataset.mask_suffix, coding,
-                                 patch, overlap, whole, overwrite))
+                                 patch, overlap, whole, overwrite, bands))
     notes.extend(f"{tiles[tile]}: in no split list, left out" for tile in tiles if tile not in assigned)
     return jobs, notes
 
@@ -196,7 +203,7 @@ def _loveda_jobs(raw: Path, out: Path, coding: IdCoding, patch: int, overlap: in
 
 def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size: int | None = None,
             stride: int | None = None, label_variant: str = "full", domain: str = "all", spec: str | Path | None = None,
-            workers: int | None = None,
+            product: str = "RGB", bands: str | tuple[int, ...] | None = None, workers: int | None = None,
             overwrite: bool = False, on_error: str = "error", unknown_color: str = "error",
             whole_held_out: bool = False, image_dir: str | Path | None = None, label_dir: str | Path | None = None,
             split_tiles: dict[str, tuple[str, ...]] | None = None, progress: bool = True) -> RunSummary:
@@ -214,6 +221,10 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
         label_variant: ISPRS only: ``"full"`` labels or ``"eroded"`` (noBoundary; borders -> 255).
         domain: LoveDA only: ``"all"``, ``"urban"`` or ``"rural"``.
         spec: ``custom`` only: the dataset's YAML description (``datasets/custom.py``).
+        product: Potsdam only: image product ``"RGB"`` (2_Ortho_RGB), ``"RGBIR"`` (4_Ortho_RGBIR) or ``"IRRG"``
+            (3_Ortho_IRRG); bands are read explicitly, an IR band tagged as alpha is never premultiplied.
+        bands: Potsdam only: the three 1-based bands written, e.g. ``(4, 1, 2)`` or ``"4,1,2"``, or ``"irrg"``
+            for the product's IR-R-G bands (the Vaihingen convention); default the product's first three.
         workers: processes (None: all cores).
         overwrite: rewrite existing outputs (default: keep them and resume).
         on_error: ``"error"`` stops at the first bad input; ``"skip"`` skips it and lists it.
@@ -252,6 +263,9 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
     for source in (raw, image_dir, label_dir):
         if source is not None:
             check_output_outside_input(Path(source), out)
+    if product not in POTSDAM_PRODUCTS or (product != "RGB" and dataset != "potsdam"):
+        raise ToolError(f"--product {product}: choose one of {tuple(POTSDAM_PRODUCTS)} (Potsdam only)")
+    chosen_bands = _potsdam_bands(product, bands) if dataset == "potsdam" else None
     facts = PREPARED[dataset]
     whole_only = patch_size is None and facts.patch_size is None
     patch = patch_size or facts.patch_size or 1
@@ -266,8 +280,23 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
         coding = isprs_coding(unknown_color, eroded=label_variant == "eroded")
         jobs, notes = _isprs_jobs(dataset, raw, out, coding, patch, overlap, label_variant,
                                   Path(image_dir) if image_dir else None, Path(label_dir) if label_dir else None,
-                                  split_tiles or SPLIT_TILES[dataset], whole_held_out, overwrite)
+                                  split_tiles or SPLIT_TILES[dataset], whole_held_out, overwrite, product,
+                                  chosen_bands)
     return _run(dataset, jobs, notes, workers, on_error, progress)
+
+
+def _potsdam_bands(product: str, bands: str | tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """The band choice for a Potsdam product: None (its bands 1, 2, 3), ``"irrg"`` or explicit numbers."""
+    if bands is None or bands == "default":
+        return None
+    if bands == "irrg":
+        if product == "RGB":
+            raise ToolError("--bands irrg needs an infrared band: use --product RGBIR or IRRG")
+        return POTSDAM_IRRG_BANDS[product]
+    try:
+        return parse_bands(bands) if isinstance(bands, str) else tuple(bands)
+    except ValueError as error:
+        raise ToolError(str(error)) from None
 
 
 def _run(dataset: str, jobs: list[SplitJob], notes: list[str], workers: int | None, on_error: str,
@@ -307,6 +336,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label-variant", choices=LABEL_VARIANTS, default="full",
                         help="ISPRS: full labels (default, as the original implies) or the eroded "
                              "'noBoundary' labels, whose black borders become 255 = ignore")
+    parser.add_argument("--product", choices=tuple(POTSDAM_PRODUCTS), default="RGB",
+                        help="Potsdam: image product, 2_Ortho_RGB (default), 4_Ortho_RGBIR or 3_Ortho_IRRG")
+    parser.add_argument("--bands", default=None,
+                        help="Potsdam: the three bands written, 1-based in the product's order (e.g. 4,1,2), or "
+                             "'irrg' for IR-R-G (the Vaihingen convention); default the product's bands 1,2,3 "
+                             "(RGB for RGBIR)")
     parser.add_argument("--domain", choices=LOVEDA_DOMAINS, default="all",
                         help="LoveDA: both domains (default) or only Urban or Rural (domain-adaptation protocol)")
     parser.add_argument("--whole-held-out", action="store_true",
@@ -331,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         split_tiles = {"train": _parse_tiles(args.train_tiles), "test": _parse_tiles(args.test_tiles)}
     run_tool(lambda: prepare(args.dataset, args.raw, args.out, patch_size=args.patch_size, stride=args.stride,
                              label_variant=args.label_variant, domain=args.domain, spec=args.spec,
+                             product=args.product, bands=args.bands,
                              workers=args.workers, overwrite=args.overwrite,
                              on_error=args.on_error, unknown_color=args.unknown_color,
                              whole_held_out=args.whole_held_out, image_dir=args.image_dir, label_dir=args.label_dir,

@@ -9,9 +9,11 @@ iSAID (devkit layout)::
 The semantic masks may instead sit in ``{raw}/{split}/Semantic_masks/images/`` as unpacked from the
 iSAID download; both are accepted.
 
-Potsdam::
+Potsdam (images of one of three products: ``--product RGB``, the default, ``RGBIR`` or ``IRRG``)::
 
-    {raw}/2_Ortho_RGB/top_potsdam_2_10_RGB.tif
+    {raw}/2_Ortho_RGB/top_potsdam_2_10_RGB.tif          3 bands R, G, B
+    {raw}/4_Ortho_RGBIR/top_potsdam_2_10_RGBIR.tif      4 bands R, G, B, IR (torchgeo's Potsdam loader uses these)
+    {raw}/3_Ortho_IRRG/top_potsdam_2_10_IRRG.tif        3 bands IR, R, G
     {raw}/5_Labels_all/top_potsdam_2_10_label.tif
     {raw}/5_Labels_all_noBoundary/top_potsdam_2_10_label_noBoundary.tif
 
@@ -49,6 +51,15 @@ VAIHINGEN_TRAIN_TILES: Final[tuple[str, ...]] = (
 VAIHINGEN_TEST_TILES: Final[tuple[str, ...]] = (
     "2", "4", "6", "8", "10", "12", "14", "16", "20", "22", "24", "27", "29", "31", "33", "35", "38",
 )
+
+POTSDAM_PRODUCTS: Final[dict[str, tuple[str, str]]] = {
+    "RGB": ("2_Ortho_RGB", "RGB"),
+    "RGBIR": ("4_Ortho_RGBIR", "RGBIR"),
+    "IRRG": ("3_Ortho_IRRG", "IRRG"),
+}
+"""Potsdam image product -> (folder, file-name tag): ``top_potsdam_{tile}_{tag}.tif``."""
+POTSDAM_IRRG_BANDS: Final[dict[str, tuple[int, int, int]]] = {"RGB": (1, 2, 3), "RGBIR": (4, 1, 2), "IRRG": (1, 2, 3)}
+"""Bands of each Potsdam product giving the Vaihingen convention IR-R-G (none for the RGB product: it has no IR)."""
 
 ISAID_MASK_FOLDERS: Final[tuple[str, ...]] = ("images", "Semantic_masks/images")
 """Folders under ``{raw}/{split}/`` searched, in order, for the iSAID colour masks."""
