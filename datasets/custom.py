@@ -28,8 +28,11 @@ MASK_FORMATS = ("colour", "ids")
 SPLIT_MODES = ("folders", "lists", "fraction")
 """How images are assigned to splits: sub-folders of ``images``/``masks``, list files of stems, or a seeded
 random share of the images."""
+SCALING_RULES = ("dataset", "per_image")
+"""Scaling of non-8-bit images: one per-band range for the whole dataset (from the training images, saved as
+``{out}/scaling.json``), or each image's own range (``utils.image_io``'s default rule)."""
 _KNOWN_KEYS = {"name", "images", "masks", "image_suffix", "mask_suffix", "mask_format", "classes", "ignore",
-               "split_by", "splits", "seed", "patch_size", "stride"}
+               "split_by", "splits", "seed", "patch_size", "stride", "bands", "scaling"}
 
 
 class SpecError(ValueError):
@@ -65,6 +68,8 @@ class DatasetSpec:
         seed: seed of the ``fraction`` assignment.
         patch_size, stride: preparation window and step in pixels (None: whole images; stride defaults
             to the window).
+        bands: three 1-based image bands fed as the model's channels (None: 1, 2, 3).
+        scaling: one of ``SCALING_RULES``, or ``(low, high)``: that range to 0..255 for every band.
     """
 
     path: Path
@@ -81,6 +86,8 @@ class DatasetSpec:
     seed: int
     patch_size: int | None
     stride: int | None
+    bands: tuple[int, int, int] | None
+    scaling: str | tuple[float, float]
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -193,6 +200,25 @@ def _positive_or_none(path: Path, key: str, value: Any) -> int | None:
     return value
 
 
+def _bands(path: Path, value: Any) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(band, int) and not isinstance(band, bool) and band >= 1 for band in value)):
+        raise _fail(path, "bands", f"{value!r} is not three 1-based band numbers", "write e.g. [4, 1, 2] for IR-R-G")
+    return tuple(value)
+
+
+def _scaling(path: Path, value: Any) -> str | tuple[float, float]:
+    if value in SCALING_RULES:
+        return value
+    if (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+            and value[0] < value[1]):
+        return float(value[0]), float(value[1])
+    raise _fail(path, "scaling", f"{value!r} is not a scaling rule", f"write one of {SCALING_RULES} or [LOW, HIGH] "
+                "(e.g. [0, 10000]) for 16-bit or float images; 8-bit images are used as they are")
+
+
 def load_spec(path: str | Path) -> DatasetSpec:
     """Read and check a dataset description file (nothing is read but the file itself).
 
@@ -237,6 +263,7 @@ def load_spec(path: str | Path) -> DatasetSpec:
                                                                       content.get("splits")),
         seed=seed, patch_size=_positive_or_none(path, "patch_size", content.get("patch_size")),
         stride=_positive_or_none(path, "stride", content.get("stride")),
+        bands=_bands(path, content.get("bands")), scaling=_scaling(path, content.get("scaling", "dataset")),
     )
 
 

@@ -198,3 +198,35 @@ def test_workflow_raw_prepare_train_eval_predict(raw, tmp_path):
         assert mask.size == (SIZE, SIZE)
         palette = np.asarray(mask.getpalette()[: 6 * 3]).reshape(6, 3)
     np.testing.assert_array_equal(palette, [item["color"] for item in CLASSES])
+
+
+def test_sixteen_bit_four_band_geotiffs_use_the_band_choice_and_one_saved_scaling(tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    raw_pixels = {}
+    for index, offset in enumerate((0, 3000)):
+        pixels = (rng.integers(100, 5000, size=(4, 32, 32)) + offset).astype(np.uint16)
+        raw_pixels[f"t{index}"] = pixels
+        with rasterio.open(tmp_path / "img" / f"t{index}.tif", "w", driver="GTiff", width=32, height=32, count=4,
+                           dtype="uint16", crs="EPSG:32633",
+                           transform=rasterio.transform.from_origin(500000, 5800000, 0.5, 0.5)) as handle:
+            handle.write(pixels)
+        cv2.imwrite(str(tmp_path / "lab" / f"t{index}.png"), (pixels[0] > 2500).astype(np.uint8))
+    spec = _spec(tmp_path, tmp_path, images=str(tmp_path / "img"), masks=str(tmp_path / "lab"), image_suffix=None,
+                 mask_suffix=None, mask_format="ids", classes=[{"name": "ground", "id": 0}, {"name": "bright", "id": 1}],
+                 split_by="lists", splits={"train": "train.txt", "val": "val.txt"}, bands=[4, 1, 2])
+    (tmp_path / "train.txt").write_text("t0\n")
+    (tmp_path / "val.txt").write_text("t1\n")
+    prepare("custom", None, tmp_path / "out", spec=spec, workers=1, progress=False)
+    saved = json.loads((tmp_path / "out" / "scaling.json").read_text())
+    chosen = raw_pixels["t0"][[3, 0, 1]].transpose(1, 2, 0).reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(saved["low"], np.percentile(chosen, 2, axis=0), rtol=1e-6)
+    np.testing.assert_allclose(saved["high"], np.percentile(chosen, 98, axis=0), rtol=1e-6)
+    val = raw_pixels["t1"][[3, 0, 1]].transpose(1, 2, 0).astype(np.float64)
+    low, high = np.asarray(saved["low"]), np.asarray(saved["high"])
+    expected = np.rint(np.clip((val - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+    written = cv2.imread(str(tmp_path / "out" / "val" / "images" / "t1.png"))[..., ::-1]
+    np.testing.assert_array_equal(written, expected)
+    assert (written == 255).mean() > 0.3, "the val tile is brighter: the training range saturates it, not its own"

@@ -20,13 +20,13 @@ from tools._common import (
     JobResult,
     ToolError,
     check_output_outside_input,
-    header_size,
     natural_key,
     run_jobs,
 )
 from tools._masks import ColourCoding, IdCoding, palette_coding
 from tools._tiling import SplitJob, check_geometry, read_job_mask
-from utils.image_io import IMAGE_SUFFIXES
+from utils import image_io
+from utils.image_io import IMAGE_SUFFIXES, ImageScaling
 
 CUSTOM_NAME = CustomDataset.prepare_name
 _LISTED = 3
@@ -152,6 +152,30 @@ def _fraction_splits(spec: DatasetSpec, pairs: dict[str, tuple[Path, Path]]) -> 
     return assigned
 
 
+def dataset_scaling(spec: DatasetSpec, train_images: list[Path]) -> ImageScaling | None:
+    """The scaling of a spec's images: None for 8-bit images (used as they are) and for ``per_image``; the
+    spec's ``[low, high]``; or, for ``dataset``, per band the lowest 2nd and the highest 98th percentile of
+    the training images (each estimated by ``utils.image_io`` on a regular sample of the image).
+
+    Raises:
+        ToolError: an image cannot be opened or lacks a chosen band.
+    """
+    try:
+        with image_io.open_raster(train_images[0], spec.bands) as first:
+            if first.dtype == "uint8" or spec.scaling == "per_image":
+                return None
+        if isinstance(spec.scaling, tuple):
+            return ImageScaling(low=(spec.scaling[0],) * 3, high=(spec.scaling[1],) * 3)
+        ranges = []
+        for path in train_images:
+            with image_io.open_raster(path, spec.bands) as source:
+                ranges.append((source.scaling.low, source.scaling.high))
+    except image_io.ImageReadError as error:
+        raise ToolError(f"{error} (spec {spec.path}: images, bands)") from None
+    lows, highs = zip(*ranges)
+    return ImageScaling(low=tuple(map(float, np.min(lows, axis=0))), high=tuple(map(float, np.max(highs, axis=0))))
+
+
 def check_pair(job: SplitJob) -> JobResult:
     """Check one pair before anything is written: mask readable, values known, size equal to the image's.
 
@@ -159,10 +183,10 @@ def check_pair(job: SplitJob) -> JobResult:
         InputError: naming the mask (or image) and the fix.
     """
     mask, _ = read_job_mask(job)
-    size = header_size(job.image_path)
-    if size is None:
-        raise InputError(f"{job.image_path}: its size cannot be read (not an image, or a format without a header "
-                         "size); convert it to PNG or GeoTIFF")
+    try:
+        size = image_io.image_size(job.image_path)
+    except image_io.ImageReadError as error:
+        raise InputError(f"{error}; convert it to PNG or GeoTIFF, or remove it") from None
     if mask.shape[:2] != size:
         raise InputError(f"{job.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
                          f"{job.image_path} is {size[1]}x{size[0]}; they must match pixel for pixel")
@@ -187,6 +211,9 @@ def custom_jobs(spec_path: str | Path, out: Path, patch_size: int | None, stride
     Raises:
         ToolError: a bad spec, a missing folder, an image without a mask, a mask colour or value not in the
             spec (policy ``error``), a size mismatch, an empty split; each names the file or key and the fix.
+
+    The jobs carry the spec's bands and the images' scaling (``dataset_scaling``); ``prepare`` saves a
+    dataset scaling as ``{out}/scaling.json`` once every check has passed.
     """
     try:
         spec = load_spec(spec_path)
@@ -200,8 +227,13 @@ def custom_jobs(spec_path: str | Path, out: Path, patch_size: int | None, stride
         check_geometry(patch, patch, patch - step)
     coding = spec_coding(spec, unknown_color)
     mode = "convert" if spec.mask_format == "colour" else "remap"
+    assigned = _assign_splits(spec)
+    scaling = dataset_scaling(spec, [image for image, _ in assigned["train"].values()])
     jobs, notes = [], []
-    for split, members in _assign_splits(spec).items():
+    if scaling is not None:
+        notes.append(f"{spec.name}: images scaled per band from {list(scaling.low)} .. {list(scaling.high)} to "
+                     f"0..255 ({image_io.SCALING_FILE}; pass --scaling {out / image_io.SCALING_FILE} to predict.py)")
+    for split, members in assigned.items():
         notes.append(f"{spec.name} {split}: {len(members)} images")
         for pair_key, (image, mask) in members.items():
             jobs.append(SplitJob(name=str(image), base=pair_key, image_path=image, image_out=out / split / "images",
@@ -209,6 +241,6 @@ def custom_jobs(spec_path: str | Path, out: Path, patch_size: int | None, stride
                                  mask_suffix=CustomDataset.mask_suffix, mask_mode=mode, coding=coding,
                                  patch_height=patch or 1, patch_width=patch or 1,
                                  overlap=(patch - step) if patch else 0, whole_only=patch is None,
-                                 overwrite=overwrite))
+                                 overwrite=overwrite, bands=spec.bands, scaling=scaling))
     run_jobs(f"check {spec.name}", check_pair, jobs, workers, "error", progress)
     return jobs, notes

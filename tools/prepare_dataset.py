@@ -71,7 +71,7 @@ from tools.raw_layout import (  # noqa: E402
 )
 from tools.split_iSAID import EXCLUDED_IMAGES, isaid_base_images  # noqa: E402
 from utils.atomic import remove_partial_files  # noqa: E402
-from utils.image_io import parse_bands  # noqa: E402
+from utils.image_io import SCALING_FILE, parse_bands  # noqa: E402
 
 PREPARED = {cls.prepare_name: cls for cls in DATASET_CLASSES if cls.prepare_name != CUSTOM_NAME}
 """``prepare_dataset.py`` sub-command -> dataset class (its window, mask suffix and splits)."""
@@ -254,6 +254,8 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
         if spec is None:
             raise ToolError("custom needs --spec FILE, the YAML description of the dataset (docs/data_custom.md)")
         jobs, notes = custom_jobs(spec, out, patch_size, stride, unknown_color, overwrite, workers, progress)
+        if jobs and jobs[0].scaling is not None:
+            jobs[0].scaling.save(out / SCALING_FILE)
         return _run(dataset, jobs, notes, workers, on_error, progress)
     if raw is None:
         raise ToolError(f"{dataset} needs --raw DIR, the root of the unpacked official download")
