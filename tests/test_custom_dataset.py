@@ -216,7 +216,8 @@ def test_sixteen_bit_four_band_geotiffs_use_the_band_choice_and_one_saved_scalin
         cv2.imwrite(str(tmp_path / "lab" / f"t{index}.png"), (pixels[0] > 2500).astype(np.uint8))
     classes = [{"name": "ground", "id": 0}, {"name": "bright", "id": 1}]
     spec = _spec(tmp_path, tmp_path, images=str(tmp_path / "img"), masks=str(tmp_path / "lab"), image_suffix=None,
-                 mask_suffix=None, mask_format="ids", classes=classes, split_by="lists", splits={"train": "train.txt", "val": "val.txt"}, bands=[4, 1, 2])
+                 mask_suffix=None, mask_format="ids", classes=classes, split_by="lists",
+                 splits={"train": "train.txt", "val": "val.txt"}, bands=[4, 1, 2])
     (tmp_path / "train.txt").write_text("t0\n")
     (tmp_path / "val.txt").write_text("t1\n")
     prepare("custom", None, tmp_path / "out", spec=spec, workers=1, progress=False)
