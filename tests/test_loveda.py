@@ -99,7 +99,23 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return completed
 
 
-def test_workflow_raw_prepare_train_eval_predict(raw, tmp_path):
+def _official_isaid_checkpoint(path: Path) -> dict:
+    """A 16-class PFNet-R50 in the official snapshots' format (``module.`` keys, numpy mean_iu)."""
+    import torch
+
+    import network
+
+    torch.manual_seed(0)
+    model = network.get_model("pfnet_r50", 16, pretrained=None, maxpool_size=2, avgpool_size=2, edge_points=8)
+    state = {f"module.{key}": value for key, value in model.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 63, "mean_iu": np.float64(0.66)}, path)
+    return state
+
+
+def test_workflow_raw_prepare_finetune_eval_predict(raw, tmp_path):
+    """Fine-tuning an official 16-class iSAID checkpoint onto LoveDA's 7 classes is the documented command:
+    train.py --snapshot OFFICIAL.pth --snapshot_partial (docs/data_custom.md)."""
+    official = _official_isaid_checkpoint(tmp_path / "isaid_official.pth")
     data = tmp_path / "LoveDA"
     _run([str(REPO / "tools" / "prepare_dataset.py"), "loveda", "--raw", str(raw), "--out", str(data),
           "--workers", "1"], tmp_path)
@@ -107,9 +123,17 @@ def test_workflow_raw_prepare_train_eval_predict(raw, tmp_path):
     _run([str(REPO / "train.py"), "--dataset", "LoveDA", "--set", f"DATASET.LOVEDA_DIR={data}", *TINY_MODEL,
           "--crop_size", str(SIZE), "--max_epoch", "1", "--bs_mult", "3", "--num_workers", "0", "--device", "cpu",
           "--joint_edge_loss_pfnet", "--ckpt", str(tmp_path / "ckpt"), "--tb_path", str(tmp_path / "tb"),
-          "--exp", "tiny"], tmp_path)
-    checkpoint = tmp_path / "ckpt" / "tiny" / "LoveDA-pfnet_r50" / "last.pth"
-    assert checkpoint.is_file()
+          "--exp", "tiny", "--snapshot", str(tmp_path / "isaid_official.pth"), "--snapshot_partial"], tmp_path)
+    run_dir = tmp_path / "ckpt" / "tiny" / "LoveDA-pfnet_r50"
+    checkpoint = run_dir / "last.pth"
+    classifier = "head.conv_last.1"
+    assert f"weights from {tmp_path / 'isaid_official.pth'} (2 tensors skipped)" in (run_dir / "train.log").read_text()
+    import torch
+    tuned = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert tuned[f"module.{classifier}.weight"].shape[0] == 7 and official[f"module.{classifier}.weight"].shape[0] == 16
+    trunk = "module.layer4.0.conv1.weight"
+    # the trunk starts from the official weights (a 1-epoch run moves them by at most a few SGD steps)
+    assert (tuned[trunk] - official[trunk]).abs().max() < 0.05 * official[trunk].abs().max()
     _run([str(REPO / "eval.py"), "--dataset", "LoveDA", "--dataset_dir", str(data), "--snapshot", str(checkpoint),
           *TINY_MODEL, "--inference_mode", "whole", "--single_scale", "--no_flip", "--num_workers", "0",
           "--device", "cpu", "--out_dir", str(tmp_path / "eval"), "--report_samples", "1"], tmp_path)
