@@ -48,8 +48,6 @@ from tools.raw_layout import (  # noqa: E402
 
 DATASETS = ("isaid", "potsdam", "vaihingen", "loveda")
 """Raw layouts this tool writes (the order also seeds each dataset's images: append new ones at the end)."""
-ISAID_PALETTE = tuple(map(tuple, ISAIDDataset.palette.tolist()))
-ISPRS_PALETTE = tuple(map(tuple, PotsdamDataset.palette.tolist()))
 ERODED_BORDER_RADIUS = 3
 """Half-width in pixels of the class borders blanked in the eroded ("noBoundary") ISPRS labels."""
 
@@ -397,8 +395,8 @@ def _isaid_image(rng: np.random.Generator, canvas: _Canvas, terrain: np.ndarray)
     return _to_uint8(image)
 
 
-def _colorize(labels: np.ndarray, palette: tuple[tuple[int, int, int], ...]) -> np.ndarray:
-    """Label ids (H, W) -> RGB colour mask (H, W, 3) uint8."""
+def _colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Label ids (H, W) -> RGB colour mask (H, W, 3) uint8 with a dataset class's (K, 3) palette."""
     return np.asarray(palette, np.uint8)[labels]
 
 
@@ -445,7 +443,7 @@ def _make_isaid(out_dir: Path, seed: int, num_images: int, size: int, fixed_size
         folder = out_dir / split / "images"
         stem = f"P{index:04d}"
         _write_rgb(folder / f"{stem}.png", _isaid_image(rng, canvas, terrain))
-        _write_rgb(folder / f"{stem}{ISAIDDataset.mask_suffix}.png", _colorize(canvas.labels, ISAID_PALETTE))
+        _write_rgb(folder / f"{stem}{ISAIDDataset.mask_suffix}.png", _colorize(canvas.labels, ISAIDDataset.palette))
         _write_rgb(folder / f"{stem}_instance_id_RGB.png", _instance_colors(canvas.instances))
 
 
@@ -464,7 +462,7 @@ def _make_isprs(dataset: str, out_dir: Path, seed: int, num_images: int, size: i
         canvas = _draw_isprs_scene(rng, height, width)
         names = isprs_file_names(dataset, tile)
         image = _isprs_image(rng, canvas, infrared=dataset == "vaihingen")
-        colours = _colorize(canvas.labels, ISPRS_PALETTE)
+        colours = _colorize(canvas.labels, PotsdamDataset.palette)
         eroded = colours.copy()
         eroded[_class_borders(canvas.labels, ERODED_BORDER_RADIUS)] = eroded_colour
         _write_rgb(out_dir / folders["image"] / names["image"], image)
