@@ -39,6 +39,14 @@ def add_unknown_color_argument(parser) -> None:
                              "('background')")
 
 
+def _check_coding(unknown: str, codes: tuple, label_ids: tuple[int, ...]) -> None:
+    """Raise ValueError unless ``unknown`` is a policy and every code (colour or value) has one label id."""
+    if unknown not in UNKNOWN_COLOR_CHOICES:
+        raise ValueError(f"unknown-colour policy must be one of {UNKNOWN_COLOR_CHOICES}, got {unknown!r}")
+    if len(codes) != len(label_ids):
+        raise ValueError(f"{len(codes)} colours or values but {len(label_ids)} label ids: they must pair up")
+
+
 @dataclass(frozen=True)
 class ColourCoding:
     """How colours map to label ids.
@@ -56,10 +64,7 @@ class ColourCoding:
     unknown: str = "error"
 
     def __post_init__(self) -> None:
-        if self.unknown not in UNKNOWN_COLOR_CHOICES:
-            raise ValueError(f"unknown-colour policy must be one of {UNKNOWN_COLOR_CHOICES}, got {self.unknown!r}")
-        if len(self.colours_bgr) != len(self.label_ids):
-            raise ValueError("colours_bgr and label_ids must have the same length")
+        _check_coding(self.unknown, self.colours_bgr, self.label_ids)
 
 
 def palette_coding(palette_rgb, unknown: str = "error", extra_rgb: dict | None = None) -> ColourCoding:
@@ -95,10 +100,7 @@ class IdCoding:
     unknown: str = "error"
 
     def __post_init__(self) -> None:
-        if self.unknown not in UNKNOWN_COLOR_CHOICES:
-            raise ValueError(f"unknown-value policy must be one of {UNKNOWN_COLOR_CHOICES}, got {self.unknown!r}")
-        if len(self.source_ids) != len(self.label_ids):
-            raise ValueError("source_ids and label_ids must have the same length")
+        _check_coding(self.unknown, self.source_ids, self.label_ids)
 
 
 def ids_to_labels(mask: np.ndarray, coding: IdCoding, path: Path | str) -> tuple[np.ndarray, list[str]]:
