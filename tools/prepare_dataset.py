@@ -267,6 +267,9 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
             check_output_outside_input(Path(source), out)
     if product not in POTSDAM_PRODUCTS or (product != "RGB" and dataset != "potsdam"):
         raise ToolError(f"--product {product}: choose one of {tuple(POTSDAM_PRODUCTS)} (Potsdam only)")
+    if bands not in (None, "default") and dataset != "potsdam":
+        raise ToolError(f"--bands is for Potsdam's products; {dataset} images are read as they are "
+                        "(custom datasets: the spec's bands key)")
     chosen_bands = _potsdam_bands(product, bands) if dataset == "potsdam" else None
     facts = PREPARED[dataset]
     whole_only = patch_size is None and facts.patch_size is None
