@@ -317,7 +317,7 @@ def _run(dataset: str, jobs: list[SplitJob], notes: list[str], workers: int | No
 def _geometry_text() -> str:
     """Each dataset's default window for the help text, e.g. ``"896 for iSAID, ..., whole images for LoveDA"``."""
     return ", ".join(f"{cls.patch_size} for {cls.name}" if cls.patch_size else f"whole images for {cls.name}"
-                     for cls in PREPARED.values()) + ", whole images for custom"
+                     for cls in PREPARED.values()) + ", the spec's patch_size (else whole images) for custom"
 
 
 def _parse_tiles(text: str | None) -> tuple[str, ...] | None:
