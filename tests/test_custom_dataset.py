@@ -231,3 +231,7 @@ def test_sixteen_bit_four_band_geotiffs_use_the_band_choice_and_one_saved_scalin
     written = cv2.imread(str(tmp_path / "out" / "val" / "images" / "t1.png"))[..., ::-1]
     np.testing.assert_array_equal(written, expected)
     assert (written == 255).mean() > 0.3, "the val tile is brighter: the training range saturates it, not its own"
+    prepare("custom", None, tmp_path / "rgb", spec=spec, bands="1,2,3", workers=1, progress=False)
+    first_three = raw_pixels["t0"][:3].transpose(1, 2, 0).reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(json.loads((tmp_path / "rgb" / "scaling.json").read_text())["low"],
+                               np.percentile(first_three, 2, axis=0), rtol=1e-6)

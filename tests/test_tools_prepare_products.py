@@ -63,5 +63,5 @@ def test_irrg_product_and_bad_band_choices(raw, tmp_path):
         prepare("potsdam", raw, tmp_path / "x", product="RGBIR", bands="4,1", workers=1, progress=False)
     with pytest.raises(ToolError, match="band"):
         prepare("potsdam", raw, tmp_path / "x", product="IRRG", bands="4,1,2", workers=1, progress=False)
-    with pytest.raises(ToolError, match="--bands is for Potsdam's products"):
+    with pytest.raises(ToolError, match="--bands is for Potsdam's products and custom datasets"):
         prepare("vaihingen", raw, tmp_path / "x", bands="3,2,1", workers=1, progress=False)

@@ -8,6 +8,7 @@ resumable, parallel).  The spec format is ``datasets.custom.load_spec``'s.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 from pathlib import Path
 
@@ -194,8 +195,8 @@ def check_pair(job: SplitJob) -> JobResult:
 
 
 def custom_jobs(spec_path: str | Path, out: Path, patch_size: int | None, stride: int | None, unknown_color: str,
-                overwrite: bool, workers: int | None = None,
-                progress: bool = True) -> tuple[list[SplitJob], list[str]]:
+                overwrite: bool, workers: int | None = None, progress: bool = True,
+                bands: tuple[int, ...] | None = None) -> tuple[list[SplitJob], list[str]]:
     """Preparation jobs of a custom dataset, every input checked first (nothing is written here).
 
     Args:
@@ -207,6 +208,7 @@ def custom_jobs(spec_path: str | Path, out: Path, patch_size: int | None, stride
         overwrite: rewrite existing outputs.
         workers: processes of the check pass (None: all cores).
         progress: show the check pass's progress bar.
+        bands: three 1-based image bands, overriding the spec's ``bands``.
 
     Raises:
         ToolError: a bad spec, a missing folder, an image without a mask, a mask colour or value not in the
@@ -219,6 +221,8 @@ def custom_jobs(spec_path: str | Path, out: Path, patch_size: int | None, stride
         spec = load_spec(spec_path)
     except SpecError as error:
         raise ToolError(str(error)) from None
+    if bands is not None:
+        spec = dataclasses.replace(spec, bands=tuple(bands))
     for source in (spec.images, spec.masks):
         check_output_outside_input(_source_folder(source), out)
     patch = patch_size or spec.patch_size

@@ -78,7 +78,6 @@ PREPARED = {cls.prepare_name: cls for cls in DATASET_CLASSES if cls.prepare_name
 DATASETS = (*PREPARED, CUSTOM_NAME)
 LOVEDA_DOMAINS = ("all", *LOVEDA_DOMAIN_FOLDERS)
 LABEL_VARIANTS = ("full", "eroded")
-POTSDAM_BAND_CHOICES = ("default", "irrg")
 _TILE_PATTERN = {"potsdam": {product: re.compile(rf"^top_potsdam_(\d+_\d+)_{tag}\.tif$")
                              for product, (_, tag) in POTSDAM_PRODUCTS.items()},
                  "vaihingen": {"RGB": re.compile(r"^top_mosaic_09cm_area(\d+)\.tif$")}}
@@ -223,8 +222,9 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
         spec: ``custom`` only: the dataset's YAML description (``datasets/custom.py``).
         product: Potsdam only: image product ``"RGB"`` (2_Ortho_RGB), ``"RGBIR"`` (4_Ortho_RGBIR) or ``"IRRG"``
             (3_Ortho_IRRG); bands are read explicitly, an IR band tagged as alpha is never premultiplied.
-        bands: Potsdam only: the three 1-based bands written, e.g. ``(4, 1, 2)`` or ``"4,1,2"``, or ``"irrg"``
-            for the product's IR-R-G bands (the Vaihingen convention); default the product's first three.
+        bands: Potsdam and custom: the three 1-based bands written, e.g. ``(4, 1, 2)`` or ``"4,1,2"``, or (Potsdam)
+            ``"irrg"`` for the product's IR-R-G bands (the Vaihingen convention); default the product's first
+            three, or the spec's ``bands``.
         workers: processes (None: all cores).
         overwrite: rewrite existing outputs (default: keep them and resume).
         on_error: ``"error"`` stops at the first bad input; ``"skip"`` skips it and lists it.
@@ -253,7 +253,9 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
     if dataset == CUSTOM_NAME:
         if spec is None:
             raise ToolError("custom needs --spec FILE, the YAML description of the dataset (docs/data_custom.md)")
-        jobs, notes = custom_jobs(spec, out, patch_size, stride, unknown_color, overwrite, workers, progress)
+        custom_bands = None if bands in (None, "default") else _explicit_bands(bands)
+        jobs, notes = custom_jobs(spec, out, patch_size, stride, unknown_color, overwrite, workers, progress,
+                                  custom_bands)
         if jobs and jobs[0].scaling is not None:
             jobs[0].scaling.save(out / SCALING_FILE)
         return _run(dataset, jobs, notes, workers, on_error, progress)
@@ -268,8 +270,8 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
     if product not in POTSDAM_PRODUCTS or (product != "RGB" and dataset != "potsdam"):
         raise ToolError(f"--product {product}: choose one of {tuple(POTSDAM_PRODUCTS)} (Potsdam only)")
     if bands not in (None, "default") and dataset != "potsdam":
-        raise ToolError(f"--bands is for Potsdam's products; {dataset} images are read as they are "
-                        "(custom datasets: the spec's bands key)")
+        raise ToolError(f"--bands is for Potsdam's products and custom datasets; {dataset} images are read as "
+                        "they are")
     chosen_bands = _potsdam_bands(product, bands) if dataset == "potsdam" else None
     facts = PREPARED[dataset]
     whole_only = patch_size is None and facts.patch_size is None
@@ -298,6 +300,11 @@ def _potsdam_bands(product: str, bands: str | tuple[int, ...] | None) -> tuple[i
         if product == "RGB":
             raise ToolError("--bands irrg needs an infrared band: use --product RGBIR or IRRG")
         return POTSDAM_IRRG_BANDS[product]
+    return _explicit_bands(bands)
+
+
+def _explicit_bands(bands: str | tuple[int, ...]) -> tuple[int, ...]:
+    """``"4,1,2"`` or ``(4, 1, 2)`` -> three 1-based band numbers."""
     try:
         return parse_bands(bands) if isinstance(bands, str) else tuple(bands)
     except ValueError as error:
@@ -346,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bands", default=None,
                         help="Potsdam: the three bands written, 1-based in the product's order (e.g. 4,1,2), or "
                              "'irrg' for IR-R-G (the Vaihingen convention); default the product's bands 1,2,3 "
-                             "(RGB for RGBIR)")
+                             "(RGB for RGBIR). custom: overrides the spec's bands (e.g. 4,1,2)")
     parser.add_argument("--domain", choices=LOVEDA_DOMAINS, default="all",
                         help="LoveDA: both domains (default) or only Urban or Rural (domain-adaptation protocol)")
     parser.add_argument("--whole-held-out", action="store_true",
