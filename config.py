@@ -22,17 +22,16 @@ from typing import Any
 import yaml
 from easydict import EasyDict
 
+from datasets.registry import DATASET_CLASSES, DATASETS, names_text
 from utils.atomic import atomic_path
 
 _DEFAULTS = EasyDict()
 
 _DEFAULTS.DATASET = EasyDict()
-# Root of the prepared iSAID patches ({root}/{split}/images, {root}/{split}/masks).
-_DEFAULTS.DATASET.ISAID_DIR = "./data/iSAID"
-# Root of the prepared 896x896 Potsdam patches (the original's spelling "posdam").
-_DEFAULTS.DATASET.POSDAM_DIR = "./data/posdam896"
-# Root of the prepared 768x768 Vaihingen patches.
-_DEFAULTS.DATASET.VAIHINGEN_DIR = "./data/vaihingen768"
+# Root of each dataset's prepared patches ({root}/{split}/images, {root}/{split}/masks), one key per dataset,
+# declared on its class in datasets/ (root_key, default_root): ISAID_DIR, POSDAM_DIR (the original's spelling
+# "posdam"), VAIHINGEN_DIR, LOVEDA_DIR, CUSTOM_DIR.
+_DEFAULTS.DATASET.update({dataset.root_key: dataset.default_root for dataset in DATASET_CLASSES})
 # Number of cross-validation splits; --cv must be smaller (the aerial datasets have a single split).
 _DEFAULTS.DATASET.CV_SPLITS = 3
 
@@ -45,18 +44,15 @@ def get_cfg() -> EasyDict:
     return copy.deepcopy(_DEFAULTS)
 
 
-# cfg.DATASET key of each dataset name's root (both spellings of Potsdam).
-DATASET_ROOT_KEYS = {"isaid": "ISAID_DIR", "posdam": "POSDAM_DIR", "potsdam": "POSDAM_DIR",
-                     "vaihingen": "VAIHINGEN_DIR"}
-
-
 def dataset_root(config: EasyDict, name: str) -> str:
-    """The root folder of dataset ``name`` (``iSAID``, ``Posdam``/``potsdam``, ``Vaihingen``) in ``config``.
+    """The root folder of dataset ``name`` (any ``--dataset`` name, e.g. ``iSAID`` or ``potsdam``) in ``config``.
 
     Raises:
         KeyError: unknown dataset name.
     """
-    return config.DATASET[DATASET_ROOT_KEYS[name.lower()]]
+    if name.lower() not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {names_text()}")
+    return config.DATASET[DATASETS[name.lower()].root_key]
 
 
 class ConfigError(ValueError):

@@ -37,8 +37,9 @@ from tqdm import tqdm
 
 from config import add_config_flags, dataset_root, parse_with_config
 from datasets import normalize_image
+from datasets.registry import names_text, val_splits_text
 from evaluation import cli
-from evaluation.dataset_split import DATASET_NAMES, load_split
+from evaluation.dataset_split import DATASET_NAMES, default_split, load_split
 from evaluation.inference import infer_logits
 from evaluation.metrics import (
     ConfusionMatrix,
@@ -53,7 +54,7 @@ from evaluation.report import make_sample, write_report
 from evaluation.restore import add_speed_flags, restore_model, speed_options
 from network.options import add_model_flags
 from utils.atomic import exit_on_write_error
-from utils.checkpoint import CheckpointMismatchError
+from utils.checkpoint import CheckpointMismatchError, read_class_table
 from utils.image_io import read_image
 from utils.palette import blend, colorize, error_map, palette_image, save_image, side_by_side
 
@@ -65,12 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_argument_group("what to evaluate")
     what.add_argument("--dataset", required=True, choices=DATASET_NAMES,
-                      help="dataset (original spellings; potsdam is accepted for Posdam)")
+                      help=f"dataset: {names_text()} (the original's spellings are accepted)")
+    what.add_argument("--dataset_spec", default=None,
+                      help="with --dataset custom: the YAML description of the dataset (docs/data_custom.md)")
     what.add_argument("--dataset_dir", default=None,
                       help="dataset root holding {split}/images and {split}/masks (default: the config's root)")
-    what.add_argument("--split", default="val",
-                      help="split folder to evaluate (default val; the official Potsdam/Vaihingen scripts pass "
-                           "--split test)")
+    what.add_argument("--split", default=None,
+                      help=f"split folder to evaluate (default: the split the original validated on: "
+                           f"{val_splits_text()})")
     what.add_argument("--snapshot", required=True, help="checkpoint file (.pth) to evaluate")
     what.add_argument("--mode", default="semantic", choices=("semantic",),
                       help="dataset quality; only 'semantic' exists for these datasets (kept for the scripts)")
@@ -231,8 +234,9 @@ def dump_prediction(out_dir: Path, name: str, pixels: np.ndarray, truth: np.ndar
 def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     """Run the evaluation described by ``args`` (dataset roots from ``config``); return the metrics summary
     (see ``metrics_summary``)."""
+    args.split = args.split or default_split(args.dataset)
     root = args.dataset_dir or dataset_root(config, args.dataset)
-    items, class_names, palette = load_split(args.dataset, args.split, root)
+    items, class_names, palette = load_split(args.dataset, args.split, root, args.dataset_spec)
     if args.eroded_masks:
         items = replace_masks(items, args.eroded_masks)
     exclude = parse_class_list(args.exclude_classes, class_names)
@@ -257,6 +261,10 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     log.info("snapshot %s (epoch %s), dataset %s/%s: %d images", args.snapshot,
              checkpoint_extras.get("epoch"), args.dataset, args.split, len(items))
     log.info("model: %s", resolved.describe())
+    saved_classes = read_class_table(checkpoint_extras)
+    if saved_classes is not None and saved_classes[0] != list(class_names):
+        log.warning("the checkpoint was trained for classes %s but %s has %s: the scores compare different "
+                    "classes", saved_classes[0], args.dataset, list(class_names))
     log.info("mode %s, scales %s, transforms %s, resize %s%s; output %s", args.inference_mode, scales,
              cli.tta_options(args), args.resize_scale,
              f", window {args.window} stride {stride} blend {args.blend}" if sliding else "", out_dir)

@@ -38,7 +38,8 @@ from tqdm import tqdm
 import datasets
 import network
 import transforms
-from config import DATASET_ROOT_KEYS, add_config_flags, dataset_root, effective_config, parse_with_config, save_config
+from config import add_config_flags, dataset_root, effective_config, parse_with_config, save_config
+from datasets.registry import names_text, val_splits_text
 from datasets.uniform import ClassUniformSampler
 from engine.distributed import (
     DistContext,
@@ -64,10 +65,9 @@ from evaluation.metrics import ConfusionMatrix, format_table, metrics_summary
 from loss import get_loss
 from network.options import ResolvedModel, add_model_flags, resolve_model_options
 from utils.atomic import exit_on_write_error
-from utils.checkpoint import load_checkpoint, read_checkpoint, unwrap_model
+from utils.checkpoint import checkpoint_class_table, load_checkpoint, read_checkpoint, unwrap_model
 
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-VAL_SPLITS = {"isaid": "val", "posdam": "test", "potsdam": "test", "vaihingen": "test"}
 NUM_VAL_PANELS = 4
 # Flags that say how to run, not what to train: left out of config.yaml (so that ``--config that/config.yaml``
 # repeats a run without resuming or stopping it) and of the resume consistency check.
@@ -87,10 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="iSAID",
-                      help="iSAID, Posdam (or potsdam) or Vaihingen; root from the configuration's DATASET section")
+                      help=f"{names_text()}; root from the configuration's DATASET section")
+    data.add_argument("--dataset_spec", default=None,
+                      help="with --dataset custom: YAML description of your dataset (docs/data_custom.md); root "
+                           "from DATASET.CUSTOM_DIR")
     data.add_argument("--cv", type=int, default=0, help="cross-validation split; the aerial datasets have one (0)")
     data.add_argument("--val_split", default=None,
-                      help="split validated during training (default as the original: val for iSAID, test for ISPRS)")
+                      help=f"split validated during training (default as the original: {val_splits_text()})")
     data.add_argument("--crop_size", type=int, default=720, help="training patch size (resize or crop, see --with_aug)")
     data.add_argument("--with_aug", action="store_true",
                       help="Potsdam/Vaihingen: random scale in [--scale_min, --scale_max] + random crop instead of "
@@ -226,8 +229,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, config
         parser.error("--bs_mult must be at least 2: the PSP module's 1x1 bin is batch-normalised per process")
     if not 0 <= args.cv < config.DATASET.CV_SPLITS:
         parser.error(f"--cv {args.cv} is outside [0, {config.DATASET.CV_SPLITS})")
-    if args.dataset.lower() not in DATASET_ROOT_KEYS:
-        parser.error(f"--dataset {args.dataset!r}: choose iSAID, Posdam (potsdam) or Vaihingen")
+    try:
+        datasets.dataset_class(args.dataset, args.dataset_spec)
+    except (KeyError, ValueError) as error:
+        parser.error(f"--dataset {args.dataset!r}: {error.args[0]}")
     if args.resume and args.snapshot:
         parser.error("--resume continues a run with its own weights; leave out --snapshot")
     try:
@@ -336,14 +341,14 @@ def uses_edge_loss(run: Run) -> bool:
 def build_datasets(args: argparse.Namespace, config: EasyDict, with_edge: bool):
     """Training dataset (with the boundary target for the edge loss) and validation dataset."""
     root = dataset_root(config, args.dataset)
+    dataset_cls = datasets.dataset_class(args.dataset, args.dataset_spec)
     train_transform = transforms.build_train_transform(
-        args.dataset, args.crop_size, scale_min=args.scale_min, scale_max=args.scale_max, with_aug=args.with_aug,
+        dataset_cls, args.crop_size, scale_min=args.scale_min, scale_max=args.scale_max, with_aug=args.with_aug,
         color_aug=args.color_aug, gaussian_blur=args.gblur, pre_size=args.pre_size)
-    train_set = datasets.get_dataset(args.dataset, "train", root, joint_transform=train_transform,
-                                     with_edge=with_edge, edge_thickness=args.thicky)
-    val_split = args.val_split or VAL_SPLITS[args.dataset.lower()]
-    val_set = datasets.get_dataset(args.dataset, val_split, root,
-                                   joint_transform=transforms.build_eval_transform(args.dataset, args.crop_size))
+    train_set = dataset_cls(root, "train", joint_transform=train_transform, with_edge=with_edge,
+                            edge_thickness=args.thicky)
+    val_split = args.val_split or dataset_cls.val_split
+    val_set = dataset_cls(root, val_split, joint_transform=transforms.build_eval_transform(dataset_cls, args.crop_size))
     return train_set, val_set
 
 
@@ -595,11 +600,13 @@ def log_validation(run: Run, epoch: int, summary: dict, val_loss: float, panels)
 
 
 def save_epoch(run: Run, parts: Parts, state: TrainingState, epoch: int, improved: bool, stale_best: str) -> None:
-    """Gather every process's RNG state; rank 0 writes last.pth (and the new best snapshot)."""
+    """Gather every process's RNG state; rank 0 writes last.pth (and the new best snapshot), with the dataset's
+    ``class_names`` and ``palette`` so that predict.py needs no dataset to colour its masks."""
     rng_states = all_gather_objects(capture_rng_state())
     if run.ctx.is_main:
         payload = training_payload(parts.model, parts.optimizer, parts.scheduler, parts.scaler, state, epoch,
                                    rng_states, run.saved_config, run.command, run.args.seed)
+        payload.update(checkpoint_class_table(parts.dataset_cls))
         write_epoch_checkpoints(run.run_dir, payload, state.best.file_name if improved else "", stale_best)
         run.log.info(f"epoch {epoch}: saved {run.run_dir / LAST_NAME}"
                      + (f" and {state.best.file_name} (best mIoU {state.best.mean_iu:.5f})" if improved else ""))

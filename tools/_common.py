@@ -167,16 +167,18 @@ def header_size(path: Path) -> tuple[int, int] | None:
     return height, width
 
 
-def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
-    """Read a colour image (BGR order, (H, W, 3) uint8) through ``utils.image_io``, or with other ``flags``
-    a label image as stored (``cv2.imread``).
+def read_image(path: Path, flags: int = cv2.IMREAD_COLOR, bands: tuple[int, ...] | None = None,
+               scaling: image_io.ImageScaling | None = None) -> np.ndarray:
+    """Read a colour image (BGR order, (H, W, 3) uint8) through ``utils.image_io`` (``bands``: 1-based band
+    choice, ``scaling``: the rule for non-8-bit data), or with other ``flags`` a label image as stored
+    (``cv2.imread``).
 
     Raises:
-        InputError: if the file is missing, truncated, corrupt or not an image.
+        InputError: if the file is missing, truncated, corrupt or not an image, or lacks a chosen band.
     """
     if flags == cv2.IMREAD_COLOR:
         try:
-            return np.ascontiguousarray(image_io.read_image(path)[..., ::-1])
+            return np.ascontiguousarray(image_io.read_image(path, bands, scaling)[..., ::-1])
         except image_io.ImageReadError as error:
             raise InputError(f"{error}; re-download or re-extract it, or run with --on-error skip") from None
     image = cv2.imread(str(path), flags)

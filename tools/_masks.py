@@ -1,4 +1,4 @@
-"""Colour-coded ground truth -> label-id ("gray") masks, with an explicit policy for unknown colours."""
+"""Colour-coded or id-coded ground truth -> label-id ("gray") masks, with an explicit policy for unknown values."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datasets.classes import IGNORE_LABEL, ISAID_PALETTE, ISPRS_ERODED_BORDER_COLOR, ISPRS_PALETTE
+from datasets.classes import IGNORE_LABEL
+from datasets.isaid import ISAIDDataset
+from datasets.isprs import PotsdamDataset
 from tools._common import (
     InputError,
     JobResult,
@@ -37,6 +39,14 @@ def add_unknown_color_argument(parser) -> None:
                              "('background')")
 
 
+def _check_coding(unknown: str, codes: tuple, label_ids: tuple[int, ...]) -> None:
+    """Raise ValueError unless ``unknown`` is a policy and every code (colour or value) has one label id."""
+    if unknown not in UNKNOWN_COLOR_CHOICES:
+        raise ValueError(f"unknown-colour policy must be one of {UNKNOWN_COLOR_CHOICES}, got {unknown!r}")
+    if len(codes) != len(label_ids):
+        raise ValueError(f"{len(codes)} colours or values but {len(label_ids)} label ids: they must pair up")
+
+
 @dataclass(frozen=True)
 class ColourCoding:
     """How colours map to label ids.
@@ -54,10 +64,7 @@ class ColourCoding:
     unknown: str = "error"
 
     def __post_init__(self) -> None:
-        if self.unknown not in UNKNOWN_COLOR_CHOICES:
-            raise ValueError(f"unknown-colour policy must be one of {UNKNOWN_COLOR_CHOICES}, got {self.unknown!r}")
-        if len(self.colours_bgr) != len(self.label_ids):
-            raise ValueError("colours_bgr and label_ids must have the same length")
+        _check_coding(self.unknown, self.colours_bgr, self.label_ids)
 
 
 def palette_coding(palette_rgb, unknown: str = "error", extra_rgb: dict | None = None) -> ColourCoding:
@@ -69,13 +76,64 @@ def palette_coding(palette_rgb, unknown: str = "error", extra_rgb: dict | None =
 
 def isaid_coding(unknown: str = "error") -> ColourCoding:
     """The 16 iSAID colours (the original convert tool's BGR table)."""
-    return palette_coding(ISAID_PALETTE, unknown)
+    return palette_coding(ISAIDDataset.palette, unknown)
 
 
 def isprs_coding(unknown: str = "error", eroded: bool = False) -> ColourCoding:
     """The six ISPRS colours; with ``eroded`` the black border of the noBoundary labels becomes 255."""
-    extra = {ISPRS_ERODED_BORDER_COLOR: IGNORE_LABEL} if eroded else None
-    return palette_coding(ISPRS_PALETTE, unknown, extra)
+    extra = {PotsdamDataset.eroded_border_color: IGNORE_LABEL} if eroded else None
+    return palette_coding(PotsdamDataset.palette, unknown, extra)
+
+
+@dataclass(frozen=True)
+class IdCoding:
+    """How the values of an id-coded (single-channel 8-bit) mask map to label ids.
+
+    Attributes:
+        source_ids: the values the raw masks hold.
+        label_ids: label id written for each of them (same length; ``IGNORE_LABEL`` for no-data).
+        unknown: policy for any other value, as ``ColourCoding.unknown``.
+    """
+
+    source_ids: tuple[int, ...]
+    label_ids: tuple[int, ...]
+    unknown: str = "error"
+
+    def __post_init__(self) -> None:
+        _check_coding(self.unknown, self.source_ids, self.label_ids)
+
+
+def ids_to_labels(mask: np.ndarray, coding: IdCoding, path: Path | str) -> tuple[np.ndarray, list[str]]:
+    """Map the values of an id-coded mask to label ids.
+
+    Args:
+        mask: (H, W) uint8 raw values.
+        coding: value table and unknown-value policy.
+        path: file the mask came from, for messages.
+
+    Returns:
+        ids: (H, W) uint8 label ids.
+        warnings: one message per file with unknown values (policies ``ignore`` / ``background``).
+
+    Raises:
+        InputError: with policy ``error``, listing the unknown values and their pixel counts.
+    """
+    table = np.full(256, _UNMAPPED, np.uint16)
+    table[list(coding.source_ids)] = coding.label_ids
+    mapped = table[mask]
+    unmapped = mapped == _UNMAPPED
+    if not unmapped.any():
+        return mapped.astype(np.uint8), []
+    values, counts = np.unique(mask[unmapped], return_counts=True)
+    listed = ", ".join(f"{value} x {count}" for value, count in list(zip(values.tolist(), counts.tolist()))[:10])
+    message = (f"{path}: {int(counts.sum())} of {mask.size} pixels hold values outside "
+               f"{sorted(coding.source_ids)}: {listed}")
+    if coding.unknown == "error":
+        raise InputError(f"{message}. Fix the mask, or choose --unknown-color ignore (write 255) or background "
+                         "(write 0)")
+    fill = IGNORE_LABEL if coding.unknown == "ignore" else 0
+    mapped[unmapped] = fill
+    return mapped.astype(np.uint8), [f"{message}; written as {fill}"]
 
 
 @lru_cache(maxsize=4)

@@ -25,9 +25,10 @@ from tools._common import (
     read_image,
     read_label_image,
 )
-from tools._masks import ColourCoding, colours_to_ids
+from tools._masks import ColourCoding, IdCoding, colours_to_ids, ids_to_labels
+from utils.image_io import ImageScaling
 
-MASK_READ_MODES = ("colour", "gray", "convert")
+MASK_READ_MODES = ("colour", "gray", "convert", "remap")
 
 
 def window_starts(length: int, patch: int, stride: int) -> list[int]:
@@ -79,14 +80,18 @@ class SplitJob:
         mask_path: source mask, or None (e.g. iSAID test images).
         mask_out: folder for mask patches.
         mask_suffix: added after the window in mask names (``_instance_color_RGB``, ``_gray_mask``).
-        mask_mode: ``colour`` (3-channel, kept as is), ``gray`` (single-channel ids, kept as is) or
-            ``convert`` (colour mask turned into ids with ``coding``).
-        coding: colour table for ``convert``.
+        mask_mode: ``colour`` (3-channel, kept as is), ``gray`` (single-channel ids, kept as is),
+            ``convert`` (colour mask turned into ids with ``coding``) or ``remap`` (single-channel values
+            mapped to ids with ``coding``, e.g. LoveDA's 0 -> 255, 1..7 -> 0..6).
+        coding: colour table for ``convert``, value table for ``remap``.
         patch_height, patch_width, overlap: window geometry in pixels.
         whole_copy: for images kept whole, copy the source files byte for byte under their own names
             (the original's behaviour) instead of writing ``{base}.png`` / ``{base}{mask_suffix}.png``.
         whole_only: never cut; write the whole image (for stitched whole-image evaluation).
         overwrite: rewrite outputs that exist.
+        bands: 1-based bands of the image written as its three channels (None: ``utils.image_io``'s default,
+            1, 2, 3), e.g. ``(4, 1, 2)`` for IR-R-G from an RGB+IR tile.
+        scaling: ``utils.image_io.ImageScaling`` of non-8-bit images (None: per-image percentiles).
     """
 
     name: str
@@ -97,13 +102,15 @@ class SplitJob:
     mask_out: Path | None
     mask_suffix: str
     mask_mode: str
-    coding: ColourCoding | None
+    coding: ColourCoding | IdCoding | None
     patch_height: int
     patch_width: int
     overlap: int
     whole_copy: bool = False
     whole_only: bool = False
     overwrite: bool = False
+    bands: tuple[int, ...] | None = None
+    scaling: ImageScaling | None = None
 
 
 def largest_first(jobs: list[SplitJob]) -> list[SplitJob]:
@@ -139,13 +146,20 @@ def _all_exist(pairs: list[tuple[Path, Path | None]]) -> bool:
     return all(image.exists() and (mask is None or mask.exists()) for image, mask in pairs)
 
 
-def _read_mask(job: SplitJob) -> tuple[np.ndarray, list[str]]:
+def read_job_mask(job: SplitJob) -> tuple[np.ndarray, list[str]]:
+    """The job's mask as ``mask_mode`` says: (H, W, 3) BGR or (H, W) label ids, and any unknown-value warnings.
+
+    Raises:
+        InputError: unreadable mask, or unknown colours / values under policy ``error``.
+    """
     if job.mask_mode == "colour":
         return read_image(job.mask_path, cv2.IMREAD_COLOR), []
     if job.mask_mode == "gray":
         return read_label_image(job.mask_path), []
     if job.mask_mode == "convert":
         return colours_to_ids(read_image(job.mask_path, cv2.IMREAD_COLOR), job.coding, job.mask_path)
+    if job.mask_mode == "remap":
+        return ids_to_labels(read_label_image(job.mask_path), job.coding, job.mask_path)
     raise ValueError(f"mask_mode must be one of {MASK_READ_MODES}, got {job.mask_mode!r}")
 
 
@@ -167,10 +181,10 @@ def split_one(job: SplitJob) -> JobResult:
             result.existing = sum(1 + (mask is not None) for _, mask in pairs)
             result.patches = len(pairs)
             return result
-    image = read_image(job.image_path, cv2.IMREAD_COLOR)
+    image = read_image(job.image_path, cv2.IMREAD_COLOR, job.bands, job.scaling)
     mask = None
     if job.mask_path is not None:
-        mask, result.warnings = _read_mask(job)
+        mask, result.warnings = read_job_mask(job)
         if mask.shape[:2] != image.shape[:2]:
             raise InputError(f"{job.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
                              f"{job.image_path} is {image.shape[1]}x{image.shape[0]}; they must match pixel for pixel")

@@ -24,7 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.classes import ISAID_MASK_SUFFIX  # noqa: E402
+from datasets.isaid import ISAIDDataset  # noqa: E402
 from tools._common import (  # noqa: E402
     RunSummary,
     ToolError,
@@ -79,8 +79,9 @@ def split_isaid(src: str | Path, tar: str | Path, image_sub_folder: str = "image
             jobs.append(SplitJob(
                 name=str(image_path), base=image_path.stem, image_path=image_path,
                 image_out=target / "images",
-                mask_path=image_path.with_name(f"{image_path.stem}{ISAID_MASK_SUFFIX}.png") if with_mask else None,
-                mask_out=target / "masks", mask_suffix=ISAID_MASK_SUFFIX, mask_mode="colour", coding=None,
+                mask_path=(image_path.with_name(f"{image_path.stem}{ISAIDDataset.mask_suffix}.png") if with_mask
+                           else None),
+                mask_out=target / "masks", mask_suffix=ISAIDDataset.mask_suffix, mask_mode="colour", coding=None,
                 patch_height=patch_height, patch_width=patch_width, overlap=overlap_area,
                 whole_copy=True, overwrite=overwrite))
     summary = run_jobs("split_iSAID", split_one, largest_first(jobs), workers, on_error, progress)

@@ -23,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.classes import ISPRS_MASK_SUFFIX  # noqa: E402
+from datasets.isprs import PotsdamDataset  # noqa: E402
 from tools._common import (  # noqa: E402
     RunSummary,
     ToolError,
@@ -64,8 +64,8 @@ def split_isprs(src: str | Path, tar: str | Path, image_sub_folder: str = "image
         for image_path in sorted(source.glob("*.tif"), key=lambda path: natural_key(path.name)):
             jobs.append(SplitJob(
                 name=str(image_path), base=image_path.stem, image_path=image_path, image_out=target / "images",
-                mask_path=image_path.with_name(f"{image_path.stem}{ISPRS_MASK_SUFFIX}.png"),
-                mask_out=target / "masks", mask_suffix=ISPRS_MASK_SUFFIX, mask_mode="gray", coding=None,
+                mask_path=image_path.with_name(f"{image_path.stem}{PotsdamDataset.mask_suffix}.png"),
+                mask_out=target / "masks", mask_suffix=PotsdamDataset.mask_suffix, mask_mode="gray", coding=None,
                 patch_height=patch_height, patch_width=patch_width, overlap=overlap_area, overwrite=overwrite))
     return run_jobs("split_isprs", split_one, largest_first(jobs), workers, on_error, progress)
 

@@ -210,3 +210,17 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
             if recorder.error is None:
                 raise
             raise recorder.error from error
+
+
+def checkpoint_class_table(dataset: Any) -> dict[str, list]:
+    """The checkpoint entries naming the classes a model was trained for, from a dataset (class):
+    ``{"class_names": [K names], "palette": [K [r, g, b] lists]}`` (plain lists: safe to unpickle)."""
+    return {"class_names": list(dataset.class_names), "palette": np.asarray(dataset.palette, np.uint8).tolist()}
+
+
+def read_class_table(checkpoint: dict[str, Any]) -> tuple[list[str], np.ndarray] | None:
+    """(class names, (K, 3) uint8 RGB palette) saved by train.py in a checkpoint dict; None for files without
+    them (the official snapshots, older runs)."""
+    if "class_names" not in checkpoint or "palette" not in checkpoint:
+        return None
+    return list(checkpoint["class_names"]), np.asarray(checkpoint["palette"], np.uint8).reshape(-1, 3)
