@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--cv_split", type=int, default=None,
                       help="accepted for the original scripts; these datasets have a single split")
     what.add_argument("--trusted-pickle", dest="trusted_pickle", action="store_true",
-                      help="allow arbitrary pickled objects in the checkpoint (only for files you trust)")
+                      help="allow arbitrary pickled objects in the checkpoint (legacy files); this can run code "
+                           "stored in the file, so only for files you trust")
 
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--resize_scale", type=int, default=None,

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace masks that already exist")
     parser.add_argument("--trusted-pickle", dest="trusted_pickle", action="store_true",
-                        help="allow arbitrary pickled objects in the checkpoint (only for files you trust)")
+                        help="allow arbitrary pickled objects in the checkpoint (legacy files); this can run code "
+                             "stored in the file, so only for files you trust")
     add_model_options(parser)
     return parser
 
