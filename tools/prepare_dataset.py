@@ -37,13 +37,15 @@ from tools._common import (  # noqa: E402
     add_common_arguments,
     check_output_outside_input,
     natural_key,
+    positive_int,
+    report_input_problems,
     run_jobs,
     run_tool,
 )
 from tools._masks import ColourCoding, add_unknown_color_argument, isaid_coding, isprs_coding  # noqa: E402
-from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
+from tools._tiling import SplitJob, check_geometry, largest_first, record_geometry, split_one  # noqa: E402
 from tools.raw_layout import ISAID_MASK_FOLDERS, ISPRS_FOLDERS, SPLIT_TILES, isprs_file_names  # noqa: E402
-from tools.split_iSAID import EXCLUDED_IMAGES, isaid_base_images  # noqa: E402
+from tools.split_iSAID import EXCLUDED_IMAGES, isaid_base_images, report_isaid_name_problems  # noqa: E402
 from utils.atomic import remove_partial_files  # noqa: E402
 
 DATASETS = ("isaid", "potsdam", "vaihingen")
@@ -136,6 +138,30 @@ def _isprs_jobs(dataset: str, raw: Path, out: Path, coding: ColourCoding, patch:
     return jobs, notes
 
 
+def _report_name_problems(dataset: str, raw: Path, image_dir: Path | None, label_dir: Path | None,
+                          label_variant: str, on_error: str, notes: list[str]) -> None:
+    """Stop at (or note, with ``on_error="skip"``) raw files the jobs would drop in silence: masks without their
+    image and names that do not parse."""
+    if dataset == "isaid":
+        for split in ("train", "val", "test"):
+            images = raw / split / "images"
+            for folder in ISAID_MASK_FOLDERS:
+                if (raw / split / folder).is_dir():
+                    report_isaid_name_problems(notes, images, raw / split / folder, on_error)
+        return
+    image_dir = image_dir or raw / ISPRS_FOLDERS[dataset]["image"]
+    label_key = "label" if label_variant == "full" else "eroded"
+    label_dir = label_dir or raw / ISPRS_FOLDERS[dataset][label_key]
+    tiles = _isprs_tiles(dataset, image_dir)
+    unparsable = [str(path) for path in sorted(image_dir.glob("*.tif")) if not _TILE_PATTERN[dataset].match(path.name)]
+    report_input_problems(notes, f"image file name(s) that are not {dataset} tile names "
+                          f"({_TILE_PATTERN[dataset].pattern})", unparsable, "rename them", on_error)
+    label_names = {isprs_file_names(dataset, tile)[label_key] for tile in tiles}
+    orphans = [str(path) for path in sorted(label_dir.glob("*.tif")) if path.name not in label_names]
+    report_input_problems(notes, f"label tile(s) without their image in {image_dir}", orphans,
+                          "add the image tiles, or remove the labels", on_error)
+
+
 def prepare(dataset: str, raw: str | Path, out: str | Path, *, patch_size: int | None = None,
             stride: int | None = None, label_variant: str = "full", workers: int | None = None,
             overwrite: bool = False, on_error: str = "error", unknown_color: str = "error",
@@ -180,8 +206,11 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, patch_size: int |
         if source is not None:
             check_output_outside_input(Path(source), out)
     default_patch, default_stride = DEFAULT_GEOMETRY[dataset]
-    patch = patch_size or default_patch
-    overlap = patch - (stride or default_stride)
+    patch = default_patch if patch_size is None else patch_size
+    stride = default_stride if stride is None else stride
+    if not 1 <= stride <= patch:
+        raise ToolError(f"--stride {stride}: the window step must be between 1 and the patch size ({patch})")
+    overlap = patch - stride
     check_geometry(patch, patch, overlap)
     if dataset == "isaid":
         jobs, notes = _isaid_jobs(raw, out, isaid_coding(unknown_color), patch, overlap, whole_held_out, overwrite)
@@ -190,6 +219,9 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, patch_size: int |
         jobs, notes = _isprs_jobs(dataset, raw, out, coding, patch, overlap, label_variant,
                                   Path(image_dir) if image_dir else None, Path(label_dir) if label_dir else None,
                                   split_tiles or SPLIT_TILES[dataset], whole_held_out, overwrite)
+    _report_name_problems(dataset, raw, Path(image_dir) if image_dir else None, Path(label_dir) if label_dir else None,
+                          label_variant, on_error, notes)
+    record_geometry(out, {"dataset": dataset, "patch": patch, "stride": stride, "label_variant": label_variant})
     for folder in {job.image_out for job in jobs} | {job.mask_out for job in jobs}:
         remove_partial_files(folder)
     summary = run_jobs(f"prepare {dataset}", split_one, largest_first(jobs), workers, on_error, progress)
@@ -208,9 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--raw", required=True, help="root of the unpacked official download")
     parser.add_argument("--out", required=True,
                         help="output root, outside --raw, --image-dir and --label-dir; the config's dataset folder")
-    parser.add_argument("--patch-size", type=int, default=None,
+    parser.add_argument("--patch-size", type=positive_int, default=None,
                         help="window side in pixels (default: 896 iSAID/Potsdam, 768 Vaihingen)")
-    parser.add_argument("--stride", type=int, default=None, help="window step in pixels (default 512)")
+    parser.add_argument("--stride", type=positive_int, default=None,
+                        help="window step in pixels, at most the patch size (default 512)")
     parser.add_argument("--label-variant", choices=LABEL_VARIANTS, default="full",
                         help="ISPRS: full labels (default, as the original implies) or the eroded "
                              "'noBoundary' labels, whose black borders become 255 = ignore")
@@ -225,8 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-tiles", default=None, help="ISPRS: comma-separated test tile ids, with --train-tiles")
     add_common_arguments(parser, memory="one image and its labels, up to ~1.5 GB for the largest iSAID scenes "
                                         "and ~450 MB for a 6000 x 6000 Potsdam tile",
-                         problems="an unreadable or corrupt image or label, a missing label, an image/label size "
-                                  "mismatch, or (with --unknown-color error) label colours outside the palette")
+                         problems="an unreadable or corrupt image or label, a missing label, a label without its "
+                                  "image, a file name that does not parse, a label with transparent pixels, an "
+                                  "image/label size mismatch, or (with --unknown-color error) label colours outside "
+                                  "the palette")
     add_unknown_color_argument(parser)
     args = parser.parse_args(argv)
     split_tiles = None
