@@ -36,8 +36,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets import normalize_image
+from datasets.file_check import DataFileError, find_mask_problems, summarize_mask_problems
 from evaluation.dataset_split import DATASET_NAMES, load_split
-from evaluation.inference import infer_logits
+from evaluation.inference import infer_logits, parse_scales
 from evaluation.metrics import (
     ConfusionMatrix,
     erode_class_boundaries,
@@ -135,6 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def decode_image(path: str) -> Image.Image:
+    """The decoded PIL image of ``path``.
+
+    Raises:
+        DataFileError: one line naming the file: truncated, corrupt, not an image, or over Pillow's
+            decompression-bomb limit (the message gives the limit).
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DataFileError(f"{path}: cannot be read ({error}); is it truncated or corrupt?") from None
+
+
 class ProtocolDataset(Dataset):
     """(image, mask) files loaded the original evaluation's way.
 
@@ -154,16 +170,13 @@ class ProtocolDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_path, mask_path = self.items[index]
-        with Image.open(image_path) as image_file:
-            image = image_file.convert("RGB")
-        with Image.open(mask_path) as mask_file:
-            mask_file.load()
-            mask = mask_file
+        image = decode_image(image_path).convert("RGB")
+        mask = decode_image(mask_path)
         if mask.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"{mask_path} is a {mask.mode} image; masks must hold class ids in one channel "
+            raise DataFileError(f"{mask_path} is a {mask.mode} image; masks must hold class ids in one channel "
                              "(convert colour masks with the data preparation tools)")
         if image.size != mask.size:
-            raise ValueError(f"{image_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} is "
+            raise DataFileError(f"{image_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} is "
                              f"{mask.size[0]}x{mask.size[1]}")
         if self.resize_scale:
             size = (self.resize_scale, self.resize_scale)
@@ -173,7 +186,7 @@ class ProtocolDataset(Dataset):
         class_ids = np.asarray(mask).astype(np.int64)
         unexpected = np.setdiff1d(np.unique(class_ids), [*range(self.num_classes), 255])
         if unexpected.size:
-            raise ValueError(f"{mask_path} holds label ids {unexpected.tolist()}, not classes "
+            raise DataFileError(f"{mask_path} holds label ids {unexpected.tolist()}, not classes "
                              f"0..{self.num_classes - 1} or 255 (ignore): is it a mask of this dataset, "
                              "converted to class ids?")
         if self.boundary_ignore:
@@ -261,7 +274,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.eroded_masks:
         items = replace_masks(items, args.eroded_masks)
     exclude = parse_class_list(args.exclude_classes, class_names)
-    scales = (1.0,) if args.single_scale else tuple(float(value) for value in args.scales.split(","))
+    scales = (1.0,) if args.single_scale else parse_scales(args.scales)
     sliding = args.inference_mode == "sliding"
     if args.batch_size > 1 and not sliding and not args.resize_scale:
         raise ValueError("--batch_size > 1 in whole mode needs --resize_scale (images of one size)")
@@ -269,6 +282,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     out_dir = output_dir(args)
     if (out_dir / "metrics.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out_dir / 'metrics.json'} exists; pass --overwrite or choose --out_dir")
+    problems = find_mask_problems([mask for _, mask in items], len(class_names), "checking masks", args.num_workers)
+    if problems:
+        raise DataFileError(summarize_mask_problems(problems, len(items)))
     model, checkpoint_extras = restore_model(
         args.arch, args.snapshot, len(class_names), device=args.device, trusted_pickle=args.trusted_pickle,
         **inference_options(args), **model_options(args),
@@ -330,10 +346,27 @@ def evaluate(args: argparse.Namespace) -> dict:
     return summary
 
 
+def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse out-of-range flag values with a usage error naming the flag, before any file is read."""
+    try:
+        parse_scales(args.scales)
+    except ValueError as error:
+        parser.error(str(error))
+    minimum = {"resize_scale": 1, "crop_size": 1, "batch_size": 1, "num_workers": 0, "boundary_ignore": 0,
+               "report_samples": 0, "stride": 1}
+    for name, lowest in minimum.items():
+        value = getattr(args, name)
+        if value is not None and value < lowest:
+            parser.error(f"--{name} must be at least {lowest}, got {value}")
+    if args.sliding_overlap < 0:
+        parser.error(f"--sliding_overlap must be 0 or more (a fraction, or pixels), got {args.sliding_overlap}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: evaluate as the flags say; problems end in a usage error (exit status 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_flags(parser, args)
     try:
         evaluate(args)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from evaluation.dataset_split import dataset_table
-from evaluation.inference import predict_large_image
+from evaluation.inference import parse_scales, predict_large_image
 from evaluation.restore import (
     add_model_options,
     checkpoint_num_classes,
@@ -30,7 +30,7 @@ from evaluation.restore import (
     model_options,
     restore_model,
 )
-from utils.atomic import exit_on_write_error
+from utils.atomic import exit_on_write_error, remove_stale_partial_files
 from utils.checkpoint import CheckpointMismatchError
 from utils.palette import default_palette
 from utils.raster_io import IMAGE_SUFFIXES, GeoTiffMaskSink, PaletteMaskSink, open_image
@@ -125,21 +125,6 @@ def parse_bands(text: str) -> tuple[int, int, int]:
     return bands
 
 
-def parse_scales(text: str) -> tuple[float, ...]:
-    """``--scales`` text such as ``"0.5,1.0"`` -> the test-time scale factors, each finite and positive.
-
-    Raises:
-        ValueError: a value is not a positive number; the message names ``--scales``.
-    """
-    try:
-        scales = tuple(float(value) for value in text.split(","))
-    except ValueError:
-        scales = ()
-    if not scales or not all(0 < scale < math.inf for scale in scales):
-        raise ValueError(f"--scales needs comma-separated positive numbers such as 0.75,1.0, got {text!r}")
-    return scales
-
-
 def window_stride(window: int, stride: int | None, overlap: float) -> int:
     """The window step in pixels: ``stride``, else ``ceil(window * (1 - overlap))``.
 
@@ -198,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
         inputs = collect_inputs(args.inputs)
         outputs = plan_outputs(inputs, Path(args.out_dir), args.format, args.overwrite)
+        remove_stale_partial_files(args.out_dir)
         if args.dataset:
             class_names, palette = dataset_table(args.dataset)
             num_classes = len(class_names)

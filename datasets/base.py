@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from datasets.classes import IGNORE_LABEL
 from datasets.edges import boundary_target
+from datasets.file_check import DataFileError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 """Per-channel mean of the input normalisation (RGB order, images scaled to [0, 1])."""
@@ -111,24 +112,24 @@ class SegmentationFolder(Dataset):
         """Read item ``index`` untransformed: (image (H, W, 3) uint8 RGB, mask (H, W) uint8).
 
         Raises:
-            OSError: unreadable file; ValueError: mask not single-channel 8-bit, wrong size or values
-                outside {0..K-1, 255}.
+            DataFileError: unreadable file, mask not single-channel 8-bit, wrong size or values outside
+                {0..K-1, 255}; one line naming the file (also from DataLoader workers).
         """
         image_path, mask_path = self.items[index]
         bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
         mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
         for array, path in ((bgr, image_path), (mask, mask_path)):
             if array is None:
-                raise OSError(f"{path}: cannot be read (missing, truncated or not an image)")
+                raise DataFileError(f"{path}: cannot be read (missing, truncated or not an image)")
         if mask.ndim != 2 or mask.dtype != np.uint8:
-            raise ValueError(f"{mask_path}: expected a single-channel 8-bit label-id mask, found {mask.dtype} "
-                             f"{mask.shape}; colour masks must be converted with tools/prepare_dataset.py")
+            raise DataFileError(f"{mask_path}: expected a single-channel 8-bit label-id mask, found {mask.dtype} "
+                                f"{mask.shape}; colour masks must be converted with tools/prepare_dataset.py")
         if mask.shape != bgr.shape[:2]:
-            raise ValueError(f"{mask_path}: mask size {mask.shape} differs from its image {bgr.shape[:2]}")
+            raise DataFileError(f"{mask_path}: mask size {mask.shape} differs from its image {bgr.shape[:2]}")
         if not self._valid_values[mask].all():
             bad = sorted(set(np.unique(mask).tolist()) - set(np.flatnonzero(self._valid_values).tolist()))
-            raise ValueError(f"{mask_path}: label ids {bad} are not classes of {self.name} "
-                             f"(0..{self.num_classes - 1}, {self.ignore_label} = ignore)")
+            raise DataFileError(f"{mask_path}: label ids {bad} are not classes of {self.name} "
+                                f"(0..{self.num_classes - 1}, {self.ignore_label} = ignore)")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), mask
 
     def __getitem__(self, key: int | tuple[int, tuple[int, int] | None]) -> dict:

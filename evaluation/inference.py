@@ -11,6 +11,7 @@ the tile's shorter side, whatever the tile's area.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -238,3 +239,18 @@ def predict_large_image(
         logit_buffer[:, kept:] = 0
     progress.close()
     return tuple(logit_buffer.shape)
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``--scales`` text such as ``"0.5,1.0"`` -> the test-time scale factors, each finite and positive.
+
+    Raises:
+        ValueError: a value is not a positive number; the message names ``--scales``.
+    """
+    try:
+        scales = tuple(float(value) for value in text.split(","))
+    except ValueError:
+        scales = ()
+    if not scales or not all(0 < scale < math.inf for scale in scales):
+        raise ValueError(f"--scales needs comma-separated positive numbers such as 0.75,1.0, got {text!r}")
+    return scales

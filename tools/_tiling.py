@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datasets.mask_check import describe_invalid_ids, invalid_label_ids
+from datasets.file_check import describe_invalid_ids, invalid_label_ids
 from tools._common import (
     InputError,
     JobResult,

@@ -1,8 +1,12 @@
-"""Checking label-id masks before work starts: every pixel a class id (0..K-1) or the ignore label 255.
+"""Bad data files: the one error type for them, and the check of label-id masks before work starts.
 
-One implementation for the data tools (when they write masks), ``train.py`` (the validation split before
-the first epoch) and ``eval.py`` (before any image is scored). A mask with other ids would otherwise
-fail late (an index error in the confusion matrix after a whole training epoch) or be scored wrongly.
+:class:`DataFileError` is raised by the dataset readers for an image or mask that cannot be used; its
+message is one line naming the file, with or without DataLoader worker processes.
+
+Masks are checked (every pixel a class id 0..K-1 or the ignore label 255) by one implementation for the
+data tools (when they write masks), ``train.py`` (the validation split before the first epoch) and
+``eval.py`` (before any image is scored). A mask with other ids would otherwise fail late (after a whole
+training epoch) or be scored wrongly.
 """
 from __future__ import annotations
 
@@ -18,6 +22,21 @@ from datasets.classes import IGNORE_LABEL
 
 IDS_LISTED = 8
 FILES_LISTED = 3
+_WORKER_TRACEBACK = "\nOriginal Traceback"
+
+
+class DataFileError(ValueError):
+    """An image or mask of a dataset that cannot be used (unreadable, truncated, wrong size or ids).
+
+    A DataLoader worker re-raises an exception in the main process as ``type(error)(worker traceback text)``;
+    this class keeps only the original one-line message of such a text, so that the user reads the same
+    line naming the file with or without loader workers.
+    """
+
+    def __init__(self, message: str):
+        if _WORKER_TRACEBACK in message:
+            message = message.rstrip().splitlines()[-1].split(f"{DataFileError.__name__}: ", 1)[-1]
+        super().__init__(message)
 
 
 def invalid_label_ids(ids: np.ndarray, num_classes: int) -> dict[int, int]:
