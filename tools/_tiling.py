@@ -23,6 +23,7 @@ from tools._common import (
     ToolError,
     atomic_copy,
     atomic_write_image,
+    check_pixel_count,
     header_size,
     output_is_complete,
     read_colour_mask,
@@ -205,6 +206,7 @@ def split_one(job: SplitJob) -> JobResult:
     if job.mask_path is not None and not job.mask_path.is_file():
         raise InputError(f"{job.image_path}: its mask {job.mask_path} does not exist; add it, or run with "
                          "--on-error skip to leave this image out")
+    check_pixel_count(job.image_path)  # before a bomb header's size makes millions of output names
     # Resume: the output names follow from the image size, which the header gives without decoding.
     size = None if job.overwrite else header_size(job.image_path)
     if size is not None:

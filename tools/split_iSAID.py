@@ -77,10 +77,10 @@ def report_isaid_name_problems(notes: list[str], image_folder: Path, companion_f
         ToolError: with ``on_error="error"`` and any such file, giving the count and examples.
     """
     orphans, unparsable = isaid_name_problems(image_folder, companion_folder)
-    report_input_problems(notes, "mask(s) without their image", orphans,
-                          "add the images, or remove the masks", on_error)
     report_input_problems(notes, "file name(s) that are not iSAID names (P0001.png, P0001_instance_color_RGB.png)",
                           unparsable, "rename them (an image name has no underscore)", on_error)
+    report_input_problems(notes, "mask(s) without their image", orphans,
+                          "add the images, or remove the masks", on_error)
 
 
 def split_isaid(src: str | Path, tar: str | Path, image_sub_folder: str = "images",
