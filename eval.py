@@ -370,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         evaluate(args)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:
+        if log.handlers:  # the output folder and its log exist: say there that the evaluation failed
+            log.error("evaluation failed: %s", error)
         parser.error(str(error))
     return 0
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import network
-from utils.checkpoint import CheckpointMismatchError, load_checkpoint, read_checkpoint
+from utils.checkpoint import CheckpointMismatchError, apply_checkpoint, read_checkpoint
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -47,12 +47,14 @@ def restore_model(
         (model on ``device`` in eval mode, the checkpoint's other entries: epoch, mean_iu, ...).
 
     Raises:
+        CheckpointFileError: ``snapshot`` is not a readable checkpoint (checked before the model is built).
         CheckpointMismatchError: the checkpoint is for another class count or architecture; the
             message gives both class counts when they differ.
     """
+    contents = read_checkpoint(snapshot, trusted_pickle=trusted_pickle)  # a broken file fails before the build
     model = network.get_model(arch, num_classes, pretrained=None, **model_options)
     try:
-        extras = load_checkpoint(snapshot, model, strict_shapes=True, trusted_pickle=trusted_pickle)
+        extras = apply_checkpoint(contents, model, snapshot, strict_shapes=True)
     except CheckpointMismatchError as error:
         try:
             found = checkpoint_num_classes(snapshot, arch, trusted_pickle)

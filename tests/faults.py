@@ -36,7 +36,7 @@ class Case:
         names: texts the output must contain, e.g. the file or the flag at fault.
         unchanged: folders whose files (hidden ones included) must be exactly as before the run.
         absent: paths that must not exist afterwards (e.g. a run folder a failed start must not leave).
-        forbidden: texts the output must not contain (e.g. a suggestion that does not apply).
+        forbidden: texts the error message must not contain (e.g. a suggestion that does not apply).
     """
 
     argv: list[str]
@@ -97,8 +97,9 @@ def assert_clean_failure(outcome: Outcome) -> None:
     assert "Traceback" not in output, output[-3000:]
     for name in case.names:
         assert name in output, f"{name!r} not in the output:\n{output[-3000:]}"
+    messages = "\n".join(line for line in output.splitlines() if "error" in line)  # not the usage summary
     for text in case.forbidden:
-        assert text not in output, f"{text!r} in the output:\n{output[-3000:]}"
+        assert text not in messages, f"{text!r} in the message:\n{messages}"
     for folder, digest in outcome.before.items():
         assert outcome.after[folder] == digest, f"{folder} changed"
         assert not [name for name in outcome.after[folder] if PARTIAL_MARK in name]

@@ -1,6 +1,7 @@
 """Fault injection for the data tools: bad flags, damaged or missing inputs, names that do not parse, a full
 disk, a killed run. Each case runs a tool as a subprocess and must fail cleanly (see tests/faults.py)."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def data(tmp_path_factory) -> dict:
     bomb = copy_tree(isaid, base / "bomb")
     bomb_png(bomb / "train" / "images" / "P0001.png")
     underscore = copy_tree(isaid, base / "underscore")
-    (underscore / "train" / "images" / "P0001_b.png").write_bytes((isaid / "train" / "images" / "P0001.png").read_bytes())
+    shutil.copy(isaid / "train" / "images" / "P0001.png", underscore / "train" / "images" / "P0001_b.png")
     orphan_mask = copy_tree(isaid, base / "orphan_mask")
     (orphan_mask / "val" / "images" / "P0002.png").rename(orphan_mask / "val" / "images" / "P0003.png")
     transparent, opaque = copy_tree(isaid, base / "transparent"), copy_tree(isaid, base / "opaque")

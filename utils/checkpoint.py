@@ -217,7 +217,15 @@ def load_checkpoint(path: str | Path, model: nn.Module, *, strict_shapes: bool =
     Raises:
         CheckpointMismatchError: with ``strict_shapes``, naming each expected and found shape.
     """
-    contents = read_checkpoint(path, map_location, trusted_pickle)
+    return apply_checkpoint(read_checkpoint(path, map_location, trusted_pickle), model, path,
+                            strict_shapes=strict_shapes)
+
+
+def apply_checkpoint(contents: dict[str, Any], model: nn.Module, path: str | Path, *,
+                     strict_shapes: bool = True) -> dict[str, Any]:
+    """Load the weights of ``contents`` (from :func:`read_checkpoint`, read before the model was built) into
+    ``model``; ``path`` names the file in errors. Returns and raises as :func:`load_checkpoint`."""
+    contents = dict(contents)
     found = contents.pop("state_dict")
     model = unwrap_model(model)
     model_state = model.state_dict()
