@@ -1,10 +1,11 @@
-"""Global configuration ``cfg`` plus YAML experiment files and dotted overrides.
+"""Configuration: the defaults of the settings that are not flags, YAML experiment files and dotted overrides.
 
-``cfg`` holds the settings that are not command-line flags (the dataset roots).
-Every key has its default here, with a comment saying what it means.
+``get_cfg()`` hands out a fresh copy of the defaults (the dataset roots); nothing here is mutated. Every
+key has its default here, with a comment saying what it means.
 
-An experiment file (``train.py --config exp.yaml``) is one YAML mapping. Lower-case top-level keys are
-train.py flags (their ``dest`` names, e.g. ``lr: 0.007``); upper-case keys are sections of ``cfg``
+An experiment file (``--config exp.yaml`` of train.py, eval.py and predict.py) is one YAML mapping.
+Lower-case top-level keys are the script's flags (their ``dest`` names, e.g. ``lr: 0.007``); upper-case
+keys are sections of the configuration
 (e.g. ``DATASET: {ISAID_DIR: /data/iSAID}``). Dotted overrides (``--set DATASET.ISAID_DIR=/data/iSAID
 lr=0.01``) use the same names. Precedence, lowest first: flag defaults, experiment file, flags given on
 the command line, ``--set``. train.py writes the effective configuration, in the experiment-file format,
@@ -12,6 +13,7 @@ as ``config.yaml`` beside each run, so ``--config that/config.yaml`` repeats the
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 from pathlib import Path
@@ -22,17 +24,25 @@ from easydict import EasyDict
 
 from utils.atomic import atomic_path
 
-cfg = EasyDict()
+_DEFAULTS = EasyDict()
 
-cfg.DATASET = EasyDict()
+_DEFAULTS.DATASET = EasyDict()
 # Root of the prepared iSAID patches ({root}/{split}/images, {root}/{split}/masks).
-cfg.DATASET.ISAID_DIR = "./data/iSAID"
+_DEFAULTS.DATASET.ISAID_DIR = "./data/iSAID"
 # Root of the prepared 896x896 Potsdam patches (the original's spelling "posdam").
-cfg.DATASET.POSDAM_DIR = "./data/posdam896"
+_DEFAULTS.DATASET.POSDAM_DIR = "./data/posdam896"
 # Root of the prepared 768x768 Vaihingen patches.
-cfg.DATASET.VAIHINGEN_DIR = "./data/vaihingen768"
+_DEFAULTS.DATASET.VAIHINGEN_DIR = "./data/vaihingen768"
 # Number of cross-validation splits; --cv must be smaller (the aerial datasets have a single split).
-cfg.DATASET.CV_SPLITS = 3
+_DEFAULTS.DATASET.CV_SPLITS = 3
+
+# Flags an experiment file or --set cannot give: they name the configuration itself.
+NOT_SETTABLE = {"help", "config", "overrides"}
+
+
+def get_cfg() -> EasyDict:
+    """A fresh copy of the defaults; each entry point merges its experiment file and ``--set`` into its own."""
+    return copy.deepcopy(_DEFAULTS)
 
 
 # cfg.DATASET key of each dataset name's root (both spellings of Potsdam).
@@ -40,13 +50,14 @@ DATASET_ROOT_KEYS = {"isaid": "ISAID_DIR", "posdam": "POSDAM_DIR", "potsdam": "P
                      "vaihingen": "VAIHINGEN_DIR"}
 
 
-def dataset_root(name: str) -> str:
-    """The configured root folder of dataset ``name`` (``iSAID``, ``Posdam``/``potsdam``, ``Vaihingen``).
+def dataset_root(config: EasyDict, name: str) -> str:
+    """The root folder of dataset ``name`` (``iSAID``, ``Posdam``/``potsdam``, ``Vaihingen``) in ``config``.
 
     Raises:
         KeyError: unknown dataset name.
     """
-    return cfg.DATASET[DATASET_ROOT_KEYS[name.lower()]]
+    return config.DATASET[DATASET_ROOT_KEYS[name.lower()]]
+
 
 class ConfigError(ValueError):
     """An experiment file or override names an unknown key or holds a malformed value."""
@@ -142,6 +153,104 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_to_plain(item) for item in value]
     return value
+
+
+def add_config_flags(parser: argparse.ArgumentParser, script: str) -> None:
+    """``--config FILE`` and ``--set KEY=VALUE ...``, read by :func:`parse_with_config`."""
+    group = parser.add_argument_group("configuration")
+    group.add_argument("--config", default=None,
+                       help=f"YAML experiment file: {script} flag names (lower case) and configuration sections "
+                            "(upper case, e.g. DATASET: {ISAID_DIR: /data/iSAID}; see config.py); flags given on "
+                            "the command line win")
+    group.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="overrides applied last: flag names (lr=0.01) or configuration keys "
+                            "(DATASET.ISAID_DIR=/data/iSAID)")
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, EasyDict]:
+    """Parse ``argv`` with ``parser`` after its ``--config`` file; apply ``--set`` last.
+
+    Precedence, lowest first: flag defaults, experiment file, flags on the command line, ``--set``.
+    Values from the file and ``--set`` pass the same type and ``choices`` checks as the command line
+    (:func:`flag_value`). The parser must have the flags of :func:`add_config_flags`.
+
+    Returns:
+        ``(args, config)``: the flags, and a fresh configuration (:func:`get_cfg`) with the file's sections
+        and the ``--set`` keys merged in.
+
+    Raises:
+        SystemExit: (argparse, exit status 2) on bad flags, naming the file or override at fault.
+    """
+    config = get_cfg()
+    pre_parser = argparse.ArgumentParser(add_help=False)
+    pre_parser.add_argument("--config", default=None)
+    config_path = pre_parser.parse_known_args(argv)[0].config
+    settable = {action.dest: action for action in parser._actions if action.dest not in NOT_SETTABLE}
+    try:
+        if config_path:
+            file_flags, cfg_sections = read_experiment_file(config_path)
+            unknown = sorted(set(file_flags) - set(settable))
+            if unknown:
+                raise ConfigError(f"{config_path}: unknown flags {unknown}; see {parser.prog} --help for the names")
+            parser.set_defaults(**{key: flag_value(settable[key], value, f"{config_path}: {key}")
+                                   for key, value in file_flags.items()})
+            merge_sections(config, cfg_sections, source=config_path)
+        args = parser.parse_args(argv)
+        for override in args.overrides:
+            key, text = parse_override(override)
+            if key in settable:
+                setattr(args, key, flag_value(settable[key], yaml_value(text), f"--set {override}"))
+            else:
+                set_dotted(config, key, yaml_value(text), source=f"--set {override}")
+    except ConfigError as error:
+        parser.error(str(error))
+    return args, config
+
+
+def flag_value(action: argparse.Action, value: Any, source: str) -> Any:
+    """A flag's value from an experiment file or ``--set``, checked as argparse checks the command line.
+
+    Args:
+        action: the flag's argparse action.
+        value: the file's YAML value, or the ``--set`` text read as YAML; text given to a numeric flag is
+            converted with its type (``"1e-3"``, a string in YAML, -> 0.001).
+        source: where the value came from, for errors (``exp.yaml: amp`` or ``--set amp=fp8``).
+
+    Returns:
+        The value typed as the flag: bool for on/off flags, int or float for numeric flags, str otherwise
+        (None where the flag's default is None).
+
+    Raises:
+        ConfigError: naming ``source``, the value and what the flag accepts.
+    """
+    if action.nargs == 0:  # on/off flags (store_true, --x/--no-x)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {value!r} is not an on/off value; use true or false")
+        return value
+    if value is None and action.default is None:
+        return None
+    if action.type in (int, float):
+        value = number_value(action.type, value, source)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # as the command line passes it
+    elif not isinstance(value, str):
+        raise ConfigError(f"{source}: {value!r} is not a text value")
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"{source}: {value!r} is not allowed; choose from {sorted(action.choices)}")
+    return value
+
+
+def number_value(kind: type, value: Any, source: str) -> int | float:
+    """``value`` as ``kind`` (int or float): text is parsed, a float is refused for an int flag."""
+    name = "an integer" if kind is int else "a number"
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ConfigError(f"{source}: {value!r} is not {name}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and isinstance(value, float)):
+        raise ConfigError(f"{source}: {value!r} is not {name}")
+    return kind(value)
 
 
 def save_config(path: str | os.PathLike, config: dict) -> None:

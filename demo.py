@@ -25,8 +25,9 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-import eval as evaluation  # noqa: E402
+import eval as eval_script  # noqa: E402
 import train  # noqa: E402
+from config import parse_with_config  # noqa: E402
 from datasets import get_dataset  # noqa: E402
 from evaluation.metrics import ConfusionMatrix, metrics_summary  # noqa: E402
 from tools.make_synthetic_data import make_synthetic  # noqa: E402
@@ -90,12 +91,13 @@ def main(argv: list[str] | None = None) -> float:
     best = Path(result["run_dir"]) / result["best"]["file_name"]
 
     print(f"4/4 evaluating {best.name} with eval.py", flush=True)
-    eval_args = evaluation.build_parser().parse_args([
-        "--dataset", "Posdam", "--dataset_dir", str(data), "--split", "test", "--snapshot", str(best), *MODEL_FLAGS,
+    # the model options come from the checkpoint, which saved the run's configuration
+    eval_args, eval_config = parse_with_config(eval_script.build_parser(), [
+        "--dataset", "Posdam", "--dataset_dir", str(data), "--split", "test", "--snapshot", str(best),
         "--inference_mode", "whole", "--single_scale", "--no_flip", "--device", "cpu", "--num_workers", "0",
         "--out_dir", str(out / "eval"), "--dump_images", "--dump_side_by_side",
     ])
-    summary = evaluation.evaluate(eval_args)
+    summary = eval_script.evaluate(eval_args, eval_config)
 
     baseline = majority_class_miou(data, "test")
     minutes = (time.perf_counter() - start) / 60

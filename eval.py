@@ -31,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from easydict import EasyDict
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from config import add_config_flags, dataset_root, parse_with_config
 from datasets import normalize_image
 from datasets.file_check import DataFileError, find_mask_problems, summarize_mask_problems
 from evaluation.dataset_split import DATASET_NAMES, load_split
@@ -49,7 +51,8 @@ from evaluation.metrics import (
     write_metrics_json,
 )
 from evaluation.report import make_sample, write_report
-from evaluation.restore import add_model_options, inference_options, model_options, restore_model
+from evaluation.restore import add_speed_flags, restore_model, speed_options
+from network.options import add_model_flags
 from utils.atomic import exit_on_write_error
 from utils.checkpoint import CheckpointMismatchError
 from utils.palette import blend, colorize, error_map, palette_image, save_image, side_by_side
@@ -69,9 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="split folder to evaluate (default val; the official Potsdam/Vaihingen scripts pass "
                            "--split test)")
     what.add_argument("--snapshot", required=True, help="checkpoint file (.pth) to evaluate")
-    what.add_argument("--arch", required=True,
-                      help="model: pfnet_r50, pfnet_r101 or the original dotted names "
-                           "(network.pointflow_resnet_with_max_avg_pool.DeepR50_PF_maxavg_deeply)")
     what.add_argument("--mode", default="semantic", choices=("semantic",),
                       help="dataset quality; only 'semantic' exists for these datasets (kept for the scripts)")
     what.add_argument("--cv_split", type=int, default=None,
@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ignore truth pixels within this many pixels of a class boundary (ISPRS uses 3); "
                                "applied at the evaluated size (default 0 = off)")
 
-    add_model_options(parser)
+    add_model_flags(parser)
+    add_speed_flags(parser)
 
     output = parser.add_argument_group("output")
     output.add_argument("--ckpt_path", default=None,
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num_workers", type=int, default=4, help="data-loading processes (default 4)")
     run.add_argument("--test_mode", action="store_true", help="stop after 7 images (a quick check)")
     run.add_argument("--with_f1", action="store_true", help="accepted for compatibility: F1 is always reported")
+    add_config_flags(parser, "eval.py")
     return parser
 
 
@@ -268,9 +270,11 @@ def dump_prediction(out_dir: Path, name: str, pixels: np.ndarray, truth: np.ndar
         save_image(out_dir / "side_by_side" / f"{name}.png", panel)
 
 
-def evaluate(args: argparse.Namespace) -> dict:
-    """Run the evaluation described by ``args``; return the metrics summary (see ``metrics_summary``)."""
-    items, class_names, palette = load_split(args.dataset, args.split, args.dataset_dir)
+def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
+    """Run the evaluation described by ``args`` (dataset roots from ``config``); return the metrics summary
+    (see ``metrics_summary``)."""
+    root = args.dataset_dir or dataset_root(config, args.dataset)
+    items, class_names, palette = load_split(args.dataset, args.split, root)
     if args.eroded_masks:
         items = replace_masks(items, args.eroded_masks)
     exclude = parse_class_list(args.exclude_classes, class_names)
@@ -285,15 +289,17 @@ def evaluate(args: argparse.Namespace) -> dict:
     problems = find_mask_problems([mask for _, mask in items], len(class_names), "checking masks", args.num_workers)
     if problems:
         raise DataFileError(summarize_mask_problems(problems, len(items)))
-    model, checkpoint_extras = restore_model(
-        args.arch, args.snapshot, len(class_names), device=args.device, trusted_pickle=args.trusted_pickle,
-        **inference_options(args), **model_options(args),
-    )
+    restored = restore_model(args, args.snapshot, len(class_names), device=args.device,
+                             trusted_pickle=args.trusted_pickle, **speed_options(args))
+    model, checkpoint_extras, resolved = restored.model, restored.extras, restored.resolved
     # outputs only once the dataset, the flags and the checkpoint are known to fit together
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = setup_logging(out_dir)
-    log.info("snapshot %s (epoch %s), arch %s, dataset %s/%s: %d images", args.snapshot,
-             checkpoint_extras.get("epoch"), args.arch, args.dataset, args.split, len(items))
+    for warning in resolved.warnings:
+        log.warning("warning: %s", warning)
+    log.info("snapshot %s (epoch %s), dataset %s/%s: %d images", args.snapshot,
+             checkpoint_extras.get("epoch"), args.dataset, args.split, len(items))
+    log.info("model: %s", resolved.describe())
     log.info("mode %s, scales %s, flip %s, resize %s%s; output %s", args.inference_mode, scales, not args.no_flip,
              args.resize_scale, f", window {args.crop_size} stride {stride}" if sliding else "", out_dir)
 
@@ -325,7 +331,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     summary = metrics_summary(meter.matrix, class_names, exclude)
     log.info("results on %s/%s:\n%s", args.dataset, args.split, format_table(summary))
     extra = {
-        "dataset": args.dataset, "split": args.split, "snapshot": str(args.snapshot), "arch": args.arch,
+        "dataset": args.dataset, "split": args.split, "snapshot": str(args.snapshot), "arch": resolved.arch,
         "checkpoint_epoch": checkpoint_extras.get("epoch"),
         "checkpoint_mean_iu": None if checkpoint_extras.get("mean_iu") is None
         else float(checkpoint_extras["mean_iu"]),
@@ -335,7 +341,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             "resize_scale": args.resize_scale, "crop_size": args.crop_size if sliding else None,
             "stride": stride, "eroded_masks": args.eroded_masks, "boundary_ignore": args.boundary_ignore,
         },
-        "model_options": model_options(args),
+        "model_options": resolved.options,
+        "model_option_sources": resolved.sources,
         "command": " ".join(sys.argv),
     }
     write_metrics_json(out_dir / "metrics.json", summary, extra)
@@ -365,10 +372,10 @@ def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: evaluate as the flags say; problems end in a usage error (exit status 2)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, config = parse_with_config(parser, argv)
     check_flags(parser, args)
     try:
-        evaluate(args)
+        evaluate(args, config)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:
         if log.handlers:  # the output folder and its log exist: say there that the evaluation failed
             log.error("evaluation failed: %s", error)

@@ -21,15 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from config import add_config_flags, parse_with_config
 from evaluation.dataset_split import dataset_table
 from evaluation.inference import parse_scales, predict_large_image
-from evaluation.restore import (
-    add_model_options,
-    checkpoint_num_classes,
-    inference_options,
-    model_options,
-    restore_model,
-)
+from evaluation.restore import add_speed_flags, restore_model, speed_options
+from network.options import add_model_flags
 from utils.atomic import exit_on_write_error, remove_stale_partial_files
 from utils.checkpoint import CheckpointMismatchError
 from utils.palette import default_palette
@@ -41,8 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images (not searched recursively)")
     parser.add_argument("--snapshot", required=True, help="checkpoint (.pth) to load, e.g. an official PFSegNets one")
-    parser.add_argument("--arch", default="pfnet_r50",
-                        help="model name (pfnet_r50, pfnet_r101, or the original dotted name); default pfnet_r50")
     parser.add_argument("--dataset", default=None,
                         help="iSAID, Posdam (or potsdam) or Vaihingen: gives the class count and the colour palette; "
                              "without it the class count is read from the checkpoint and a generic palette is used")
@@ -70,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trusted-pickle", dest="trusted_pickle", action="store_true",
                         help="allow arbitrary pickled objects in the checkpoint (legacy files); this can run code "
                              "stored in the file, so only for files you trust")
-    add_model_options(parser)
+    add_model_flags(parser)
+    add_speed_flags(parser)
+    add_config_flags(parser, "predict.py")
     return parser
 
 
@@ -174,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     written; an image that cannot be read stops the run with its name (earlier masks are kept).
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, _ = parse_with_config(parser, argv)
     try:
         stride = window_stride(args.window, args.stride, args.overlap)
         scales = parse_scales(args.scales)
@@ -184,18 +180,17 @@ def main(argv: list[str] | None = None) -> int:
         inputs = collect_inputs(args.inputs)
         outputs = plan_outputs(inputs, Path(args.out_dir), args.format, args.overwrite)
         remove_stale_partial_files(args.out_dir)
-        if args.dataset:
-            class_names, palette = dataset_table(args.dataset)
-            num_classes = len(class_names)
-        else:
-            num_classes = checkpoint_num_classes(args.snapshot, args.arch, args.trusted_pickle)
-            palette = default_palette(num_classes)
-        model, _ = restore_model(
-            args.arch, args.snapshot, num_classes, device=args.device, trusted_pickle=args.trusted_pickle,
-            **inference_options(args), **model_options(args),
-        )
+        palette = dataset_table(args.dataset)[1] if args.dataset else None
+        restored = restore_model(args, args.snapshot, None if palette is None else len(palette), device=args.device,
+                                 trusted_pickle=args.trusted_pickle, **speed_options(args))
+        model = restored.model
+        if palette is None:
+            palette = default_palette(restored.num_classes)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:
         parser.error(str(error))
+    for warning in restored.resolved.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"model: {restored.resolved.describe()}")
     for image_path, out_path in tqdm(list(zip(inputs, outputs)), desc="images", unit="img", disable=len(inputs) < 2):
         try:
             predict_file(model, image_path, out_path, palette, args, stride, scales, bands)

@@ -1,4 +1,4 @@
-"""Train PFNet on iSAID, Potsdam or Vaihingen: one process, or torchrun DDP on one or several machines.
+"""Train a segmentation model on iSAID, Potsdam or Vaihingen: one process, or torchrun DDP on one or several machines.
 
 Single process (one GPU, or the CPU)::
 
@@ -9,23 +9,27 @@ One machine, G GPUs (one process each; NCCL)::
     torchrun --standalone --nproc_per_node=G train.py ...
 
 Several machines: the same command on every machine with ``--nnodes=N --node_rank=i
---rdzv_endpoint=HOST:PORT --rdzv_backend=c10d`` (see README, "Training"). CPU processes use gloo.
+--rdzv_endpoint=HOST:PORT --rdzv_backend=c10d`` (see docs/training.md). CPU processes use gloo.
 The official recipes are in ``scripts/pointflow/train_*.sh``.
+
+The file reads top to bottom: the flags, the parts of a run (data, model, optimisation, resume), one
+epoch (train, validate, save), the loop over the epochs, and ``main``.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import re
 import sys
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
+from easydict import EasyDict
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
@@ -34,19 +38,7 @@ from tqdm import tqdm
 import datasets
 import network
 import transforms
-from config import (
-    DATASET_ROOT_KEYS,
-    ConfigError,
-    cfg,
-    dataset_root,
-    effective_config,
-    merge_sections,
-    parse_override,
-    read_experiment_file,
-    save_config,
-    set_dotted,
-    yaml_value,
-)
+from config import DATASET_ROOT_KEYS, add_config_flags, dataset_root, effective_config, parse_with_config, save_config
 from datasets.uniform import ClassUniformSampler
 from engine.distributed import (
     DistContext,
@@ -57,7 +49,7 @@ from engine.distributed import (
     close_distributed,
     init_distributed,
 )
-from engine.optim import build_scheduler, build_sgd, lr_factor
+from engine.optim import build_scheduler, build_sgd, lr_factor, zero_lr_epochs
 from engine.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from engine.run_checkpoint import (
     LAST_NAME,
@@ -70,8 +62,9 @@ from engine.run_checkpoint import (
 from engine.train_log import RunLog, close_logger, prediction_panel, setup_logger
 from evaluation.metrics import ConfusionMatrix, format_table, metrics_summary
 from loss import get_loss
+from network.options import ResolvedModel, add_model_flags, resolve_model_options
 from utils.atomic import exit_on_write_error
-from utils.checkpoint import load_checkpoint, unwrap_model
+from utils.checkpoint import load_checkpoint, read_checkpoint, unwrap_model
 
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 VAL_SPLITS = {"isaid": "val", "posdam": "test", "potsdam": "test", "vaihingen": "test"}
@@ -80,19 +73,21 @@ NUM_VAL_PANELS = 4
 # repeats a run without resuming or stopping it) and of the resume consistency check.
 RUN_CONTROL_FLAGS = {"resume", "stop_after", "config", "overrides", "overwrite", "num_workers", "device", "local_rank",
                      "trusted_pickle"}
-# Flags an experiment file or --set cannot give: they name the configuration itself.
-NOT_SETTABLE = {"help", "config", "overrides"}
 
+
+# The flags.
 
 def build_parser() -> argparse.ArgumentParser:
     """train.py's flags: the original's names and meanings, plus native AMP, resume and config files."""
     parser = argparse.ArgumentParser(
-        description="Train PFNet (PointFlow, CVPR 2021). Launch with torchrun for several GPUs or machines.",
+        prog="train.py",
+        description="Train PFNet (PointFlow, CVPR 2021) or a baseline. Launch with torchrun for several GPUs or "
+                    "machines.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="iSAID",
-                      help="iSAID, Posdam (or potsdam) or Vaihingen; root from cfg.DATASET")
+                      help="iSAID, Posdam (or potsdam) or Vaihingen; root from the configuration's DATASET section")
     data.add_argument("--cv", type=int, default=0, help="cross-validation split; the aerial datasets have one (0)")
     data.add_argument("--val_split", default=None,
                       help="split validated during training (default as the original: val for iSAID, test for ISPRS)")
@@ -115,22 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--class_uniform_sampling", action="store_true",
                       help="turn on class-uniform sampling (not part of the published recipe, which saw plain "
                            "shuffled patches)")
-    data.add_argument("--max_cu_epoch", type=int, default=100000, help="accepted for the original's scripts, no effect")
     data.add_argument("--bs_mult", type=int, default=4, help="training batch per process (per GPU); at least 2")
     data.add_argument("--bs_mult_val", type=int, default=1, help="validation batch per process")
     data.add_argument("--num_workers", type=int, default=4, help="data-loading worker processes per training process")
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--arch", default="pfnet_r50",
-                       help="pfnet_r50, pfnet_r101 or the original's "
-                            "network.pointflow_resnet_with_max_avg_pool.* names")
-    model.add_argument("--maxpool_size", type=int, default=9,
-                       help="salient-point grid of the point-flow modules (the original train.py's default; "
-                            "the official scripts use 14)")
-    model.add_argument("--avgpool_size", type=int, default=9, help="edge-suppression grid of the point-flow modules")
-    model.add_argument("--edge_points", type=int, default=32,
-                       help="edge points per point-flow module (the official scripts use 128)")
-    model.add_argument("--match_dim", type=int, default=64, help="embedding channels of the point matcher")
+    model = add_model_flags(parser)
     model.add_argument("--pretrained", default=None,
                        help="ImageNet trunk weights (the original's pretrained_models/resnet50-deep.pth); "
                             "default: random initialisation")
@@ -143,24 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--lr", type=float, default=0.002, help="base learning rate")
     optim.add_argument("--lr_schedule", default="poly", choices=["poly", "scl-poly"],
-                       help="per-epoch LR factor, stepped at the top of each epoch as in the original")
+                       help="per-epoch LR factor, stepped at the top of each epoch as in the original: epoch e "
+                            "trains at lr * (1 - (e + 1) / max_epoch) ** poly_exp, so the last epoch at LR 0")
     optim.add_argument("--poly_exp", type=float, default=1.0, help="poly exponent")
     optim.add_argument("--repoly", type=float, default=1.5, help="scl-poly: exponent of the restarted poly")
-    optim.add_argument("--rescale", type=float, default=1.0, help="scl-poly: LR factor at the restart")
+    optim.add_argument("--rescale", type=float, default=1.0, help="scl-poly: LR factor at the restart, in (0, 1]")
     optim.add_argument("--rlx_off_epoch", type=int, default=-1, help="scl-poly: epoch of the restart")
-    optim.add_argument("--max_epoch", type=int, default=180, help="number of epochs")
-    optim.add_argument("--sgd", action="store_true", default=True, help="SGD (always on, as in the original)")
+    optim.add_argument("--max_epoch", type=int, default=180,
+                       help="number of epochs; with --resume, a larger value continues a run on the schedule of "
+                            "the new length")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument("--weight_decay", type=float, default=1e-4, help="SGD weight decay (all parameters)")
     optim.add_argument("--amp", default="off", choices=sorted(AMP_DTYPES),
                        help="mixed precision: fp16 (with a gradient scaler) or bf16; off = float32")
-    optim.add_argument("--apex", action="store_true",
-                       help="accepted for the original's scripts: apex DDP is replaced by torch DDP under torchrun; "
-                            "it does not turn on mixed precision: choose that with --amp (--fp16 = --amp fp16)")
     optim.add_argument("--fp16", action="store_true", help="the original's apex AMP flag: same as --amp fp16")
-    optim.add_argument("--local_rank", "--local-rank", type=int, default=None,
-                       help="passed by the deprecated torch.distributed.launch; ignored (use torchrun, which sets "
-                            "LOCAL_RANK)")
     optim.add_argument("--seed", type=int, default=0, help="random seed (process r uses seed + r)")
     optim.add_argument("--deterministic", action="store_true",
                        help="deterministic algorithms (bit-exact reruns and resumes; slower on GPUs)")
@@ -168,13 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     losses = parser.add_argument_group("loss")
     losses.add_argument("--joint_edge_loss_pfnet", action="store_true",
-                        help="PFNet's loss: segmentation loss + class-balanced BCE on the three edge maps")
+                        help="PFNet's loss: segmentation loss + class-balanced BCE on the three edge maps (models "
+                             "without edge maps train on the segmentation loss alone, with a note)")
     losses.add_argument("--edge_weight", type=float, default=1.0, help="weight of each edge term")
     losses.add_argument("--seg_weight", type=float, default=1.0, help="weight of the segmentation term (joint loss)")
     losses.add_argument("--ohem", action="store_true", help="OHEM cross-entropy (thresh 0.7, min_kept 10000)")
-    losses.add_argument("--aux", action="store_true", help="accepted, no effect: PFNet has no auxiliary head")
-    losses.add_argument("-wb", "--wt_bound", type=float, default=1.0,
-                        help="accepted, no effect (the original's class-weighted losses are not used by PFNet)")
 
     io = parser.add_argument_group("checkpoints and logs")
     io.add_argument("--exp", default="default", help="experiment folder under --ckpt and --tb_path")
@@ -188,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="load only the --snapshot tensors whose shapes fit (e.g. another class count)")
     io.add_argument("--restore_optimizer", action="store_true", help="also load the optimizer state of --snapshot")
     io.add_argument("--resume", default=None,
-                    help="continue a run exactly from its last.pth (weights, optimizer, schedule, RNG, best record)")
+                    help="continue a run exactly from its last.pth (weights, optimizer, schedule, RNG, best record); "
+                         "model flags not given are read from it")
     io.add_argument("--stop_after", type=int, default=None,
                     help="stop after this many epochs of this run, as if interrupted (continue with --resume)")
     io.add_argument("--overwrite", action="store_true", help="start afresh in a run folder that has a last.pth")
@@ -196,97 +175,35 @@ def build_parser() -> argparse.ArgumentParser:
                     help="validate when epoch %% val_freq == 0, and after the last epoch")
     io.add_argument("--print_freq", type=int, default=5, help="iterations between log records")
 
-    config = parser.add_argument_group("configuration")
-    config.add_argument("--config", default=None,
-                        help="YAML experiment file: flag names and cfg sections (see config.py); flags given "
-                             "on the command line win")
-    config.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="overrides applied last: flag names (lr=0.01) or cfg keys (DATASET.ISAID_DIR=/data/iSAID)")
+    add_config_flags(parser, "train.py")
+
+    original = parser.add_argument_group("accepted for the original's scripts (no effect)")
+    original.add_argument("--max_cu_epoch", type=int, default=100000, help="the original's class-uniform epoch limit")
+    original.add_argument("--sgd", action="store_true", default=True, help="SGD is the only optimiser")
+    original.add_argument("--aux", action="store_true", help="the models here have no auxiliary head")
+    original.add_argument("-wb", "--wt_bound", type=float, default=1.0,
+                          help="class-weight bound of losses these models do not use")
+    original.add_argument("--apex", action="store_true",
+                          help="apex DDP is replaced by torch DDP under torchrun; it does not turn on mixed "
+                               "precision: choose that with --amp (--fp16 = --amp fp16)")
+    original.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                          help="passed by the deprecated torch.distributed.launch (use torchrun, which sets "
+                               "LOCAL_RANK)")
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    """Flags after the experiment file and overrides, and the notes to print about mapped flags.
-
-    Values from the ``--config`` file and ``--set`` pass the same type and ``choices`` checks as flags
-    given on the command line (:func:`flag_value`).
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, EasyDict, list[str]]:
+    """Flags after the experiment file and overrides, this run's configuration, and notes about mapped flags.
 
     Raises:
-        SystemExit: (argparse) on bad flags, with a message naming the file or override at fault.
+        SystemExit: (argparse) on bad flags, with a message naming the file, override or flag at fault.
     """
     parser = build_parser()
-    pre_parser = argparse.ArgumentParser(add_help=False)
-    pre_parser.add_argument("--config", default=None)
-    config_path = pre_parser.parse_known_args(argv)[0].config
-    settable = {action.dest: action for action in parser._actions if action.dest not in NOT_SETTABLE}
-    try:
-        if config_path:
-            file_flags, cfg_sections = read_experiment_file(config_path)
-            unknown = sorted(set(file_flags) - set(settable))
-            if unknown:
-                raise ConfigError(f"{config_path}: unknown flags {unknown}; see train.py --help for the flag names")
-            parser.set_defaults(**{key: flag_value(settable[key], value, f"{config_path}: {key}")
-                                   for key, value in file_flags.items()})
-            merge_sections(cfg, cfg_sections, source=config_path)
-        args = parser.parse_args(argv)
-        for override in args.overrides:
-            key, text = parse_override(override)
-            if key in settable:
-                setattr(args, key, flag_value(settable[key], yaml_value(text), f"--set {override}"))
-            else:
-                set_dotted(cfg, key, yaml_value(text), source=f"--set {override}")
-    except ConfigError as error:
-        parser.error(str(error))
-    return args, check_args(parser, args)
+    args, config = parse_with_config(parser, argv)
+    return args, config, check_args(parser, args, config)
 
 
-def flag_value(action: argparse.Action, value: Any, source: str) -> Any:
-    """A flag's value from an experiment file or ``--set``, checked as argparse checks the command line.
-
-    Args:
-        action: the flag's argparse action.
-        value: the file's YAML value, or the ``--set`` text read as YAML; text given to a numeric flag is
-            converted with its type (``"1e-3"``, a string in YAML, -> 0.001).
-        source: where the value came from, for errors (``exp.yaml: amp`` or ``--set amp=fp8``).
-
-    Returns:
-        The value typed as the flag: bool for on/off flags, int or float for numeric flags, str otherwise
-        (None where the flag's default is None).
-
-    Raises:
-        ConfigError: naming ``source``, the value and what the flag accepts.
-    """
-    if action.nargs == 0:  # on/off flags (store_true, --x/--no-x)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {value!r} is not an on/off value; use true or false")
-        return value
-    if value is None and action.default is None:
-        return None
-    if action.type in (int, float):
-        value = number_value(action.type, value, source)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)  # as the command line passes it
-    elif not isinstance(value, str):
-        raise ConfigError(f"{source}: {value!r} is not a text value")
-    if action.choices is not None and value not in action.choices:
-        raise ConfigError(f"{source}: {value!r} is not allowed; choose from {sorted(action.choices)}")
-    return value
-
-
-def number_value(kind: type, value: Any, source: str) -> int | float:
-    """``value`` as ``kind`` (int or float): text is parsed, a float is refused for an int flag."""
-    name = "an integer" if kind is int else "a number"
-    if isinstance(value, str):
-        try:
-            return kind(value)
-        except ValueError:
-            raise ConfigError(f"{source}: {value!r} is not {name}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and isinstance(value, float)):
-        raise ConfigError(f"{source}: {value!r} is not {name}")
-    return kind(value)
-
-
-def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, config: EasyDict) -> list[str]:
     """Validate flag combinations; map the original's apex flags. Returns notes to print."""
     notes = []
     if args.fp16:
@@ -303,21 +220,27 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> lis
     if args.class_uniform_sampling and not 0.0 < args.class_uniform_pct <= 1.0:
         parser.error("--class_uniform_sampling needs --class_uniform_pct in (0, 1], e.g. 0.5")
     if args.aux:
-        notes.append("--aux: no effect (PFNet has no auxiliary head; the original ignored it with the joint loss)")
+        notes.append("--aux: no effect (the models have no auxiliary head; the original ignored it with the joint "
+                     "loss)")
     if args.bs_mult < 2:
         parser.error("--bs_mult must be at least 2: the PSP module's 1x1 bin is batch-normalised per process")
-    if not 0 <= args.cv < cfg.DATASET.CV_SPLITS:
-        parser.error(f"--cv {args.cv} is outside [0, {cfg.DATASET.CV_SPLITS})")
+    if not 0 <= args.cv < config.DATASET.CV_SPLITS:
+        parser.error(f"--cv {args.cv} is outside [0, {config.DATASET.CV_SPLITS})")
     if args.dataset.lower() not in DATASET_ROOT_KEYS:
         parser.error(f"--dataset {args.dataset!r}: choose iSAID, Posdam (potsdam) or Vaihingen")
     if args.resume and args.snapshot:
         parser.error("--resume continues a run with its own weights; leave out --snapshot")
     try:
-        lr_factor(args.lr_schedule, max_epoch=args.max_epoch, poly_exp=args.poly_exp,
-                  rescale_epoch=args.rlx_off_epoch, rescale=args.rescale, repoly=args.repoly)
+        schedule_factor(args)
     except ValueError as error:
         parser.error(str(error))
     return notes
+
+
+def schedule_factor(args: argparse.Namespace):
+    """The LR factor function of the flags (see ``engine.optim.lr_factor``)."""
+    return lr_factor(args.lr_schedule, max_epoch=args.max_epoch, poly_exp=args.poly_exp,
+                     rescale_epoch=args.rlx_off_epoch, rescale=args.rescale, repoly=args.repoly)
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -330,14 +253,94 @@ def flag_values(args: argparse.Namespace) -> dict:
     return {key: value for key, value in vars(args).items() if key not in RUN_CONTROL_FLAGS}
 
 
-def build_datasets(args: argparse.Namespace):
+class StartError(Exception):
+    """A run that cannot start as asked; ``main`` prints the message and exits with status 2."""
+
+
+@dataclass
+class Run:
+    """What every step of a run shares: the flags, this run's configuration, the process group, where the
+    run writes, and its logs."""
+
+    args: argparse.Namespace
+    config: EasyDict
+    ctx: DistContext
+    run_dir: Path
+    log: logging.Logger
+    run_log: RunLog
+    command: str
+    saved_config: dict
+
+
+@dataclass
+class Parts:
+    """The objects one epoch works on."""
+
+    model: nn.Module
+    criterion: nn.Module
+    val_criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    dataset_cls: type
+
+
+# The parts of a run.
+
+def resolve_model(args: argparse.Namespace, resume_checkpoint: dict | None) -> ResolvedModel:
+    """The arch and model options (flags, else the --resume checkpoint's, else the registry's); written back
+    into ``args`` so that config.yaml and the checkpoints record the values the run really uses."""
+    resolved = resolve_model_options(args, resume_checkpoint.get("config") if resume_checkpoint else None,
+                                     str(args.resume))
+    args.arch = resolved.arch
+    for name, value in resolved.options.items():
+        setattr(args, name, value)
+    return resolved
+
+
+def check_resume_length(args: argparse.Namespace, resume_checkpoint: dict) -> None:
+    """Refuse a --resume that has nothing left to train: --max_epoch must exceed the finished epochs."""
+    finished = int(resume_checkpoint.get("epoch", -1)) + 1
+    if args.max_epoch <= finished:
+        raise StartError(f"--resume {args.resume} has finished {finished} epochs and --max_epoch is {args.max_epoch}: "
+                         f"to train longer pass a larger --max_epoch (e.g. --max_epoch {finished + 1}); the schedule "
+                         f"then follows the new length from epoch {finished}")
+
+
+def prepare_run_dir(args: argparse.Namespace, ctx: DistContext) -> tuple[Path, Path]:
+    """Checkpoint and TensorBoard folders of this run; refuses to start afresh over an existing run."""
+    run_dir = Path(args.ckpt) / args.exp / run_name(args)
+    tb_dir = Path(args.tb_path) / args.exp / run_name(args)
+    if (run_dir / LAST_NAME).exists() and not (args.resume or args.overwrite):
+        raise StartError(f"{run_dir / LAST_NAME} exists: continue that run with --resume {run_dir / LAST_NAME}, "
+                         f"start over with --overwrite, or pick another --exp")
+    barrier()  # every process has checked before rank 0 creates anything
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, tb_dir
+
+
+def uses_edge_loss(run: Run) -> bool:
+    """--joint_edge_loss_pfnet for a model whose training forward returns edge maps (PFNet); other models
+    train on the segmentation loss alone."""
+    if not run.args.joint_edge_loss_pfnet:
+        return False
+    if network.model_entry(run.args.arch).edge_outputs:
+        return True
+    run.log.info(f"--joint_edge_loss_pfnet: {run.args.arch} has no edge maps; training on the segmentation loss alone")
+    return False
+
+
+def build_datasets(args: argparse.Namespace, config: EasyDict, with_edge: bool):
     """Training dataset (with the boundary target for the edge loss) and validation dataset."""
-    root = dataset_root(args.dataset)
+    root = dataset_root(config, args.dataset)
     train_transform = transforms.build_train_transform(
         args.dataset, args.crop_size, scale_min=args.scale_min, scale_max=args.scale_max, with_aug=args.with_aug,
         color_aug=args.color_aug, gaussian_blur=args.gblur, pre_size=args.pre_size)
     train_set = datasets.get_dataset(args.dataset, "train", root, joint_transform=train_transform,
-                                     with_edge=args.joint_edge_loss_pfnet, edge_thickness=args.thicky)
+                                     with_edge=with_edge, edge_thickness=args.thicky)
     val_split = args.val_split or VAL_SPLITS[args.dataset.lower()]
     val_set = datasets.get_dataset(args.dataset, val_split, root,
                                    joint_transform=transforms.build_eval_transform(args.dataset, args.crop_size))
@@ -362,7 +365,7 @@ def build_loaders(args: argparse.Namespace, ctx: DistContext, train_set, val_set
     train_loader = DataLoader(train_set, batch_size=args.bs_mult, sampler=build_train_sampler(args, ctx, train_set),
                               drop_last=True, num_workers=args.num_workers, pin_memory=pin)
     if len(train_loader) == 0:
-        raise ValueError(f"{len(train_set)} training images give no full batch of {args.bs_mult} per process "
+        raise StartError(f"{len(train_set)} training images give no full batch of {args.bs_mult} per process "
                          f"over {ctx.world_size} processes; lower --bs_mult")
     val_shard = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))
     val_loader = DataLoader(val_shard, batch_size=args.bs_mult_val, shuffle=False,
@@ -370,16 +373,15 @@ def build_loaders(args: argparse.Namespace, ctx: DistContext, train_set, val_set
     return train_loader, val_loader
 
 
-def build_model(args: argparse.Namespace, ctx: DistContext, num_classes: int, log) -> nn.Module:
-    """PFNet on the CPU with the flags' options: ImageNet trunk from --pretrained, SyncBN, activation checkpointing."""
+def build_model(args: argparse.Namespace, ctx: DistContext, num_classes: int, log: logging.Logger) -> nn.Module:
+    """The model on the CPU with the resolved options (``args.arch`` and its options, see :func:`resolve_model`):
+    ImageNet trunk from --pretrained, SyncBN, activation checkpointing."""
     sync = args.syncbn and ctx.device.type == "cuda" and ctx.is_distributed
     if args.syncbn and not sync:
         log.info("--syncbn: plain BatchNorm (synchronised BatchNorm needs several GPU processes)")
-    model = network.get_model(
-        args.arch, num_classes, maxpool_size=args.maxpool_size, avgpool_size=args.avgpool_size,
-        edge_points=args.edge_points, match_dim=args.match_dim, pretrained=args.pretrained,
-        norm_layer=nn.SyncBatchNorm if sync else nn.BatchNorm2d,
-    )
+    options = {name: getattr(args, name) for name in network.model_defaults(args.arch)}
+    model = network.get_model(args.arch, num_classes, pretrained=args.pretrained,
+                              norm_layer=nn.SyncBatchNorm if sync else nn.BatchNorm2d, **options)
     if args.activation_checkpointing:
         network.enable_activation_checkpointing(model)
     if sync:
@@ -392,30 +394,108 @@ def build_model(args: argparse.Namespace, ctx: DistContext, num_classes: int, lo
     return model
 
 
-def wrap_model(model: nn.Module, args: argparse.Namespace, ctx: DistContext) -> nn.Module:
+def wrap_model(model: nn.Module, ctx: DistContext, with_edge: bool) -> nn.Module:
     """Move to the device; wrap in DDP for several processes. Without the edge loss the edge heads get
     no gradient, so DDP must look for unused parameters."""
     model = model.to(ctx.device)
     if not ctx.is_distributed:
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=not args.joint_edge_loss_pfnet)
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=not with_edge)
 
+
+def build_optimisation(args: argparse.Namespace, ctx: DistContext, model: nn.Module, snapshot: dict | None):
+    """SGD (optionally with the --snapshot's state), the per-epoch LR schedule and the gradient scaler."""
+    optimizer = build_sgd(model, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    if snapshot is not None and args.restore_optimizer:
+        if "optimizer" not in snapshot:
+            raise StartError(f"--restore_optimizer: {args.snapshot} holds no optimizer state")
+        optimizer.load_state_dict(snapshot["optimizer"])
+    scheduler = build_scheduler(optimizer, schedule_factor(args))
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp == "fp16")
+    return optimizer, scheduler, scaler
+
+
+def build_parts(run: Run) -> Parts:
+    """Datasets, loaders, model (with --snapshot weights), criteria and optimisation of ``run``."""
+    args, log = run.args, run.log
+    with_edge = uses_edge_loss(run)
+    train_set, val_set = build_datasets(args, run.config, with_edge)
+    dataset_cls = type(train_set)
+    train_loader, val_loader = build_loaders(args, run.ctx, train_set, val_set)
+    log.info(f"{len(train_set)} training images ({len(train_loader)} iterations per epoch), {len(val_set)} validation")
+    model = build_model(args, run.ctx, dataset_cls.num_classes, log)
+    snapshot = None
+    if args.snapshot:
+        snapshot = load_checkpoint(args.snapshot, model, strict_shapes=not args.snapshot_partial,
+                                   trusted_pickle=args.trusted_pickle,
+                                   classifier_key=network.model_entry(args.arch).classifier_key)
+        log.info(f"weights from {args.snapshot} ({len(snapshot['skipped'])} tensors skipped)")
+    model = wrap_model(model, run.ctx, with_edge)
+    criterion, val_criterion = get_loss(joint_edge_loss_pfnet=with_edge, ohem=args.ohem,
+                                        edge_weight=args.edge_weight, seg_weight=args.seg_weight,
+                                        ignore_index=dataset_cls.ignore_label)
+    optimizer, scheduler, scaler = build_optimisation(args, run.ctx, model, snapshot)
+    return Parts(model, criterion, val_criterion, optimizer, scheduler, scaler, train_loader, val_loader,
+                 dataset_cls)
+
+
+def check_resume_config(saved: dict, current: dict, log) -> None:
+    """Warn about flags or cfg values that differ from those the resumed run was started with."""
+    changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+    for key in changed:
+        log.warning(f"--resume: {key} was {saved.get(key)!r} in the checkpoint, now {current.get(key)!r}")
+
+
+def resume(run: Run, parts: Parts, checkpoint: dict) -> TrainingState:
+    """Restore a --resume checkpoint (already read), this process's RNG streams included."""
+    args, ctx, log = run.args, run.ctx, run.log
+    state, extras = resume_training(checkpoint, args.resume, parts.model, parts.optimizer, parts.scheduler,
+                                    parts.scaler)
+    check_resume_config(extras.get("config", {}), run.saved_config, log)
+    rng_states = extras["rng_states"]
+    if len(rng_states) == ctx.world_size:
+        restore_rng_state(rng_states[ctx.rank])
+    else:
+        log.warning(f"--resume: saved by {len(rng_states)} processes, now {ctx.world_size}: the random streams "
+                    f"restart (the run continues, not bit-exactly)")
+        seed_everything(args.seed + ctx.rank + 1000 * state.next_epoch)
+    log.info(f"resuming {args.resume} at epoch {state.next_epoch} (best mIoU so far {state.best.mean_iu:.5f})")
+    return state
+
+
+def announce_zero_lr_epochs(run: Run, first_epoch: int) -> None:
+    """Say before training which epochs run at LR 0 (the poly schedule reaches 0 at its last epoch)."""
+    args = run.args
+    zero = zero_lr_epochs(schedule_factor(args), first_epoch)
+    if not zero:
+        return
+    if len(zero) == args.max_epoch - first_epoch:
+        run.log.warning(f"every epoch of this run ({', '.join(map(str, zero))}) trains at LR 0: with --max_epoch "
+                        f"{args.max_epoch} the original's per-epoch {args.lr_schedule} schedule is 0 there, so the "
+                        f"weights will not change; pass --max_epoch {args.max_epoch + 1} or more to train")
+    else:
+        run.log.info(f"epoch {zero[-1]} (the last) trains at LR 0, as in the original's {args.lr_schedule} "
+                     f"schedule; for {args.max_epoch} epochs at a nonzero LR pass --max_epoch {args.max_epoch + 1}")
+
+
+# One epoch.
 
 def progress_disabled(ctx: DistContext) -> bool | None:
     """tqdm's ``disable``: bars on rank 0 when it writes to a terminal (None = tqdm decides), else off."""
     return None if ctx.is_main else True
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scaler, args, ctx: DistContext, epoch: int,
-                    state: TrainingState, run_log: RunLog, log) -> dict[str, float]:
+def train_one_epoch(run: Run, parts: Parts, state: TrainingState, epoch: int) -> dict[str, float]:
     """One pass over the training loader; returns the epoch's mean loss terms (averaged over processes).
 
     Each batch holds ``image`` float (N, 3, H, W) normalised, ``mask`` int64 (N, H, W) class ids (255 ignored)
     and, with the edge loss, ``edge`` float (N, 1, H, W) boundary targets; N is --bs_mult. The model
-    returns logits (N, K, H, W) and three edge logits (N, 1, H, W); the criterion returns scalar terms.
-    The loss terms are logged every --print_freq iterations.
+    returns logits (N, K, H, W) (PFNet in training mode also three edge logits (N, 1, H, W)); the criterion
+    returns scalar terms. The loss terms are logged every --print_freq iterations.
     """
+    args, ctx, model, optimizer, scaler = run.args, run.ctx, parts.model, parts.optimizer, parts.scaler
+    loader = parts.train_loader
     model.train()
     amp_dtype = AMP_DTYPES[args.amp]
     totals: dict[str, float] = {}
@@ -428,7 +508,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, args, ctx: Dist
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(ctx.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(images)
-        terms = criterion(outputs, masks, edges)
+        terms = parts.criterion(outputs, masks, edges)
         loss = sum(terms.values())
         if not scaler.is_enabled() and not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, iteration {iteration}: "
@@ -449,10 +529,10 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, args, ctx: Dist
         if iteration % args.print_freq == 0:
             record = {"epoch": epoch, "iter": iteration + 1, "iters": len(loader), **values, "lr": lr,
                       "images_per_s": images_per_s}
-            run_log.record("train", state.global_step, record)
-            log.info(f"[epoch {epoch}] [iter {iteration + 1} / {len(loader)}] "
-                     + " ".join(f"[{k} {v:.5f}]" for k, v in values.items())
-                     + f" [lr {lr:.6f}] [{images_per_s:.1f} img/s]")
+            run.run_log.record("train", state.global_step, record)
+            run.log.info(f"[epoch {epoch}] [iter {iteration + 1} / {len(loader)}] "
+                         + " ".join(f"[{k} {v:.5f}]" for k, v in values.items())
+                         + f" [lr {lr:.6f}] [{images_per_s:.1f} img/s]")
     return {name: total / len(loader) for name, total in totals.items()}
 
 
@@ -464,7 +544,7 @@ def mean_over_processes(values: dict[str, torch.Tensor], ctx: DistContext) -> di
 
 
 @torch.no_grad()
-def validate(model, loader, val_criterion, args, ctx: DistContext, dataset_cls):
+def validate(run: Run, parts: Parts):
     """Score the (sharded) validation set with the shared confusion-matrix code.
 
     Each batch holds ``image`` float (N, 3, H, W) and ``mask`` int64 (N, H, W) (255 ignored); the model
@@ -472,23 +552,25 @@ def validate(model, loader, val_criterion, args, ctx: DistContext, dataset_cls):
     over the processes with the loss sum and the labelled-pixel count.
 
     Returns:
-        ``(summary, val_loss, panels)``: :func:`evaluation.metrics.metrics_summary` of the all-reduced matrix, the
-        cross-entropy per labelled pixel over all processes, and (on rank 0) up to NUM_VAL_PANELS
+        ``(summary, val_loss, panels)``: :func:`evaluation.metrics.metrics_summary` of the all-reduced matrix,
+        the cross-entropy per labelled pixel over all processes, and (on rank 0) up to NUM_VAL_PANELS
         image/truth/prediction panels.
     """
-    bare = unwrap_model(model)
+    ctx, dataset_cls = run.ctx, parts.dataset_cls
+    bare = unwrap_model(parts.model)
     bare.eval()
-    amp_dtype = AMP_DTYPES[args.amp]
+    amp_dtype = AMP_DTYPES[run.args.amp]
     confusion = ConfusionMatrix(dataset_cls.num_classes, device=ctx.device)
     loss_and_pixels = torch.zeros(2, dtype=torch.float64, device=ctx.device)
     panels = []
-    for batch in tqdm(loader, desc="validating", disable=progress_disabled(ctx), dynamic_ncols=True, leave=False):
+    for batch in tqdm(parts.val_loader, desc="validating", disable=progress_disabled(ctx), dynamic_ncols=True,
+                      leave=False):
         images = batch["image"].to(ctx.device, non_blocking=True)
         masks = batch["mask"].to(ctx.device, non_blocking=True)
         with torch.autocast(ctx.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = bare(images)
         logits = logits.float()
-        loss_and_pixels[0] += val_criterion(logits, masks).double()
+        loss_and_pixels[0] += parts.val_criterion(logits, masks).double()
         loss_and_pixels[1] += (masks != dataset_cls.ignore_label).sum()
         predictions = logits.argmax(dim=1)
         confusion.update(predictions, masks)
@@ -501,155 +583,113 @@ def validate(model, loader, val_criterion, args, ctx: DistContext, dataset_cls):
     return metrics_summary(confusion.matrix, list(dataset_cls.class_names)), val_loss, panels
 
 
-def log_validation(run_log: RunLog, log, epoch: int, summary: dict, val_loss: float, panels) -> None:
+def log_validation(run: Run, epoch: int, summary: dict, val_loss: float, panels) -> None:
     """Print the per-class table; record the means, per-class IoU and prediction panels."""
-    log.info(f"validation after epoch {epoch}:\n{format_table(summary)}\nval loss {val_loss:.5f}")
+    run.log.info(f"validation after epoch {epoch}:\n{format_table(summary)}\nval loss {val_loss:.5f}")
     means = {key: summary[key] for key in ("miou", "mean_f1", "mean_accuracy", "overall_accuracy", "fwiou", "pixels")}
     per_class_iou = {row["name"]: row["iou"] for row in summary["classes"]}
-    run_log.record("val", epoch, {**means, "val_loss": val_loss, "iou": per_class_iou})
-    run_log.scalars("val_iou", per_class_iou, epoch)
+    run.run_log.record("val", epoch, {**means, "val_loss": val_loss, "iou": per_class_iou})
+    run.run_log.scalars("val_iou", per_class_iou, epoch)
     for index, panel in enumerate(panels):
-        run_log.image(f"val_predictions/{index}", panel, epoch)
+        run.run_log.image(f"val_predictions/{index}", panel, epoch)
 
 
-def check_resume_config(saved: dict, current: dict, log) -> None:
-    """Warn about flags or cfg values that differ from those the resumed run was started with."""
-    changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
-    for key in changed:
-        log.warning(f"--resume: {key} was {saved.get(key)!r} in the checkpoint, now {current.get(key)!r}")
-
-
-def prepare_run_dir(args: argparse.Namespace, ctx: DistContext) -> tuple[Path, Path]:
-    """Checkpoint and TensorBoard folders of this run; refuses to start afresh over an existing run."""
-    run_dir = Path(args.ckpt) / args.exp / run_name(args)
-    tb_dir = Path(args.tb_path) / args.exp / run_name(args)
-    if (run_dir / LAST_NAME).exists() and not (args.resume or args.overwrite):
-        raise SystemExit(f"{run_dir / LAST_NAME} exists: continue that run with --resume {run_dir / LAST_NAME}, "
-                         f"start over with --overwrite, or pick another --exp")
-    barrier()  # every process has checked before rank 0 creates anything
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, tb_dir
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """Train; returns ``{"run_dir": ..., "best": {"epoch", "mean_iu", "file_name"}}``."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args, notes = parse_args(argv)
-    ctx = init_distributed(args.device)
-    try:
-        return train(args, notes, ctx, command=" ".join(argv))
-    finally:
-        close_distributed()
-
-
-def build_optimisation(args: argparse.Namespace, ctx: DistContext, model: nn.Module, snapshot: dict | None):
-    """SGD (optionally with the --snapshot's state), the per-epoch LR schedule and the gradient scaler."""
-    optimizer = build_sgd(model, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    if snapshot is not None and args.restore_optimizer:
-        if "optimizer" not in snapshot:
-            raise ValueError(f"--restore_optimizer: {args.snapshot} holds no optimizer state")
-        optimizer.load_state_dict(snapshot["optimizer"])
-    factor = lr_factor(args.lr_schedule, max_epoch=args.max_epoch, poly_exp=args.poly_exp,
-                       rescale_epoch=args.rlx_off_epoch, rescale=args.rescale, repoly=args.repoly)
-    scheduler = build_scheduler(optimizer, factor)
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp == "fp16")
-    return optimizer, scheduler, scaler
-
-
-def resume(args: argparse.Namespace, ctx: DistContext, model, optimizer, scheduler, scaler, config: dict,
-           log) -> TrainingState:
-    """Restore a --resume checkpoint, this process's RNG streams included."""
-    state, extras = resume_training(args.resume, model, optimizer, scheduler, scaler,
-                                    trusted_pickle=args.trusted_pickle)
-    check_resume_config(extras.get("config", {}), config, log)
-    rng_states = extras["rng_states"]
-    if len(rng_states) == ctx.world_size:
-        restore_rng_state(rng_states[ctx.rank])
-    else:
-        log.warning(f"--resume: saved by {len(rng_states)} processes, now {ctx.world_size}: the random streams "
-                    f"restart (the run continues, not bit-exactly)")
-        seed_everything(args.seed + ctx.rank + 1000 * state.next_epoch)
-    log.info(f"resuming {args.resume} at epoch {state.next_epoch} (best mIoU so far {state.best.mean_iu:.5f})")
-    return state
-
-
-def save_epoch(run_dir: Path, model, optimizer, scheduler, scaler, state: TrainingState, epoch: int, config: dict,
-               command: str, seed: int, improved: bool, stale_best: str, ctx: DistContext, log) -> None:
+def save_epoch(run: Run, parts: Parts, state: TrainingState, epoch: int, improved: bool, stale_best: str) -> None:
     """Gather every process's RNG state; rank 0 writes last.pth (and the new best snapshot)."""
     rng_states = all_gather_objects(capture_rng_state())
-    if ctx.is_main:
-        payload = training_payload(model, optimizer, scheduler, scaler, state, epoch, rng_states, config, command, seed)
-        write_epoch_checkpoints(run_dir, payload, state.best.file_name if improved else "", stale_best)
-        log.info(f"epoch {epoch}: saved {run_dir / LAST_NAME}"
-                 + (f" and {state.best.file_name} (best mIoU {state.best.mean_iu:.5f})" if improved else ""))
+    if run.ctx.is_main:
+        payload = training_payload(parts.model, parts.optimizer, parts.scheduler, parts.scaler, state, epoch,
+                                   rng_states, run.saved_config, run.command, run.args.seed)
+        write_epoch_checkpoints(run.run_dir, payload, state.best.file_name if improved else "", stale_best)
+        run.log.info(f"epoch {epoch}: saved {run.run_dir / LAST_NAME}"
+                     + (f" and {state.best.file_name} (best mIoU {state.best.mean_iu:.5f})" if improved else ""))
     barrier()
 
 
-def train(args: argparse.Namespace, notes: list[str], ctx: DistContext, command: str) -> dict:
-    """Set up data, model and optimisation (or resume), then run the epochs (see :func:`main`)."""
+def run_epoch(run: Run, parts: Parts, state: TrainingState, epoch: int) -> None:
+    """Step the schedule, train, validate when due, save the checkpoints."""
+    args = run.args
+    with warnings.catch_warnings():
+        # the original steps its per-epoch schedule before the epoch's first optimizer step, on purpose
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+        parts.scheduler.step()
+    lr = parts.optimizer.param_groups[0]["lr"]
+    run.log.info(f"epoch {epoch} of {args.max_epoch}: lr {lr:.6g}")
+    parts.train_loader.sampler.set_epoch(epoch)
+    epoch_losses = train_one_epoch(run, parts, state, epoch)
+    # DDP gave every process rank 0's BatchNorm statistics before each forward, and each then updated
+    # them with its own batch: continue (validate, checkpoint) with rank 0's, those last.pth holds
+    broadcast_buffers(unwrap_model(parts.model))
+    run.run_log.record("epoch", epoch, {**epoch_losses, "lr": lr})
+    improved, stale_best = False, ""
+    if epoch % args.val_freq == 0 or epoch == args.max_epoch - 1:
+        summary, val_loss, panels = validate(run, parts)
+        miou = summary["miou"] if summary["miou"] is not None else 0.0  # None: no labelled pixel
+        improved, stale_best = record_validation(state, epoch, miou)
+        log_validation(run, epoch, summary, val_loss, panels)
+    state.next_epoch = epoch + 1
+    save_epoch(run, parts, state, epoch, improved, stale_best)
+
+
+# The loop.
+
+def train(args: argparse.Namespace, config: EasyDict, notes: list[str], ctx: DistContext, command: str) -> dict:
+    """Set up the run's parts (or resume them), then run the epochs (see :func:`main`)."""
     seed_everything(args.seed + ctx.rank)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS needs it
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not args.deterministic
+    resume_checkpoint = read_checkpoint(args.resume, trusted_pickle=args.trusted_pickle) if args.resume else None
+    resolved = resolve_model(args, resume_checkpoint)
+    if resume_checkpoint is not None:
+        check_resume_length(args, resume_checkpoint)
     run_dir, tb_dir = prepare_run_dir(args, ctx)
     log = setup_logger(run_dir / "train.log", ctx.is_main)
-    for note in notes:
-        log.info(note)
-    log.info(f"{ctx.world_size} process(es) on {ctx.device.type}; run folder {run_dir}")
-    config = effective_config(flag_values(args), cfg)
-    if ctx.is_main:
-        save_config(run_dir / "config.yaml", config)
-
-    train_set, val_set = build_datasets(args)
-    dataset_cls = type(train_set)
-    train_loader, val_loader = build_loaders(args, ctx, train_set, val_set)
-    log.info(f"{len(train_set)} training images ({len(train_loader)} iterations per epoch), {len(val_set)} validation")
-    model = build_model(args, ctx, dataset_cls.num_classes, log)
-    snapshot = None
-    if args.snapshot:
-        snapshot = load_checkpoint(args.snapshot, model, strict_shapes=not args.snapshot_partial,
-                                   trusted_pickle=args.trusted_pickle)
-        log.info(f"weights from {args.snapshot} ({len(snapshot['skipped'])} tensors skipped)")
-    model = wrap_model(model, args, ctx)
-    criterion, val_criterion = get_loss(joint_edge_loss_pfnet=args.joint_edge_loss_pfnet, ohem=args.ohem,
-                                        edge_weight=args.edge_weight, seg_weight=args.seg_weight,
-                                        ignore_index=dataset_cls.ignore_label)
-    optimizer, scheduler, scaler = build_optimisation(args, ctx, model, snapshot)
-    state = resume(args, ctx, model, optimizer, scheduler, scaler, config, log) if args.resume else TrainingState()
-
-    run_log = RunLog(run_dir / "log.jsonl", tb_dir, enabled=ctx.is_main)
-    end_epoch = args.max_epoch if args.stop_after is None else min(args.max_epoch, state.next_epoch + args.stop_after)
+    saved_config = effective_config(flag_values(args), config)
+    run = Run(args, config, ctx, run_dir, log, RunLog(run_dir / "log.jsonl", tb_dir, enabled=ctx.is_main), command,
+              saved_config)
     try:
+        for note in notes:
+            log.info(note)
+        for warning in resolved.warnings:
+            log.warning(warning)
+        log.info(f"{ctx.world_size} process(es) on {ctx.device.type}; run folder {run_dir}")
+        log.info(f"model: {resolved.describe()}")
+        if ctx.is_main:
+            save_config(run_dir / "config.yaml", saved_config)
+        parts = build_parts(run)
+        state = resume(run, parts, resume_checkpoint) if resume_checkpoint is not None else TrainingState()
+        announce_zero_lr_epochs(run, state.next_epoch)
+        end_epoch = args.max_epoch if args.stop_after is None else min(args.max_epoch,
+                                                                       state.next_epoch + args.stop_after)
         for epoch in range(state.next_epoch, end_epoch):
-            with warnings.catch_warnings():
-                # the original steps its per-epoch schedule before the epoch's first optimizer step, on purpose
-                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-                scheduler.step()
-            train_loader.sampler.set_epoch(epoch)
-            epoch_losses = train_one_epoch(model, train_loader, criterion, optimizer, scaler, args, ctx, epoch,
-                                           state, run_log, log)
-            # DDP gave every process rank 0's BatchNorm statistics before each forward, and each then updated
-            # them with its own batch: continue (validate, checkpoint) with rank 0's, those last.pth holds
-            broadcast_buffers(unwrap_model(model))
-            run_log.record("epoch", epoch, {**epoch_losses, "lr": optimizer.param_groups[0]["lr"]})
-            improved, stale_best = False, ""
-            if epoch % args.val_freq == 0 or epoch == args.max_epoch - 1:
-                summary, val_loss, panels = validate(model, val_loader, val_criterion, args, ctx, dataset_cls)
-                miou = summary["miou"] if summary["miou"] is not None else 0.0  # None: no labelled pixel
-                improved, stale_best = record_validation(state, epoch, miou)
-                log_validation(run_log, log, epoch, summary, val_loss, panels)
-            state.next_epoch = epoch + 1
-            save_epoch(run_dir, model, optimizer, scheduler, scaler, state, epoch, config, command, args.seed,
-                       improved, stale_best, ctx, log)
+            run_epoch(run, parts, state, epoch)
         if end_epoch < args.max_epoch:
             log.info(f"stopped after {args.stop_after} epochs (--stop_after); "
                      f"continue with --resume {run_dir / LAST_NAME}")
     finally:
-        run_log.close()
+        run.run_log.close()
         close_logger(log)
     return {"run_dir": str(run_dir), "best": asdict(state.best)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train; returns ``{"run_dir": ..., "best": {"epoch", "mean_iu", "file_name"}}``.
+
+    Raises:
+        SystemExit: status 2 with one line on stderr when the run cannot start as asked.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, config, notes = parse_args(argv)
+    ctx = init_distributed(args.device)
+    try:
+        return train(args, config, notes, ctx, command=" ".join(argv))
+    except StartError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        close_distributed()
 
 
 if __name__ == "__main__":

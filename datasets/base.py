@@ -83,7 +83,7 @@ class SegmentationFolder(Dataset):
 
     def _prepare_hint(self) -> str:
         return (f"prepare it with `python tools/prepare_dataset.py {self.prepare_name} --raw RAW_DIR "
-                f"--out {self.root}` (README, 'Data preparation'), or point the dataset root at it")
+                f"--out {self.root}` (docs/data.md), or point the dataset root at it")
 
     def _find_items(self) -> list[tuple[Path, Path]]:
         """List (image, mask) pairs, checking the layout first (torchgeo-style ``_verify``)."""

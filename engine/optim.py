@@ -3,7 +3,12 @@
 The schedule is a ``LambdaLR`` stepped once per epoch, at the top of the epoch, before training, as
 the original's train.py does: ``LambdaLR`` applies factor(0) at construction, so epoch ``e`` (0-based)
 trains at ``base_lr * factor(e + 1)`` and the last epoch at factor(max_epoch) = 0. See
-:func:`lr_of_epoch`.
+:func:`lr_of_epoch` and :func:`zero_lr_epochs`.
+
+The factor is a function of the current ``--max_epoch`` only: a resumed run's scheduler restores its
+step count but never the factor of the run it came from (:class:`EpochLR`), so a run continued with a
+larger ``--max_epoch`` follows the schedule of the new length. Factors lie in [0, 1]; asking for one
+past the schedule's end raises instead of extrapolating to negative (or complex) rates.
 """
 from __future__ import annotations
 
@@ -19,6 +24,11 @@ def build_sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: 
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
 
 
+def _check_in_schedule(epoch: int, max_epoch: int) -> None:
+    if not 0 <= epoch <= max_epoch:
+        raise ValueError(f"LR schedule asked for step {epoch}, outside its length 0..{max_epoch} (--max_epoch)")
+
+
 @dataclass(frozen=True)
 class PolyFactor:
     """``(1 - epoch / max_epoch) ** poly_exp``: the ``poly`` schedule's LR factor."""
@@ -28,6 +38,7 @@ class PolyFactor:
 
     def __call__(self, epoch: int) -> float:
         """The factor at ``epoch`` (the scheduler's step count): 1 at 0, 0 at ``max_epoch``."""
+        _check_in_schedule(epoch, self.max_epoch)
         return (1.0 - epoch / self.max_epoch) ** self.poly_exp
 
 
@@ -47,6 +58,7 @@ class RescaledPolyFactor:
 
     def __call__(self, epoch: int) -> float:
         """The factor at ``epoch`` (the scheduler's step count), by the formula in the class docstring."""
+        _check_in_schedule(epoch, self.max_epoch)
         if epoch < self.rescale_epoch:
             return (1.0 - epoch / self.max_epoch) ** self.poly_exp
         remaining = 1.0 - (epoch - self.rescale_epoch) / (self.max_epoch - self.rescale_epoch)
@@ -72,7 +84,11 @@ def lr_factor(
     """
     if schedule == "poly":
         return PolyFactor(max_epoch, poly_exp)
+    if max_epoch < 1:
+        raise ValueError(f"--max_epoch must be at least 1, got {max_epoch}")
     if schedule == "scl-poly":
+        if not 0.0 < rescale <= 1.0:
+            raise ValueError(f"--rescale is the LR factor at the scl-poly restart and must be in (0, 1], got {rescale}")
         if not 0 <= rescale_epoch < max_epoch:
             raise ValueError(
                 f"--lr_schedule scl-poly restarts the poly at --rlx_off_epoch, which must be in [0, {max_epoch}); "
@@ -82,11 +98,29 @@ def lr_factor(
     raise ValueError(f"unknown --lr_schedule {schedule!r}; choose poly or scl-poly")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, factor: PolyFactor | RescaledPolyFactor) -> LambdaLR:
-    """``LambdaLR`` with ``factor``; call ``.step()`` at the top of every epoch (see the module docstring)."""
-    return LambdaLR(optimizer, lr_lambda=factor)
+class EpochLR(LambdaLR):
+    """``LambdaLR`` whose saved state carries the step count and rates but never replaces the factor.
+
+    ``LambdaLR.load_state_dict`` copies the saved factor object's attributes (here ``max_epoch``) into the
+    current one, so a run resumed with another ``--max_epoch`` would continue on the old schedule past its
+    end. The saved state keeps the factor's fields, for reading only.
+    """
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the step count and rates; keep this scheduler's own factor."""
+        super().load_state_dict({**state_dict, "lr_lambdas": [None] * len(self.lr_lambdas)})
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, factor: PolyFactor | RescaledPolyFactor) -> EpochLR:
+    """:class:`EpochLR` with ``factor``; call ``.step()`` at the top of every epoch (see the module docstring)."""
+    return EpochLR(optimizer, lr_lambda=factor)
 
 
 def lr_of_epoch(base_lr: float, factor: PolyFactor | RescaledPolyFactor, epoch: int) -> float:
     """LR that epoch ``epoch`` (0-based) trains at under the step-at-the-top-of-the-epoch convention."""
     return base_lr * factor(epoch + 1)
+
+
+def zero_lr_epochs(factor: PolyFactor | RescaledPolyFactor, first_epoch: int) -> list[int]:
+    """The epochs from ``first_epoch`` to the end that train at LR 0 (for ``poly``: the last one)."""
+    return [epoch for epoch in range(first_epoch, factor.max_epoch) if factor(epoch + 1) == 0.0]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from utils.atomic import atomic_path
-from utils.checkpoint import WRAPPER_PREFIX, load_checkpoint, save_checkpoint, unwrap_model
+from utils.checkpoint import WRAPPER_PREFIX, fill_model, save_checkpoint, unwrap_model
 
 LAST_NAME = "last.pth"
 
@@ -102,11 +102,11 @@ def write_epoch_checkpoints(run_dir: Path, payload: dict[str, Any], best_file: s
         (run_dir / stale_best_file).unlink(missing_ok=True)
 
 
-def resume_training(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    scaler: Any, trusted_pickle: bool = False) -> tuple[TrainingState, dict[str, Any]]:
-    """Load a training checkpoint into model, optimizer, scheduler and scaler.
-
-    ``trusted_pickle``: see :func:`utils.checkpoint.read_checkpoint` (train.py --trusted-pickle).
+def resume_training(checkpoint: dict[str, Any], path: str | os.PathLike, model: nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any,
+                    scaler: Any) -> tuple[TrainingState, dict[str, Any]]:
+    """Load a training checkpoint (read with :func:`utils.checkpoint.read_checkpoint` from ``path``) into model,
+    optimizer, scheduler and scaler.
 
     Returns:
         ``(state, extras)``: where to continue, and the file's remaining entries (``rng_states``,
@@ -115,13 +115,13 @@ def resume_training(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     Raises:
         ValueError: the file is a weights-only snapshot without the training state (use --snapshot).
     """
-    extras = load_checkpoint(path, model, trusted_pickle=trusted_pickle)
-    missing = [key for key in ("optimizer", "scheduler", "epoch", "rng_states") if key not in extras]
+    missing = [key for key in ("optimizer", "scheduler", "epoch", "rng_states") if key not in checkpoint]
     if missing:
         raise ValueError(
             f"{path} has no {', '.join(missing)}: it is not a checkpoint written by train.py. "
             f"To start from its weights, pass it as --snapshot instead of --resume."
         )
+    extras = fill_model(model, checkpoint, path)
     optimizer.load_state_dict(extras["optimizer"])
     scheduler.load_state_dict(extras["scheduler"])
     if extras.get("scaler"):

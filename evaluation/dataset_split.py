@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from config import dataset_root
 from datasets import dataset_class, get_dataset
 
 DATASET_NAMES = ("iSAID", "Posdam", "potsdam", "Vaihingen")
@@ -13,12 +12,12 @@ def dataset_table(name: str) -> tuple[list[str], np.ndarray]:
     return list(cls.class_names), np.asarray(cls.palette, dtype=np.uint8)
 
 
-def load_split(name: str, split: str, root: str | None) -> tuple[list[tuple[str, str]], list[str], np.ndarray]:
+def load_split(name: str, split: str, root: str) -> tuple[list[tuple[str, str]], list[str], np.ndarray]:
     """(image, mask) file pairs of ``{root}/{split}``, class names and palette of dataset ``name``.
 
     Raises:
         datasets.DatasetNotFoundError: missing or incomplete folder (the message says how to prepare it).
     """
-    dataset = get_dataset(name, split, root or dataset_root(name))
+    dataset = get_dataset(name, split, root)
     names, palette = dataset_table(name)
     return [(str(image), str(mask)) for image, mask in dataset.items], names, palette

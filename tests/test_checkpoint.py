@@ -93,7 +93,7 @@ def test_class_count_mismatch_is_refused_with_shapes(tmp_path, trained_6cls):
     model = network.get_model("pfnet_r50", 16, match_dim=16)
     before = model.head.conv_last[1].weight.clone()
     with pytest.raises(CheckpointMismatchError) as error:
-        load_checkpoint(path, model)
+        load_checkpoint(path, model, classifier_key=network.model_entry("pfnet_r50").classifier_key)
     message = str(error.value)
     assert "head.conv_last.1.weight: model expects (16, 256, 1, 1), checkpoint has (6, 256, 1, 1)" in message
     assert "trained for 6 classes" in message

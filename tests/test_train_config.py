@@ -1,5 +1,4 @@
 """train.py flags, YAML experiment files, dotted overrides, and the shipped training scripts."""
-import copy
 import re
 from pathlib import Path
 
@@ -13,27 +12,19 @@ import train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def pristine_cfg():
-    """parse_args merges into the global cfg: restore it after each test."""
-    saved = copy.deepcopy(config.cfg)
-    yield
-    config.cfg.clear()
-    config.cfg.update(saved)
-
-
 def test_precedence_defaults_file_flags_overrides(tmp_path):
     experiment = tmp_path / "exp.yaml"
     experiment.write_text("lr: 0.05\nmax_epoch: 7\nohem: true\nDATASET:\n  ISAID_DIR: /from/file\n")
-    args, _ = train.parse_args(["--config", str(experiment), "--max_epoch", "9", "--set", "poly_exp=0.9",
+    args, run_config, _ = train.parse_args(["--config", str(experiment), "--max_epoch", "9", "--set", "poly_exp=0.9",
                                 "DATASET.VAIHINGEN_DIR=/from/set", "--set", "weight_decay=1e-3", "syncbn=true"])
     assert args.lr == 0.05  # file over default
     assert args.max_epoch == 9  # command line over file
     assert args.ohem is True
     assert args.poly_exp == 0.9  # --set
     assert args.weight_decay == 0.001 and args.syncbn is True  # typed as the flag ("1e-3" is a string in YAML)
-    assert config.cfg.DATASET.ISAID_DIR == "/from/file"
-    assert config.cfg.DATASET.VAIHINGEN_DIR == "/from/set"
+    assert run_config.DATASET.ISAID_DIR == "/from/file"
+    assert run_config.DATASET.VAIHINGEN_DIR == "/from/set"
+    assert config.get_cfg().DATASET.ISAID_DIR == "./data/iSAID"  # the defaults are untouched
     assert args.bs_mult == 4  # untouched default (the original's)
 
 
@@ -41,26 +32,25 @@ def test_file_values_are_typed_as_the_flags(tmp_path):
     experiment = tmp_path / "exp.yaml"
     # 1e-3 is a string in YAML, 2024 an integer: the command line would give float 0.001 and text "2024"
     experiment.write_text("weight_decay: 1e-3\nlr: 1\nexp: 2024\npre_size: null\ngblur: false\namp: bf16\n")
-    args, _ = train.parse_args(["--config", str(experiment)])
+    args, _, _ = train.parse_args(["--config", str(experiment)])
     assert args.weight_decay == 0.001 and isinstance(args.lr, float) and args.lr == 1.0
     assert args.exp == "2024" and args.pre_size is None and args.gblur is False and args.amp == "bf16"
 
 
 def test_effective_config_round_trips_through_config_yaml_without_run_control_flags(tmp_path):
-    args, _ = train.parse_args(["--lr", "0.01", "--joint_edge_loss_pfnet", "--set", "DATASET.ISAID_DIR=/data/x",
-                                "--resume", "runs/last.pth", "--stop_after", "2", "--overwrite", "--num_workers", "1",
-                                "--device", "cpu", "--trusted-pickle"])
-    saved = config.effective_config(train.flag_values(args), config.cfg)
+    args, run_config, _ = train.parse_args([
+        "--lr", "0.01", "--joint_edge_loss_pfnet", "--set", "DATASET.ISAID_DIR=/data/x", "--resume", "runs/last.pth",
+        "--stop_after", "2", "--overwrite", "--num_workers", "1", "--device", "cpu", "--trusted-pickle"])
+    saved = config.effective_config(train.flag_values(args), run_config)
     config.save_config(tmp_path / "config.yaml", saved)
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert written["DATASET"]["ISAID_DIR"] == "/data/x" and written["lr"] == 0.01
     assert not RUN_CONTROL_KEYS & set(written)
-    config.cfg.DATASET.ISAID_DIR = "./elsewhere"
-    again, _ = train.parse_args(["--config", str(tmp_path / "config.yaml")])
+    again, again_config, _ = train.parse_args(["--config", str(tmp_path / "config.yaml")])
     assert again.resume is None and again.stop_after is None and again.overwrite is False
     assert again.trusted_pickle is False
     assert train.flag_values(again) == train.flag_values(args)
-    assert config.cfg.DATASET.ISAID_DIR == "/data/x"
+    assert again_config.DATASET.ISAID_DIR == "/data/x"
 
 
 @pytest.mark.parametrize(
@@ -104,11 +94,11 @@ def test_bad_override_is_rejected(capsys):
 
 
 def test_original_apex_flags_map_to_native_amp_and_ddp():
-    args, notes = train.parse_args(["--apex", "--fp16", "--class_uniform_pct", "0.5", "--aux"])
+    args, _, notes = train.parse_args(["--apex", "--fp16", "--class_uniform_pct", "0.5", "--aux"])
     assert args.amp == "fp16"
     assert any("--apex" in note and "DistributedDataParallel" in note for note in notes)
     assert any("--class_uniform_pct" in note for note in notes)
-    args, notes = train.parse_args(["--apex"])
+    args, _, notes = train.parse_args(["--apex"])
     assert args.amp == "off"  # the original's --apex was DDP only: its scripts trained in float32
     apex_note = next(note for note in notes if note.startswith("--apex"))
     assert "mixed precision is --amp fp16 or --amp bf16" in apex_note and "--fp16 maps to --amp fp16" in apex_note
@@ -148,7 +138,7 @@ def script_flags(script: Path) -> list[str]:
     ],
 )
 def test_shipped_scripts_hold_the_recipe_as_it_ran(script, expected):
-    args, notes = train.parse_args(script_flags(REPO / "scripts" / "pointflow" / script))
+    args, _, notes = train.parse_args(script_flags(REPO / "scripts" / "pointflow" / script))
     recipe = dict(lr_schedule="poly", poly_exp=0.9, syncbn=True, maxpool_size=14, avgpool_size=9, edge_points=128,
                   match_dim=64, joint_edge_loss_pfnet=True, edge_weight=25.0, ohem=True, bs_mult=2, amp="off",
                   class_uniform_pct=0.0, **expected)

@@ -1,6 +1,7 @@
 """Two CPU processes under torchrun (gloo): DDP training, identical models on both processes, sharded
 validation, checkpoint and exact resume."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -30,9 +31,9 @@ from utils.checkpoint import unwrap_model
 save_epoch = train.save_epoch
 
 
-def save_epoch_and_rank_state(run_dir, model, *args, **kwargs):
-    save_epoch(run_dir, model, *args, **kwargs)
-    torch.save(unwrap_model(model).state_dict(), run_dir / f"rank{os.environ['RANK']}.pth")
+def save_epoch_and_rank_state(run, parts, *args, **kwargs):
+    save_epoch(run, parts, *args, **kwargs)
+    torch.save(unwrap_model(parts.model).state_dict(), run.run_dir / f"rank{os.environ['RANK']}.pth")
 
 
 train.save_epoch = save_epoch_and_rank_state
@@ -95,3 +96,19 @@ def test_processes_hold_the_same_model_and_validation_covers_every_image(ddp_run
     # 4 test patches of 64 x 64, two per process, summed over both processes by the all-reduce
     assert all(record["pixels"] == 4 * 64 * 64 for record in validations)
     assert len([record for record in records if record["kind"] == "train"]) == 4  # rank 0 logs only
+
+
+def test_two_processes_extend_a_finished_run(tmp_path):
+    """Under torchrun the old "train longer" resume ended in a complex-LR error; now the new epoch trains at the
+    2-epoch schedule's LR (0 here: the last epoch) with a finite validation loss, and the run ends at epoch 1."""
+    flags = tiny_run_flags(make_tiny_potsdam(tmp_path), tmp_path) + RUN_FLAGS + ["--exp", "extend"]
+    run_dir = tmp_path / "ckpt" / "extend" / "Posdam-pfnet_r50"
+    first_log = torchrun(flags + ["--max_epoch", "1"])
+    assert "every epoch of this run (0) trains at LR 0" in first_log
+    torchrun(flags + ["--max_epoch", "2", "--resume", str(run_dir / "last.pth")])
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").open()]
+    assert [record["step"] for record in records if record["kind"] == "epoch"] == [0, 1]
+    assert all(record["lr"] >= 0 for record in records if "lr" in record)
+    validations = [record for record in records if record["kind"] == "val"]
+    assert validations[-1]["step"] == 1 and all(math.isfinite(record["val_loss"]) for record in validations)
+    assert torch.load(run_dir / "last.pth", weights_only=True)["epoch"] == 1

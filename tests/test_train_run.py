@@ -1,10 +1,10 @@
 """train.py end to end in one process on real (tiny, synthetic) prepared data and the real PFNet-R50."""
 import argparse
-import copy
 import json
 import logging
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -35,16 +35,13 @@ def potsdam_root(tmp_path_factory):
 
 @pytest.fixture(scope="module", autouse=True)
 def isolated_globals():
-    """train.main changes the global cfg and torch's determinism switch: put them back after this module.
+    """train.main changes torch's determinism switch: put it back after this module.
     One intra-op thread: these tiny tensors gain nothing from two, and a busy data-loading worker or
     another process on the machine would stall them."""
-    saved_cfg = copy.deepcopy(config.cfg)
     deterministic = torch.are_deterministic_algorithms_enabled()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
-    config.cfg.clear()
-    config.cfg.update(saved_cfg)
     torch.use_deterministic_algorithms(deterministic)
     torch.set_num_threads(threads)
 
@@ -117,15 +114,16 @@ def test_config_yaml_holds_no_run_control_flags_and_repeats_the_run(finished_run
     saved = yaml.safe_load(config_file.read_text())
     assert not RUN_CONTROL_KEYS & set(saved)
     assert saved["max_epoch"] == MAX_EPOCH and saved["val_freq"] == 2 and saved["edge_weight"] == 25.0
-    args, notes = train.parse_args(["--config", str(config_file)])
+    args, run_config, notes = train.parse_args(["--config", str(config_file)])
     assert notes == [] and args.resume is None and args.stop_after is None and args.overwrite is False
-    assert config.effective_config(train.flag_values(args), config.cfg) == saved
+    assert config.effective_config(train.flag_values(args), run_config) == saved
 
 
-def test_refuses_to_start_over_an_existing_run(finished_run, potsdam_root):
+def test_refuses_to_start_over_an_existing_run(finished_run, potsdam_root, capsys):
     out, _, _ = finished_run
-    with pytest.raises(SystemExit, match="--resume"):
+    with pytest.raises(SystemExit) as stop:
         train.main(tiny_run_flags(potsdam_root, out) + ["--max_epoch", "1", "--bs_mult", "4", "--exp", "single"])
+    assert stop.value.code == 2 and "continue that run with --resume" in capsys.readouterr().err
 
 
 def test_resume_continues_bit_exactly(finished_run, potsdam_root):
@@ -165,9 +163,9 @@ def test_bf16_autocast_with_activation_checkpointing_trains_and_validates(potsda
 def test_class_uniform_sampling_is_sharded_and_feeds_the_loader(potsdam_root, tmp_path):
     flags = tiny_run_flags(potsdam_root, tmp_path) + ["--bs_mult", "2", "--num_workers", "0",
                                                       "--class_uniform_sampling", "--class_uniform_pct", "1.0"]
-    args, notes = train.parse_args(flags)
+    args, run_config, notes = train.parse_args(flags)
     assert notes == []
-    train_set, val_set = train.build_datasets(args)
+    train_set, val_set = train.build_datasets(args, run_config, with_edge=True)
     shards = []
     for rank in (0, 1):
         ctx = DistContext(rank=rank, local_rank=rank, world_size=2, device=torch.device("cpu"))
@@ -206,7 +204,8 @@ def test_fp16_autocast_saves_and_resumes_the_gradient_scaler(potsdam_root, tmp_p
 
 def test_syncbn_for_several_gpu_processes_keeps_the_original_plain_batchnorms():
     """build_model as train.py calls it under torchrun with GPUs and --syncbn (no process group needed to build)."""
-    args, _ = train.parse_args(["--syncbn", "--maxpool_size", "2", "--avgpool_size", "2", "--edge_points", "8"])
+    args, _, _ = train.parse_args(["--syncbn", "--maxpool_size", "2", "--avgpool_size", "2", "--edge_points", "8"])
+    train.resolve_model(args, None)
     log = logging.getLogger("test_syncbn")
     gpu_processes = DistContext(rank=0, local_rank=0, world_size=2, device=torch.device("cuda", 0))
     model = train.build_model(args, gpu_processes, 6, log)
@@ -247,3 +246,61 @@ def test_demo_baseline_is_the_majority_share_over_the_classes_present(potsdam_ro
     # IoU of the majority class: its pixels over all labelled pixels; the other classes present score 0
     expected = counts.max() / counts.sum() / np.count_nonzero(counts)
     assert demo.majority_class_miou(potsdam_root, "test") == pytest.approx(expected, rel=1e-12)
+
+
+def test_extending_a_finished_run_follows_the_new_schedule(finished_run, potsdam_root, tmp_path):
+    """"Train longer": a finished 3-epoch run resumed with --max_epoch 5 trains epochs 3 and 4 at the 5-epoch
+    schedule's LRs (never negative), validates with a finite loss and ends at epoch 4."""
+    out, _, _ = finished_run
+    run_dir = tmp_path / "ckpt" / "longer" / "Posdam-pfnet_r50"
+    shutil.copytree(out / "ckpt" / "single" / "Posdam-pfnet_r50", run_dir)
+    flags = tiny_run_flags(potsdam_root, tmp_path) + ["--bs_mult", "4", "--num_workers", "0", "--exp", "longer"]
+    result = train.main(flags + ["--max_epoch", "5", "--resume", str(run_dir / "last.pth")])
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").open()]
+    epochs = [record for record in records if record["kind"] == "epoch"]
+    assert [record["step"] for record in epochs] == [0, 1, 2, 3, 4]
+    assert [record["lr"] for record in epochs[3:]] == pytest.approx([0.01 * (1 - 4 / 5) ** 0.9, 0.0])
+    assert all(record["lr"] >= 0 for record in records if "lr" in record)
+    last_val = [record for record in records if record["kind"] == "val"][-1]
+    assert last_val["step"] == 4 and math.isfinite(last_val["val_loss"])
+    assert torch.load(run_dir / "last.pth", weights_only=True)["epoch"] == 4
+    val_miou = {record["step"]: record["miou"] for record in records if record["kind"] == "val"}
+    assert result["best"]["epoch"] == max(val_miou, key=val_miou.get)
+    log_text = (run_dir / "train.log").read_text()
+    assert "epoch 4 (the last) trains at LR 0" in log_text and "--max_epoch 6" in log_text
+
+
+def test_resume_without_a_longer_schedule_is_refused(finished_run, potsdam_root, tmp_path, capsys):
+    out, _, _ = finished_run
+    last = out / "ckpt" / "single" / "Posdam-pfnet_r50" / "last.pth"
+    before = last.read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        train.main(tiny_run_flags(potsdam_root, tmp_path) + ["--bs_mult", "4", "--exp", "single", "--ckpt",
+                                                             str(out / "ckpt"), "--max_epoch", "3", "--resume",
+                                                             str(last)])
+    message = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert "has finished 3 epochs and --max_epoch is 3" in message and "--max_epoch 4" in message
+    assert last.read_bytes() == before
+
+
+def test_one_epoch_run_is_announced_as_training_at_lr_zero(potsdam_root, tmp_path):
+    flags = tiny_run_flags(potsdam_root, tmp_path) + ["--crop_size", "32", "--max_epoch", "1", "--bs_mult", "4",
+                                                      "--num_workers", "0", "--exp", "one"]
+    train.main(flags)
+    log_text = (tmp_path / "ckpt" / "one" / "Posdam-pfnet_r50" / "train.log").read_text()
+    warning = "every epoch of this run (0) trains at LR 0"
+    assert warning in log_text and "pass --max_epoch 2 or more" in log_text
+    assert log_text.index(warning) < log_text.index("epoch 0 of 1: lr 0")
+
+
+def test_two_calls_in_one_process_use_their_own_dataset_roots(potsdam_root, tmp_path):
+    """A second train.main in the same process (demo, notebook, sweep) does not inherit the first's roots."""
+    flags = ["--crop_size", "32", "--max_epoch", "2", "--bs_mult", "4", "--num_workers", "0", "--stop_after", "1"]
+    first = tiny_run_flags(potsdam_root, tmp_path / "a") + flags + ["--exp", "first"]
+    train.main(first)
+    second = [flag for flag in tiny_run_flags(potsdam_root, tmp_path / "b") if flag != "--set"
+              and not flag.startswith("DATASET.")] + flags + ["--exp", "second"]
+    with pytest.raises(datasets.DatasetNotFoundError, match="data/posdam896"):
+        train.main(second)
+    assert config.get_cfg().DATASET.POSDAM_DIR == "./data/posdam896"

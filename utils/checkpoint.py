@@ -188,44 +188,37 @@ def compare_state_dicts(expected: dict[str, torch.Tensor], found: dict[str, torc
     return problems
 
 
-def _mismatch_hint(model_state: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
-    classifier = "head.conv_last.1.weight"
-    if classifier in model_state and classifier in found and model_state[classifier].shape != found[classifier].shape:
-        return (f" The checkpoint was trained for {found[classifier].shape[0]} classes, the model has "
-                f"{model_state[classifier].shape[0]}: pick the matching dataset, or load only the backbone "
+def _mismatch_hint(model_state: dict[str, torch.Tensor], found: dict[str, torch.Tensor],
+                   classifier_key: str | None) -> str:
+    expected, stored = model_state.get(classifier_key or ""), found.get(classifier_key or "")
+    if expected is not None and stored is not None and expected.shape != stored.shape:
+        return (f" The checkpoint was trained for {stored.shape[0]} classes, the model has "
+                f"{expected.shape[0]}: pick the matching dataset, or load only the backbone "
                 f"with partial=True to fine-tune.")
     return " Is the checkpoint for this architecture (--arch)?"
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, *, strict_shapes: bool = True,
-                    map_location: str | torch.device = "cpu", trusted_pickle: bool = False) -> dict[str, Any]:
-    """Load a checkpoint's weights into ``model`` (a wrapped model is unwrapped first).
+def fill_model(model: nn.Module, contents: dict[str, Any], source: str | Path, *, strict_shapes: bool = True,
+               classifier_key: str | None = None) -> dict[str, Any]:
+    """Copy the ``state_dict`` of ``contents`` (from :func:`read_checkpoint`) into ``model``.
 
     Args:
-        path: checkpoint file (original snapshot dict or bare state_dict, ``module.`` prefixes allowed).
-        model: the model to fill.
+        model: the model to fill (a wrapped model is unwrapped first).
+        contents: the checkpoint dict; its ``state_dict`` entry is removed.
+        source: the file's path, for messages.
         strict_shapes: refuse any missing, unexpected or differently shaped tensor. With False, load
             the tensors that fit and leave the others as they are (the original's "forgiving" restore,
             made explicit); the skipped names are returned under ``"skipped"``.
-        map_location: device for the loaded tensors.
-        trusted_pickle: see :func:`read_checkpoint`.
+        classifier_key: the model's classifier weight (``network.model_entry(arch).classifier_key``), so a
+            mismatch there is reported as a class-count mismatch.
 
     Returns:
-        The file's other entries (``epoch``, ``mean_iu``, ``optimizer``, ``command``, ...), plus
-        ``"skipped"`` (list of keys not loaded).
+        The checkpoint's other entries (``epoch``, ``mean_iu``, ``optimizer``, ``command``, ``config``, ...),
+        plus ``"skipped"`` (list of keys not loaded).
 
     Raises:
         CheckpointMismatchError: with ``strict_shapes``, naming each expected and found shape.
     """
-    return apply_checkpoint(read_checkpoint(path, map_location, trusted_pickle), model, path,
-                            strict_shapes=strict_shapes)
-
-
-def apply_checkpoint(contents: dict[str, Any], model: nn.Module, path: str | Path, *,
-                     strict_shapes: bool = True) -> dict[str, Any]:
-    """Load the weights of ``contents`` (from :func:`read_checkpoint`, read before the model was built) into
-    ``model``; ``path`` names the file in errors. Returns and raises as :func:`load_checkpoint`."""
-    contents = dict(contents)
     found = contents.pop("state_dict")
     model = unwrap_model(model)
     model_state = model.state_dict()
@@ -234,13 +227,31 @@ def apply_checkpoint(contents: dict[str, Any], model: nn.Module, path: str | Pat
         shown = "\n  ".join(problems[:10])
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise CheckpointMismatchError(
-            f"{path} does not fit the model ({len(problems)} differences):\n  {shown}{more}\n"
-            + _mismatch_hint(model_state, found).strip()
+            f"{source} does not fit the model ({len(problems)} differences):\n  {shown}{more}\n"
+            + _mismatch_hint(model_state, found, classifier_key).strip()
         )
     fitting = {k: v for k, v in found.items() if k in model_state and model_state[k].shape == v.shape}
     model.load_state_dict(fitting, strict=False)
     contents["skipped"] = sorted(set(model_state) - set(fitting))
     return contents
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, *, strict_shapes: bool = True,
+                    map_location: str | torch.device = "cpu", trusted_pickle: bool = False,
+                    classifier_key: str | None = None) -> dict[str, Any]:
+    """Read checkpoint ``path`` (:func:`read_checkpoint`) and fill ``model`` from it (:func:`fill_model`).
+
+    ``path`` may hold the original snapshot dict or a bare state_dict, ``module.`` prefixes allowed.
+
+    Returns:
+        The file's other entries (``epoch``, ``mean_iu``, ``optimizer``, ``command``, ...), plus
+        ``"skipped"`` (list of keys not loaded).
+
+    Raises:
+        CheckpointMismatchError: with ``strict_shapes``, naming each expected and found shape.
+    """
+    contents = read_checkpoint(path, map_location, trusted_pickle)
+    return fill_model(model, contents, path, strict_shapes=strict_shapes, classifier_key=classifier_key)
 
 
 class _ErrorKeepingFile:
