@@ -112,10 +112,8 @@ def _unsafe_global(error: BaseException) -> str:
 
 
 def _load(path: Path, map_location: str | torch.device, trusted_pickle: bool) -> Any:
-    """``torch.load`` with every failure turned into one :class:`CheckpointFileError` line naming ``path``."""
-    problem = _format_problem(path)
-    if problem is not None:
-        raise CheckpointFileError(f"{path}: {problem}")
+    """``torch.load`` of a file that passed :func:`check_checkpoint_file`, with every failure turned into one
+    :class:`CheckpointFileError` line naming ``path``."""
     try:
         if trusted_pickle:
             return torch.load(path, map_location=map_location, weights_only=False)
@@ -131,6 +129,22 @@ def _load(path: Path, map_location: str | torch.device, trusted_pickle: bool) ->
                                   "save or download it again") from None
     except Exception as error:  # torch reports damage as RuntimeError, EOFError, KeyError, ...
         raise CheckpointFileError(f"{path}: truncated or not a PyTorch checkpoint ({_first_sentence(error)})") from None
+
+
+def check_checkpoint_file(path: str | Path) -> None:
+    """Check, without unpickling anything, that ``path`` exists and looks like a torch.save file (for files
+    read later, e.g. the ImageNet weights of --pretrained, so that a broken one fails before any work).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointFileError: empty, truncated or not in torch.save's format; one line naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    problem = _format_problem(path)
+    if problem is not None:
+        raise CheckpointFileError(f"{path}: {problem}")
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
@@ -150,8 +164,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         CheckpointMismatchError: the file holds no tensors that could be model weights.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    check_checkpoint_file(path)
     raw = _load(path, map_location, trusted_pickle)
     if not isinstance(raw, dict):
         raise CheckpointMismatchError(f"{path} holds a {type(raw).__name__}, not a checkpoint dict or state_dict")
