@@ -2,8 +2,10 @@
 
 A case is one command line with the exit code it must end with, the texts its message must contain (the
 file or flag at fault) and the folders it must leave exactly as they were. A module builds its bad inputs
-once, runs all its cases as subprocesses (two at a time: the machine has two cores and most of the time
-is Python and torch starting up), then checks every case in its own parametrized test.
+once, runs its cases as subprocesses (two at a time: the machine has two cores and most of the time is
+Python and torch starting up), then checks every case in its own parametrized test. Variants of a fault
+already run as a subprocess are run in-process through the script's ``main`` (same checks, no torch
+start-up per case).
 """
 from __future__ import annotations
 
@@ -86,6 +88,20 @@ def run_cases(cases: dict[str, Case]) -> dict[str, Outcome]:
         outcome.result = results[name]
         outcome.after = {str(p): folder_digest(p) for p in outcome.case.unchanged}
     return outcomes
+
+
+def run_in_process(main: Callable[[list[str]], object], case: Case, capsys) -> Outcome:
+    """Run ``main(case.argv[1:])`` in this process as the command line would (for cases whose subprocess
+    would spend its time importing torch): SystemExit's status and message, the captured output."""
+    before = {str(p): folder_digest(p) for p in case.unchanged}
+    code, message = 0, ""
+    try:
+        main(case.argv[1:])
+    except SystemExit as stop:
+        code, message = (1, f"{stop.code}\n") if isinstance(stop.code, str) else (stop.code or 0, "")
+    captured = capsys.readouterr()
+    result = subprocess.CompletedProcess(case.argv, code, captured.out, captured.err + message)
+    return Outcome(case, result, before, {str(p): folder_digest(p) for p in case.unchanged})
 
 
 def assert_clean_failure(outcome: Outcome) -> None:

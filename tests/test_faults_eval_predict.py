@@ -17,13 +17,15 @@ from faults import (
     folder_digest,
     full_disk_available,
     run_cases,
-    run_command,
+    run_in_process,
     run_on_full_disk,
     truncate,
 )
 from train_data import make_tiny_potsdam
 
+import eval as evaluation
 import network
+import predict
 from utils.atomic import PARTIAL_MARK
 from utils.checkpoint import save_checkpoint
 
@@ -76,7 +78,7 @@ def data(tmp_path_factory) -> dict:
     existing_masks.mkdir()
     (existing_masks / "scene_pred.png").write_bytes(b"previous mask")
     return {"base": base, "root": root, "checkpoint": checkpoint, "broken": broken_checkpoints(base / "broken"),
-            "bad_ids": bad_ids, "truncated_image": truncated_image, "images": images, "damaged_input": damaged_input,
+            "bad_masks": bad_ids, "truncated_image": truncated_image, "images": images, "damaged_input": damaged_input,
             "finished": finished, "existing_masks": existing_masks}
 
 
@@ -98,10 +100,10 @@ def predict_case(d: dict, *flags: str, code: int = 2, names: tuple[str, ...], sn
     return Case(argv, code, names, unchanged=(d["images"], out), forbidden=forbidden)
 
 
-def truncated_image_case(d: dict, workers: str) -> Case:
+def truncated_image_case(d: dict, workers: str, tag: str = "") -> Case:
     """eval.py over a split with a truncated image, read by ``workers`` loader processes; the output folder
     may hold only the log (see test_failed_evaluation_leaves_only_a_log_saying_so)."""
-    out = d["base"] / "eval_out" / f"truncated-{workers}"
+    out = d["base"] / "eval_out" / f"truncated-{workers}{tag}"
     argv = ["eval.py", *EVAL_FLAGS, "--dataset_dir", str(d["truncated_image"]), "--snapshot", str(d["checkpoint"]),
             "--out_dir", str(out), "--num_workers", workers]
     return Case(argv, 2, (f"{TEST_IMAGE}.png", "cannot be read"), unchanged=(d["truncated_image"],),
@@ -111,11 +113,6 @@ def truncated_image_case(d: dict, workers: str) -> Case:
 CASES = {
     "eval_scales_zero_and_negative": lambda d: eval_case(d, "--scales", "0,-1", names=("--scales", "0,-1")),
     "eval_resize_scale_negative": lambda d: eval_case(d, "--resize_scale", "-5", names=("--resize_scale", "-5")),
-    "eval_crop_size_0": lambda d: eval_case(d, "--crop_size", "0", names=("--crop_size",)),
-    "eval_num_workers_negative": lambda d: eval_case(d, "--num_workers", "-1", names=("--num_workers",)),
-    "eval_missing_checkpoint": lambda d: eval_case(d, names=("nothing.pth",), snapshot=d["base"] / "nothing.pth"),
-    "eval_empty_checkpoint": lambda d: eval_case(d, names=(str(d["broken"]["empty"]), "empty file"),
-                                                 snapshot=d["broken"]["empty"], forbidden=("--trusted-pickle",)),
     "eval_truncated_checkpoint": lambda d: eval_case(d, names=(str(d["broken"]["truncated"]), "truncated"),
                                                      snapshot=d["broken"]["truncated"],
                                                      forbidden=("--trusted-pickle",)),
@@ -123,18 +120,33 @@ CASES = {
                                                                   "not a PyTorch checkpoint"),
                                                         snapshot=d["broken"]["random"],
                                                         forbidden=("--trusted-pickle",)),
+    "eval_mask_ids_outside_classes": lambda d: eval_case(d, names=(f"{TEST_IMAGE}_gray_mask.png", "7 x 9"),
+                                                         root=d["bad_masks"]),
+    "eval_truncated_image_with_workers": lambda d: truncated_image_case(d, "2"),
+    "predict_stride_0": lambda d: predict_case(d, "--stride", "0", names=("--stride",)),
+    "predict_yaml_as_checkpoint": lambda d: predict_case(d, names=(str(d["broken"]["yaml"]),
+                                                                   "not a PyTorch checkpoint"),
+                                                         snapshot=d["broken"]["yaml"]),
+    "predict_checkpoint_needs_trust": lambda d: predict_case(d, names=("--trusted-pickle", "run code"),
+                                                             snapshot=d["broken"]["needs_trust"]),
+    "predict_truncated_image": lambda d: predict_case(d, names=(str(d["damaged_input"]),), inputs=d["damaged_input"]),
+}
+"""Run as subprocesses."""
+
+IN_PROCESS_CASES = {
+    "eval_crop_size_0": lambda d: eval_case(d, "--crop_size", "0", names=("--crop_size",)),
+    "eval_num_workers_negative": lambda d: eval_case(d, "--num_workers", "-1", names=("--num_workers",)),
+    "eval_missing_checkpoint": lambda d: eval_case(d, names=("nothing.pth",), snapshot=d["base"] / "nothing.pth"),
+    "eval_empty_checkpoint": lambda d: eval_case(d, names=(str(d["broken"]["empty"]), "empty file"),
+                                                 snapshot=d["broken"]["empty"], forbidden=("--trusted-pickle",)),
     "eval_checkpoint_needs_trust": lambda d: eval_case(d, names=(str(d["broken"]["needs_trust"]), "--trusted-pickle",
                                                                  "argparse.Namespace"),
                                                        snapshot=d["broken"]["needs_trust"]),
-    "eval_mask_ids_outside_classes": lambda d: eval_case(d, names=(f"{TEST_IMAGE}_gray_mask.png", "7 x 9"),
-                                                         root=d["bad_ids"]),
     "eval_truncated_image": lambda d: truncated_image_case(d, "0"),
-    "eval_truncated_image_with_workers": lambda d: truncated_image_case(d, "2"),
     "eval_results_exist": lambda d: Case(["eval.py", *EVAL_FLAGS, "--dataset_dir", str(d["root"]), "--snapshot",
                                           str(d["checkpoint"]), "--out_dir", str(d["finished"])], 2,
                                          (str(d["finished"] / "metrics.json"), "--overwrite"),
                                          unchanged=(d["finished"],)),
-    "predict_stride_0": lambda d: predict_case(d, "--stride", "0", names=("--stride",)),
     "predict_negative_scale": lambda d: predict_case(d, "--scales", "-1", names=("--scales",)),
     "predict_truncated_checkpoint": lambda d: predict_case(d, names=(str(d["broken"]["truncated"]), "truncated"),
                                                            snapshot=d["broken"]["truncated"],
@@ -142,19 +154,14 @@ CASES = {
     "predict_random_bytes_checkpoint": lambda d: predict_case(d, names=(str(d["broken"]["random"]),),
                                                               snapshot=d["broken"]["random"],
                                                               forbidden=("--trusted-pickle",)),
-    "predict_yaml_as_checkpoint": lambda d: predict_case(d, names=(str(d["broken"]["yaml"]),
-                                                                   "not a PyTorch checkpoint"),
-                                                         snapshot=d["broken"]["yaml"]),
     "predict_plain_pickle_as_checkpoint": lambda d: predict_case(d, names=(str(d["broken"]["pickle"]),
                                                                            "not a PyTorch checkpoint"),
                                                                  snapshot=d["broken"]["pickle"],
                                                                  forbidden=("--trusted-pickle",)),
-    "predict_checkpoint_needs_trust": lambda d: predict_case(d, names=("--trusted-pickle", "run code"),
-                                                             snapshot=d["broken"]["needs_trust"]),
     "predict_mask_exists": lambda d: predict_case(d, names=("scene_pred.png", "--overwrite"),
                                                   out=d["existing_masks"]),
-    "predict_truncated_image": lambda d: predict_case(d, names=(str(d["damaged_input"]),), inputs=d["damaged_input"]),
 }
+"""Variants of the faults above, run through eval.main / predict.main in this process."""
 
 
 @pytest.fixture(scope="module")
@@ -167,22 +174,31 @@ def test_eval_predict_fault_is_reported_cleanly(outcomes, name):
     assert_clean_failure(outcomes[name])
 
 
+@pytest.mark.parametrize("name", sorted(IN_PROCESS_CASES))
+def test_eval_predict_fault_variant_is_reported_cleanly(data, capsys, one_thread, name):
+    case = IN_PROCESS_CASES[name](data)
+    main = evaluation.main if case.argv[0] == "eval.py" else predict.main
+    assert_clean_failure(run_in_process(main, case, capsys))
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
-def test_failed_evaluation_leaves_only_a_log_saying_so(outcomes, data, workers):
-    out = data["base"] / "eval_out" / f"truncated-{workers}"
+def test_failed_evaluation_leaves_only_a_log_saying_so(outcomes, data, capsys, one_thread, workers):
+    tag = "-log" if workers == "0" else ""  # workers 2: the folder of the subprocess case
+    if workers == "0":
+        run_in_process(evaluation.main, truncated_image_case(data, workers, tag), capsys)
+    out = data["base"] / "eval_out" / f"truncated-{workers}{tag}"
     logs = list(out.iterdir())
     assert len(logs) == 1 and logs[0].name.startswith("eval_") and logs[0].suffix == ".log"
     assert f"evaluation failed: {data['truncated_image']}" in logs[0].read_text()
 
 
-def test_predict_removes_the_partial_file_of_a_killed_run(outcomes, data):
+def test_predict_removes_the_partial_file_of_a_killed_run(data, one_thread):
     out = data["base"] / "after_kill"
     out.mkdir()
     stale = out / f".scene_pred.png{PARTIAL_MARK}999999999-abc.png"  # no such process: it was killed
     stale.write_bytes(b"half a mask")
-    result = run_command(["predict.py", str(data["images"]), "--snapshot", str(data["checkpoint"]), "--out_dir",
-                          str(out), "--window", "64", "--device", "cpu", *MODEL_FLAGS])
-    assert result.returncode == 0, result.stderr
+    assert predict.main([str(data["images"]), "--snapshot", str(data["checkpoint"]), "--out_dir", str(out),
+                         "--window", "64", "--device", "cpu", *MODEL_FLAGS]) == 0
     assert sorted(path.name for path in out.iterdir()) == ["scene_pred.png"]
 
 

@@ -8,11 +8,12 @@ import cv2
 import pytest
 import torch
 import yaml
-from faults import Case, assert_clean_failure, case_table, copy_tree, run_cases, truncate
+from faults import Case, assert_clean_failure, case_table, copy_tree, run_cases, run_in_process, truncate
 from torch.utils.data import DataLoader
 from train_data import make_tiny_potsdam, tiny_run_flags
 
 import datasets
+import train
 from datasets.file_check import DataFileError
 
 RUN = "Posdam-pfnet_r50"
@@ -66,39 +67,52 @@ def resume_case(d: dict, checkpoint: str, *names: str) -> Case:
 
 CASES = {
     "val_freq_0": lambda d: train_case(d, "--val_freq", "0", names=("--val_freq", "at least 1")),
+    "lr_negative": lambda d: train_case(d, "--lr", "-1", names=("--lr", "positive")),
+    "malformed_yaml": lambda d: train_case(d, "--config", str(d["files"] / "malformed.yaml"),
+                                           names=("malformed.yaml", "not valid YAML")),
+    "resume_typo_keeps_the_run": lambda d: resume_case(d, str(d["existing_run"] / "lats.pth"), "lats.pth",
+                                                       "not found"),
+    "snapshot_random_bytes": lambda d: train_case(d, "--snapshot", str(d["files"] / "random.pth"),
+                                                  names=("--snapshot", "random.pth", "not a PyTorch checkpoint"),
+                                                  forbidden=("--trusted-pickle",)),
+    "pretrained_empty": lambda d: train_case(d, "--pretrained", str(d["files"] / "empty.pth"),
+                                             names=("--pretrained", "empty.pth", "empty file")),
+    "validation_mask_ids_outside_classes": lambda d: train_case(d, names=(d["mask_path"].name, "6 x 4",
+                                                                          "validation split test"),
+                                                                root=d["bad_masks"]),
+}
+"""Run as subprocesses."""
+
+IN_PROCESS_CASES = {
     "crop_size_0": lambda d: train_case(d, "--crop_size", "0", names=("--crop_size",)),
     "crop_size_negative": lambda d: train_case(d, "--crop_size", "-64", names=("--crop_size", "-64")),
     "print_freq_0": lambda d: train_case(d, "--print_freq", "0", names=("--print_freq",)),
     "max_epoch_0": lambda d: train_case(d, "--max_epoch", "0", names=("--max_epoch",)),
-    "lr_negative": lambda d: train_case(d, "--lr", "-1", names=("--lr", "positive")),
     "num_workers_negative": lambda d: train_case(d, "--num_workers", "-1", names=("--num_workers",)),
-    "malformed_yaml": lambda d: train_case(d, "--config", str(d["files"] / "malformed.yaml"),
-                                           names=("malformed.yaml", "not valid YAML")),
     "cfg_value_of_wrong_type": lambda d: train_case(d, "--config", str(d["files"] / "wrong_type.yaml"),
                                                     names=("wrong_type.yaml", "DATASET.CV_SPLITS", "whole number")),
     "cfg_root_given_as_a_number": lambda d: train_case(d, "--set", "DATASET.VAIHINGEN_DIR=5",
                                                        names=("DATASET.VAIHINGEN_DIR", "not text")),
-    "resume_typo_keeps_the_run": lambda d: resume_case(d, str(d["existing_run"] / "lats.pth"), "lats.pth",
-                                                       "not found"),
     "resume_truncated_keeps_the_run": lambda d: resume_case(d, str(d["files"] / "truncated.pth"), "truncated.pth",
                                                             "truncated or damaged"),
-    "snapshot_random_bytes": lambda d: train_case(d, "--snapshot", str(d["files"] / "random.pth"),
-                                                  names=("--snapshot", "random.pth", "not a PyTorch checkpoint"),
-                                                  forbidden=("--trusted-pickle",)),
     "snapshot_needs_trust": lambda d: train_case(d, "--snapshot", str(d["files"] / "legacy.pth"),
                                                  names=("legacy.pth", "--trusted-pickle", "run code")),
-    "pretrained_empty": lambda d: train_case(d, "--pretrained", str(d["files"] / "empty.pth"),
-                                             names=("--pretrained", "empty.pth", "empty file")),
     "pretrained_missing": lambda d: train_case(d, "--pretrained", str(d["files"] / "resnet50-deep.pth"),
                                                names=("--pretrained", "resnet50-deep.pth")),
-    "validation_mask_ids_outside_classes": lambda d: train_case(d, names=(d["mask_path"].name, "6 x 4",
-                                                                          "validation split test"),
-                                                                root=d["bad_masks"]),
     "dataset_missing": lambda d: train_case(d, "--set", f"DATASET.POSDAM_DIR={d['base'] / 'nothing'}",
                                             names=(str(d["base"] / "nothing"),)),
     "existing_run_without_resume": lambda d: train_case(d, "--exp", "old", names=("--resume", "--overwrite"),
                                                         out=d["existing"], unchanged=(d["existing"],)),
 }
+"""Variants of the faults above, run through train.main in this process."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch_switches():
+    """train.main turns on deterministic algorithms (--deterministic): put the switch back after this module."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(deterministic)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +123,11 @@ def outcomes(data):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_train_fault_is_reported_cleanly(outcomes, name):
     assert_clean_failure(outcomes[name])
+
+
+@pytest.mark.parametrize("name", sorted(IN_PROCESS_CASES))
+def test_train_fault_variant_is_reported_cleanly(data, capsys, name):
+    assert_clean_failure(run_in_process(train.main, IN_PROCESS_CASES[name](data), capsys))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
