@@ -124,9 +124,10 @@ def train_runner(arch: str, config: str, device: torch.device, batch: int, size:
     """A no-argument SGD step of a fresh model in train mode on random images and labels.
 
     The loss is a stand-in with the training loss's shape of computation: cross-entropy on the logits
-    plus binary cross-entropy on the three edge maps. ``amp`` autocasts to bfloat16 on CPU and float16
-    (with gradient scaling) on CUDA; ``checkpoint`` recomputes the activations of layer0 to layer3 in the
-    backward pass (``network.enable_activation_checkpointing``); ``compile`` compiles the model's forward.
+    plus binary cross-entropy on the edge maps (PFNet's three; none for models without edge outputs). ``amp``
+    autocasts to bfloat16 on CPU and float16 (with gradient scaling) on CUDA; ``checkpoint`` recomputes the
+    activations of layer0 to layer3 in the backward pass (``network.enable_activation_checkpointing``);
+    ``compile`` compiles the model's forward.
     """
     model = build_model(arch, device).train()
     generator = torch.Generator(device="cpu").manual_seed(0)
@@ -147,7 +148,8 @@ def train_runner(arch: str, config: str, device: torch.device, batch: int, size:
         optimizer.zero_grad(set_to_none=True)
         precision = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
         with precision:
-            logits, edge_logits = forward(images)
+            outputs = forward(images)
+            logits, edge_logits = outputs if isinstance(outputs, tuple) else (outputs, [])
             loss = F.cross_entropy(logits.float(), labels)
             loss = loss + sum(F.binary_cross_entropy_with_logits(e.float(), edges) for e in edge_logits)
         scaler.scale(loss).backward()
@@ -354,6 +356,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-configs", nargs="*", choices=TRAIN_CONFIGS, default=None,
                         help="train configurations, first is the baseline; give none to skip training "
                              f"(default: {' '.join(DEFAULT_TRAIN['cpu'])})")
+    parser.add_argument("--models", nargs="*", default=None, metavar="ARCH",
+                        help="print the per-model table instead (parameters, GFLOPs at --model-size, latency in "
+                             "fp32 and bf16, peak memory; bench/models.py); no names: every registered model")
+    parser.add_argument("--model-size", type=int, default=896, help="square input side of the per-model table")
     parser.add_argument("--compile", action="store_true",
                         help="add the torch.compile configurations (compile, compile+bf16; train compile)")
     parser.add_argument("--matmul-size", type=int, default=2048,
@@ -364,11 +370,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny CI mode (figures not meaningful): 64x64 eval, 2x64x64 train, 256 matmul, "
-                             "no warm-up, 2 repeats")
+                             "64x64 per-model table, no warm-up, 2 repeats")
     args = parser.parse_args(argv)
     device_type = torch.device(args.device).type
+    if args.models == []:
+        args.models = network.list_models()
+    for arch in args.models or []:
+        try:
+            network.model_entry(arch)
+        except KeyError as error:
+            parser.error(f"--models: {error.args[0]}")
     if args.smoke:
         args.eval_sizes, args.train_size, args.matmul_size, args.warmup, args.repeats = [64], 64, 256, 0, 2
+        args.model_size = 64
         args.eval_configs = args.eval_configs or ["original", "optimized"]
         args.train_configs = args.train_configs if args.train_configs is not None else ["fp32"]
     args.eval_configs = list(args.eval_configs if args.eval_configs is not None else DEFAULT_EVAL[device_type])
@@ -387,12 +401,27 @@ def main(argv: list[str] | None = None) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    peaks, results = measure(args, device)
     machine = machine_description(device)
+    if args.models is not None:
+        return model_table(args, device, machine)
+    peaks, results = measure(args, device)
     table = format_table(peaks, results, machine, device.type)
     print(table)
     if args.json:
         payload = {"machine": machine, "matmul_gflops": peaks, "argv": sys.argv[1:],
                    "results": [asdict(r) | {"median": r.median} for r in results]}
+        atomic_write_bytes(args.json, json.dumps(payload, indent=1).encode())
+    return table
+
+
+def model_table(args: argparse.Namespace, device: torch.device, machine: str) -> str:
+    """The per-model table of ``--models``: print it, write ``--json`` if asked, return it."""
+    from bench.models import format_model_table, measure_models  # bench.models builds on this module
+
+    rows = measure_models(args.models, args.model_size, device, args.warmup, args.repeats)
+    table = format_model_table(rows, machine)
+    print(table)
+    if args.json:
+        payload = {"machine": machine, "argv": sys.argv[1:], "models": [asdict(row) for row in rows]}
         atomic_write_bytes(args.json, json.dumps(payload, indent=1).encode())
     return table

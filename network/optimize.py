@@ -7,8 +7,8 @@ the same function faster:
   convolution's weight and bias (exact up to float32 rounding);
 - ``channels_last``: weights and the input image are stored NHWC, the layout oneDNN / cuDNN convolutions
   run fastest in;
-- ``split_concat``: the PFNet head's final 3x3 convolution over the concatenated four pyramid levels
-  becomes four convolutions over the levels, summed (same result without the 4 x 256-channel map);
+- ``split_concat``: the FPN head's (PFNet, UperNet) final 3x3 convolution over the concatenated four pyramid
+  levels becomes four convolutions over the levels, summed (same result without the 4 x 256-channel map);
 - ``dtype``: bfloat16 / float16 autocast with the convolution weights stored in that dtype (lossy; the
   logits come back as float32);
 - ``compile``: ``torch.compile`` of the result.
@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from network.pfnet import FPN_DIM, TRUNK_CHANNELS, ConcatClassifier, PointFlowHead
+from network.fpn import ConcatClassifier, FPNHead
+from network.resnet import BasicBlock
 from network.resnet_d import Bottleneck
 
 LOW_PRECISION_DTYPES = (torch.bfloat16, torch.float16)
@@ -66,13 +67,14 @@ def fold_batch_norms(model: nn.Module) -> int:
     """Fold, in place, every batch-norm that directly follows a convolution; returns how many were folded.
 
     Recognised patterns: a ``Conv2d`` (possibly the last layer of a nested ``nn.Sequential``) followed by a
-    batch-norm in an ``nn.Sequential``, and the ``convK -> bnK`` pairs of a ResNet :class:`Bottleneck`.
+    batch-norm in an ``nn.Sequential``, and the ``convK -> bnK`` pairs of a ResNet :class:`Bottleneck` or
+    :class:`BasicBlock`.
     The folded norms become ``nn.Identity``. Norms after anything else are left as they are.
     """
     folded = 0
     for module in list(model.modules()):
-        if isinstance(module, Bottleneck):
-            for index in (1, 2, 3):
+        if isinstance(module, (Bottleneck, BasicBlock)):
+            for index in (1, 2, 3) if isinstance(module, Bottleneck) else (1, 2):
                 conv, norm = getattr(module, f"conv{index}"), getattr(module, f"bn{index}")
                 if isinstance(norm, _BatchNorm):
                     fold_batch_norm_(conv, norm)
@@ -164,10 +166,10 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
     ``bench/RESULTS.md``: float32 output stays within the parity bound of the original model's.
 
     Args:
-        model: a PFNet (``network.get_model``) or any module containing convolutions.
+        model: a model of ``network.get_model`` or any module containing convolutions.
         fold_bn: fold batch-norms into the convolutions before them (see :func:`fold_batch_norms`).
         channels_last: NHWC weights and inputs.
-        split_concat: replace the concatenation + 3x3 convolution of every :class:`PointFlowHead` by
+        split_concat: replace the concatenation + 3x3 convolution of every :class:`FPNHead` by
             per-level convolutions (:class:`SplitConcatClassifier`): a little faster and ~100 MB lighter
             at 896 x 896 on the CPU measured; models without that head are left as they are.
         dtype: None for float32, or ``torch.bfloat16`` / ``torch.float16`` to run under autocast with
@@ -188,8 +190,8 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
     if fold_bn:
         fold_batch_norms(optimized)
     if split_concat:
-        for head in [m for m in optimized.modules() if isinstance(m, PointFlowHead)]:
-            head.conv_last = SplitConcatClassifier(head.conv_last, [FPN_DIM] * len(TRUNK_CHANNELS))
+        for head in [m for m in optimized.modules() if isinstance(m, FPNHead)]:
+            head.conv_last = SplitConcatClassifier(head.conv_last, [head.fpn_dim] * head.num_levels)
     if channels_last:
         optimized = optimized.to(memory_format=torch.channels_last)
     if dtype is not None:

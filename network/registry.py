@@ -13,8 +13,6 @@ from typing import Callable
 
 from torch import nn
 
-from network.pfnet import PFNet
-
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -92,22 +90,3 @@ def get_model(arch: str, num_classes: int, **options) -> nn.Module:
     entry = model_entry(arch)
     return entry.builder(num_classes, **{**entry.defaults, **options})
 
-
-_ORIGINAL_MODULE = "network.pointflow_resnet_with_max_avg_pool"
-# The official scripts' point-flow settings (scripts/pointflow/*.sh pass them to train and test alike).
-PFNET_DEFAULTS = {"maxpool_size": 14, "avgpool_size": 9, "edge_points": 128, "match_dim": 64}
-PFNET_CLASSIFIER = "head.conv_last.1.weight"
-
-
-@register_model("pfnet_r50", f"{_ORIGINAL_MODULE}.DeepR50_PF_maxavg_deeply", "DeepR50_PF_maxavg_deeply",
-                defaults=PFNET_DEFAULTS, classifier_key=PFNET_CLASSIFIER, edge_outputs=True)
-def pfnet_r50(num_classes: int, **options) -> PFNet:
-    """PFNet with a deep-stem ResNet-50 trunk (33.0 M parameters for 16 classes)."""
-    return PFNet(num_classes, depth=50, **options)
-
-
-@register_model("pfnet_r101", f"{_ORIGINAL_MODULE}.DeepR101_PF_maxavg_deeply", "DeepR101_PF_maxavg_deeply",
-                defaults=PFNET_DEFAULTS, classifier_key=PFNET_CLASSIFIER, edge_outputs=True)
-def pfnet_r101(num_classes: int, **options) -> PFNet:
-    """PFNet with a deep-stem ResNet-101 trunk (52.0 M parameters for 16 classes)."""
-    return PFNet(num_classes, depth=101, **options)

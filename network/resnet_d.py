@@ -97,24 +97,28 @@ def make_stage(in_channels: int, planes: int, blocks: int, stride: int, dilation
 
 
 def make_deep_resnet_layers(depth: int, norm_layer: NormLayer,
-                            dilations: tuple[int, int, int, int] = (1, 1, 1, 1)) -> list[nn.Module]:
+                            dilations: tuple[int, int, int, int] = (1, 1, 1, 1),
+                            strides: tuple[int, int, int, int] = STAGE_STRIDES) -> list[nn.Module]:
     """Build ``[layer0, layer1, layer2, layer3, layer4]`` of a deep-stem ResNet.
 
     Args:
         depth: 50 or 101.
         norm_layer: normalisation factory.
-        dilations: dilation of the 3x3 convolutions in layer1..layer4. PFNet uses (1, 1, 2, 4) while
-            keeping every stage's stride, so the output strides stay 4, 8, 16, 32.
+        dilations: dilation of the 3x3 convolutions in layer1..layer4. PFNet and UperNet use (1, 1, 2, 4)
+            while keeping every stage's stride, so the output strides stay 4, 8, 16, 32.
+        strides: stride of the first block of layer1..layer4. PSPNet and DeepLabV3+ at output stride 8 use
+            (1, 2, 1, 1) with dilations (1, 1, 2, 4); at output stride 16, (1, 2, 2, 1) with (1, 1, 1, 2).
 
     Returns:
         Five modules; for an (N, 3, H, W) input they give 128, 256, 512, 1024 and 2048 channels at
-        strides 4, 4, 8, 16 and 32 (each size rounded up).
+        strides 4, 4 and then 4 times the running product of ``strides[1:]`` (each size rounded up):
+        4, 4, 8, 16, 32 by default.
     """
     if depth not in BLOCKS_PER_STAGE:
         raise ValueError(f"deep-stem ResNet depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth}")
     layers: list[nn.Module] = [make_stem(norm_layer)]
     in_channels = STEM_CHANNELS
-    for planes, blocks, stride, dilation in zip(STAGE_PLANES, BLOCKS_PER_STAGE[depth], STAGE_STRIDES, dilations):
+    for planes, blocks, stride, dilation in zip(STAGE_PLANES, BLOCKS_PER_STAGE[depth], strides, dilations):
         layers.append(make_stage(in_channels, planes, blocks, stride, dilation, norm_layer))
         in_channels = planes * Bottleneck.expansion
     return layers

@@ -34,3 +34,24 @@ def load_case_a() -> tuple[PFNet, torch.Tensor, dict[str, np.ndarray]]:
 def parity_bound(reference: dict[str, np.ndarray]) -> float:
     """The parity tolerance: 1e-4 times the largest reference logit magnitude."""
     return 1e-4 * float(np.abs(reference["logits_every4"]).max())
+
+
+# The baseline fixtures (../shared/parity/baselines): registry name and input seed of each case.
+BASELINE_CASES = {"case_u_upernet_r50_isaid16": ("upernet_r50", 0), "case_p_pspnet_r50_isaid16": ("pspnet_r50", 5)}
+
+
+def load_baseline_case(case: str) -> tuple[torch.nn.Module, torch.Tensor, dict[str, np.ndarray], dict]:
+    """(eval-mode model with the parity weights, input images, reference arrays, the case's JSON recipe).
+
+    The model is built by the registry name of ``BASELINE_CASES`` and checked to be the original's
+    ``--arch`` of the recipe; the input is regenerated from the seed and checked against the stored copy.
+    """
+    arch, seed = BASELINE_CASES[case]
+    config = json.loads((PARITY_DIR / f"{case}.json").read_text())
+    reference = dict(np.load(PARITY_DIR / f"{case}_compact.npz"))
+    assert network.model_entry(config["original_arch"]).name == arch
+    model = network.get_model(arch, config["num_classes"]).eval()
+    model.load_state_dict(parity_state_dict(model.state_dict()))
+    images = torch.from_numpy(np.random.default_rng(seed).standard_normal(config["input_shape"]).astype(np.float32))
+    assert np.array_equal(images.numpy(), reference["input"])
+    return model, images, reference, config

@@ -9,8 +9,8 @@ from parity_case import load_case_a, parity_bound
 from torch import nn
 
 import network
+from network.fpn import ConcatClassifier
 from network.optimize import SplitConcatClassifier, fold_batch_norm_, fold_batch_norms
-from network.pfnet import ConcatClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
