@@ -176,10 +176,10 @@ class ProtocolDataset(Dataset):
         mask = decode_image(mask_path)
         if mask.mode not in ("L", "P", "I", "I;16"):
             raise DataFileError(f"{mask_path} is a {mask.mode} image; masks must hold class ids in one channel "
-                             "(convert colour masks with the data preparation tools)")
+                                "(convert colour masks with the data preparation tools)")
         if image.size != mask.size:
             raise DataFileError(f"{image_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} is "
-                             f"{mask.size[0]}x{mask.size[1]}")
+                                f"{mask.size[0]}x{mask.size[1]}")
         if self.resize_scale:
             size = (self.resize_scale, self.resize_scale)
             image = image.resize(size, Image.Resampling.BICUBIC)
@@ -189,8 +189,8 @@ class ProtocolDataset(Dataset):
         unexpected = np.setdiff1d(np.unique(class_ids), [*range(self.num_classes), 255])
         if unexpected.size:
             raise DataFileError(f"{mask_path} holds label ids {unexpected.tolist()}, not classes "
-                             f"0..{self.num_classes - 1} or 255 (ignore): is it a mask of this dataset, "
-                             "converted to class ids?")
+                                f"0..{self.num_classes - 1} or 255 (ignore): is it a mask of this dataset, "
+                                "converted to class ids?")
         if self.boundary_ignore:
             class_ids = erode_class_boundaries(class_ids, self.boundary_ignore)
         return {
