@@ -86,9 +86,30 @@ def set_dotted(config: EasyDict, dotted_key: str, value: Any, source: str) -> No
             prefix = ".".join(parts[:depth]) or "cfg"
             raise ConfigError(f"{source}: unknown config key {dotted_key!r}; keys under {prefix}: {known}")
         if depth == len(parts) - 1:
-            node[part] = value
+            node[part] = typed_like(node[part], value, f"{source}: {dotted_key}")
         else:
             node = node[part]
+
+
+def typed_like(default: Any, value: Any, source: str) -> Any:
+    """``value`` for a config key whose default is ``default``: of the same kind (text, whole number, number,
+    on/off); an integer is accepted for a float key. Keys whose default is None or a section take any value.
+
+    Raises:
+        ConfigError: naming ``source``, the value and the kind expected.
+    """
+    kinds = ((bool, "true or false"), (int, "a whole number"), (float, "a number"), (str, "text"))
+    for kind, described in kinds:
+        if not isinstance(default, kind):
+            continue
+        fits = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not fits:
+            hint = ' (quote it in YAML, e.g. "5")' if kind is str else ""
+            raise ConfigError(f"{source}: {value!r} is not {described}{hint}")
+        return value
+    return value
 
 
 def merge_sections(config: EasyDict, sections: dict, source: str) -> None:
@@ -122,8 +143,14 @@ def read_experiment_file(path: str | os.PathLike) -> tuple[dict, dict]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"experiment file {path} does not exist; pass --config with a YAML file")
-    with path.open() as handle:
-        content = yaml.safe_load(handle) or {}
+    try:
+        with path.open() as handle:
+            content = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"{path}: not valid YAML{line} ({problem})") from None
     if not isinstance(content, dict):
         raise ConfigError(f"{path}: expected a YAML mapping of flag names and cfg sections, "
                           f"got {type(content).__name__}")

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from config import add_config_flags, dataset_root, parse_with_config
 from datasets import normalize_image
+from datasets.file_check import DataFileError, find_mask_problems, summarize_mask_problems
 from datasets.registry import names_text, val_splits_text
 from evaluation import cli
 from evaluation.dataset_split import DATASET_NAMES, default_split, load_split
@@ -55,7 +56,7 @@ from evaluation.restore import add_speed_flags, restore_model, speed_options
 from network.options import add_model_flags
 from utils.atomic import exit_on_write_error
 from utils.checkpoint import CheckpointMismatchError, read_class_table
-from utils.image_io import read_image
+from utils.image_io import ImageReadError, read_image
 from utils.palette import blend, colorize, error_map, palette_image, save_image, side_by_side
 
 log = logging.getLogger("eval")
@@ -129,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def decode_image(path: str) -> Image.Image:
+    """The decoded PIL image of ``path``.
+
+    Raises:
+        DataFileError: one line naming the file: truncated, corrupt, not an image, or over Pillow's
+            decompression-bomb limit (the message gives the limit).
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DataFileError(f"{path}: cannot be read ({error}); is it truncated or corrupt?") from None
+
+
 class ProtocolDataset(Dataset):
     """(image, mask) files loaded the original evaluation's way.
 
@@ -149,16 +165,17 @@ class ProtocolDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_path, mask_path = self.items[index]
-        image = Image.fromarray(read_image(image_path, **self.read_options))
-        with Image.open(mask_path) as mask_file:
-            mask_file.load()
-            mask = mask_file
+        try:
+            image = Image.fromarray(read_image(image_path, **self.read_options))
+        except ImageReadError as error:
+            raise DataFileError(str(error)) from None
+        mask = decode_image(mask_path)
         if mask.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"{mask_path} is a {mask.mode} image; masks must hold class ids in one channel "
-                             "(convert colour masks with the data preparation tools)")
+            raise DataFileError(f"{mask_path} is a {mask.mode} image; masks must hold class ids in one channel "
+                                "(convert colour masks with the data preparation tools)")
         if image.size != mask.size:
-            raise ValueError(f"{image_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} is "
-                             f"{mask.size[0]}x{mask.size[1]}")
+            raise DataFileError(f"{image_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} is "
+                                f"{mask.size[0]}x{mask.size[1]}")
         if self.resize_scale:
             size = (self.resize_scale, self.resize_scale)
             image = image.resize(size, Image.Resampling.BICUBIC)
@@ -167,9 +184,9 @@ class ProtocolDataset(Dataset):
         class_ids = np.asarray(mask).astype(np.int64)
         unexpected = np.setdiff1d(np.unique(class_ids), [*range(self.num_classes), 255])
         if unexpected.size:
-            raise ValueError(f"{mask_path} holds label ids {unexpected.tolist()}, not classes "
-                             f"0..{self.num_classes - 1} or 255 (ignore): is it a mask of this dataset, "
-                             "converted to class ids?")
+            raise DataFileError(f"{mask_path} holds label ids {unexpected.tolist()}, not classes "
+                                f"0..{self.num_classes - 1} or 255 (ignore): is it a mask of this dataset, "
+                                "converted to class ids?")
         if self.boundary_ignore:
             class_ids = erode_class_boundaries(class_ids, self.boundary_ignore)
         return {
@@ -250,6 +267,9 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     out_dir = output_dir(args)
     if (out_dir / "metrics.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out_dir / 'metrics.json'} exists; pass --overwrite or choose --out_dir")
+    problems = find_mask_problems([mask for _, mask in items], len(class_names), "checking masks", args.num_workers)
+    if problems:
+        raise DataFileError(summarize_mask_problems(problems, len(items)))
     restored = restore_model(args, args.snapshot, len(class_names), device=args.device,
                              trusted_pickle=args.trusted_pickle, **speed_options(args))
     model, checkpoint_extras, resolved = restored.model, restored.extras, restored.resolved
@@ -320,13 +340,32 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     return summary
 
 
+def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse out-of-range flag values with a usage error naming the flag, before any file is read."""
+    try:
+        cli.parse_scales(args.scales)
+    except ValueError as error:
+        parser.error(str(error))
+    minimum = {"resize_scale": 1, "crop_size": 1, "batch_size": 1, "num_workers": 0, "boundary_ignore": 0,
+               "report_samples": 0, "stride": 1}
+    for name, lowest in minimum.items():
+        value = getattr(args, name)
+        if value is not None and value < lowest:
+            parser.error(f"--{name} must be at least {lowest}, got {value}")
+    if args.sliding_overlap < 0:
+        parser.error(f"--sliding_overlap must be 0 or more (a fraction, or pixels), got {args.sliding_overlap}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: evaluate as the flags say; problems end in a usage error (exit status 2)."""
     parser = build_parser()
     args, config = parse_with_config(parser, argv)
+    check_flags(parser, args)
     try:
         evaluate(args, config)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:
+        if log.handlers:  # the output folder and its log exist: say there that the evaluation failed
+            log.error("evaluation failed: %s", error)
         parser.error(str(error))
     return 0
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from datasets.classes import IGNORE_LABEL
 from datasets.edges import boundary_target
+from datasets.file_check import DataFileError
 from utils.image_io import ImageReadError, read_image
 
 if TYPE_CHECKING:
@@ -163,26 +164,26 @@ class SegmentationFolder:
         """Read item ``index`` untransformed: (image (H, W, 3) uint8 RGB, mask (H, W) uint8).
 
         Raises:
-            OSError: unreadable file; ValueError: mask not single-channel 8-bit, wrong size or values
-                outside {0..K-1, 255}.
+            DataFileError: unreadable file, mask not single-channel 8-bit, wrong size or values outside
+                {0..K-1, 255}; one line naming the file (also from DataLoader workers).
         """
         image_path, mask_path = self.items[index]
         try:
             image = read_image(image_path)
         except ImageReadError as error:
-            raise OSError(str(error)) from None
+            raise DataFileError(str(error)) from None
         mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
         if mask is None:
-            raise OSError(f"{mask_path}: cannot be read (missing, truncated or not an image)")
+            raise DataFileError(f"{mask_path}: cannot be read (missing, truncated or not an image)")
         if mask.ndim != 2 or mask.dtype != np.uint8:
-            raise ValueError(f"{mask_path}: expected a single-channel 8-bit label-id mask, found {mask.dtype} "
-                             f"{mask.shape}; colour masks must be converted with tools/prepare_dataset.py")
+            raise DataFileError(f"{mask_path}: expected a single-channel 8-bit label-id mask, found {mask.dtype} "
+                                f"{mask.shape}; colour masks must be converted with tools/prepare_dataset.py")
         if mask.shape != image.shape[:2]:
-            raise ValueError(f"{mask_path}: mask size {mask.shape} differs from its image {image.shape[:2]}")
+            raise DataFileError(f"{mask_path}: mask size {mask.shape} differs from its image {image.shape[:2]}")
         if not self._valid_values[mask].all():
             bad = sorted(set(np.unique(mask).tolist()) - set(np.flatnonzero(self._valid_values).tolist()))
-            raise ValueError(f"{mask_path}: label ids {bad} are not classes of {self.name} "
-                             f"(0..{self.num_classes - 1}, {self.ignore_label} = ignore)")
+            raise DataFileError(f"{mask_path}: label ids {bad} are not classes of {self.name} "
+                                f"(0..{self.num_classes - 1}, {self.ignore_label} = ignore)")
         return image, mask
 
     def __getitem__(self, key: int | tuple[int, tuple[int, int] | None]) -> dict[str, torch.Tensor | str]:

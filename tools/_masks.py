@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from datasets.classes import IGNORE_LABEL
@@ -19,8 +18,10 @@ from tools._common import (
     ToolError,
     atomic_write_image,
     check_output_outside_input,
+    header_size,
     natural_key,
-    read_image,
+    output_is_complete,
+    read_colour_mask,
     run_jobs,
 )
 from utils.atomic import remove_partial_files
@@ -212,16 +213,22 @@ class ConvertJob:
 
 
 def convert_one(job: ConvertJob) -> JobResult:
-    """Run one ``ConvertJob``; keeps a finished ``target`` unless ``overwrite``.
+    """Run one ``ConvertJob``; keeps a finished ``target`` (one that decodes, of the source's size) unless
+    ``overwrite``.
 
     Raises:
-        InputError: unreadable mask or, with policy ``error``, unknown colours.
+        InputError: unreadable mask, transparent alpha or, with policy ``error``, unknown colours.
     """
     result = JobResult(job.name)
-    if job.target.exists() and not job.overwrite:
-        result.existing = 1
-        return result
-    ids, result.warnings = colours_to_ids(read_image(job.source, cv2.IMREAD_COLOR), job.coding, job.source)
+    if not job.overwrite:
+        size = header_size(job.source)
+        if output_is_complete(job.target, *(size or (None, None))):
+            result.existing = 1
+            return result
+    colours, had_alpha = read_colour_mask(job.source)
+    if had_alpha:
+        result.ignored_alpha.append(str(job.source))
+    ids, result.warnings = colours_to_ids(colours, job.coding, job.source)
     atomic_write_image(job.target, ids)
     result.written = 1
     return result
@@ -242,5 +249,8 @@ def convert_folder(tool: str, masks_dir: Path, out_dir: Path, source_suffix: str
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_files(out_dir)
     sources = sorted(masks_dir.glob(f"*{source_suffix}"), key=lambda path: natural_key(path.name))
+    if not sources and on_error == "error":
+        raise ToolError(f"{masks_dir} holds no colour masks (*{source_suffix}); check --root_path and --phase, "
+                        "or run with --on-error skip to accept an empty folder")
     jobs = [ConvertJob(str(source), source, out_dir / f"{source.stem}.png", coding, overwrite) for source in sources]
     return run_jobs(tool, convert_one, jobs, workers, on_error, progress)

@@ -183,7 +183,7 @@ def check_pair(job: SplitJob) -> JobResult:
     Raises:
         InputError: naming the mask (or image) and the fix.
     """
-    mask, _ = read_job_mask(job)
+    mask, _, _ = read_job_mask(job)
     try:
         size = image_io.image_size(job.image_path)
     except image_io.ImageReadError as error:

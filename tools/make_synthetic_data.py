@@ -36,6 +36,7 @@ if __package__ in (None, ""):
 from datasets.isaid import ISAIDDataset  # noqa: E402
 from datasets.isprs import PotsdamDataset  # noqa: E402
 from datasets.loveda import LoveDADataset  # noqa: E402
+from tools._common import atomic_write_image  # noqa: E402
 from tools.raw_layout import (  # noqa: E402
     ISPRS_FOLDERS,
     LOVEDA_DOMAIN_FOLDERS,
@@ -45,6 +46,7 @@ from tools.raw_layout import (  # noqa: E402
     SPLIT_TILES,
     isprs_file_names,
 )
+from utils.atomic import exit_on_write_error  # noqa: E402
 
 DATASETS = ("isaid", "potsdam", "vaihingen", "loveda")
 """Raw layouts this tool writes (the order also seeds each dataset's images: append new ones at the end)."""
@@ -406,10 +408,8 @@ def _instance_colors(instances: np.ndarray) -> np.ndarray:
 
 
 def _write_rgb(path: Path, rgb: np.ndarray) -> None:
-    """Write an RGB (H, W, 3) uint8 array; OpenCV stores BGR, so channels are reversed first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
-        raise OSError(f"could not write {path}")
+    """Write an RGB (H, W, 3) uint8 array atomically; OpenCV stores BGR, so channels are reversed first."""
+    atomic_write_image(path, np.ascontiguousarray(rgb[..., ::-1]))
 
 
 def _image_rng(seed: int, dataset: str, index: int) -> np.random.Generator:
@@ -420,7 +420,8 @@ def _image_rng(seed: int, dataset: str, index: int) -> np.random.Generator:
 def _split_counts(num_images: int) -> tuple[int, int]:
     """(train, held-out) image counts: a quarter of the images (at least one) are held out."""
     if num_images < 2:
-        raise ValueError(f"num_images must be >= 2 (one train and one held-out image), got {num_images}")
+        raise ValueError(f"num_images (--num-images) must be >= 2 (one train and one held-out image), "
+                         f"got {num_images}")
     held_out = max(1, num_images // 4)
     return num_images - held_out, held_out
 
@@ -538,7 +539,7 @@ def make_synthetic(dataset: str, out_dir: str | Path, seed: int = 0, num_images:
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
     if size < 64:
-        raise ValueError(f"size must be >= 64 pixels, got {size}")
+        raise ValueError(f"size (--size) must be >= 64 pixels, got {size}")
     out_path = Path(out_dir)
     if dataset == "isaid":
         _make_isaid(out_path, seed, num_images, size, fixed_size)
@@ -564,7 +565,11 @@ def main(argv: list[str] | None = None) -> None:
     names = DATASETS if args.dataset == "all" else (args.dataset,)
     for name in names:
         target = Path(args.out) / name if args.dataset == "all" else Path(args.out)
-        make_synthetic(name, target, seed=args.seed, num_images=args.num_images, size=args.size)
+        try:
+            with exit_on_write_error():
+                make_synthetic(name, target, seed=args.seed, num_images=args.num_images, size=args.size)
+        except ValueError as error:
+            parser.error(str(error))
         print(f"wrote synthetic {name} raw data to {target}")
 
 

@@ -45,6 +45,8 @@ from tools._common import (  # noqa: E402
     add_common_arguments,
     check_output_outside_input,
     natural_key,
+    positive_int,
+    report_input_problems,
     run_jobs,
     run_tool,
 )
@@ -55,7 +57,7 @@ from tools._masks import (  # noqa: E402
     isaid_coding,
     isprs_coding,
 )
-from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
+from tools._tiling import SplitJob, check_geometry, largest_first, record_geometry, split_one  # noqa: E402
 from tools.custom_layout import CUSTOM_NAME, custom_jobs  # noqa: E402
 from tools.raw_layout import (  # noqa: E402
     ISAID_MASK_FOLDERS,
@@ -69,7 +71,7 @@ from tools.raw_layout import (  # noqa: E402
     SPLIT_TILES,
     isprs_file_names,
 )
-from tools.split_iSAID import EXCLUDED_IMAGES, isaid_base_images  # noqa: E402
+from tools.split_iSAID import EXCLUDED_IMAGES, isaid_base_images, report_isaid_name_problems  # noqa: E402
 from utils.atomic import remove_partial_files  # noqa: E402
 from utils.image_io import SCALING_FILE, parse_bands  # noqa: E402
 
@@ -200,6 +202,32 @@ def _loveda_jobs(raw: Path, out: Path, coding: IdCoding, patch: int, overlap: in
     return jobs, notes
 
 
+def _report_name_problems(dataset: str, raw: Path, image_dir: Path | None, label_dir: Path | None,
+                          label_variant: str, product: str, on_error: str, notes: list[str]) -> None:
+    """Stop at (or note, with ``on_error="skip"``) raw files the jobs would drop in silence: masks without their
+    image and names that do not parse."""
+    if dataset == "isaid":
+        for split in ("train", "val", "test"):
+            images = raw / split / "images"
+            for folder in ISAID_MASK_FOLDERS:
+                if (raw / split / folder).is_dir():
+                    report_isaid_name_problems(notes, images, raw / split / folder, on_error)
+        return
+    image_dir = image_dir or raw / (POTSDAM_PRODUCTS[product][0] if dataset == "potsdam"
+                                    else ISPRS_FOLDERS[dataset]["image"])
+    label_key = "label" if label_variant == "full" else "eroded"
+    label_dir = label_dir or raw / ISPRS_FOLDERS[dataset][label_key]
+    tiles = _isprs_tiles(dataset, image_dir, product)
+    pattern = _TILE_PATTERN[dataset][product]
+    unparsable = [str(path) for path in sorted(image_dir.glob("*.tif")) if not pattern.match(path.name)]
+    report_input_problems(notes, f"image file name(s) that are not {dataset} tile names ({pattern.pattern})",
+                          unparsable, "rename them", on_error)
+    label_names = {isprs_file_names(dataset, tile)[label_key] for tile in tiles}
+    orphans = [str(path) for path in sorted(label_dir.glob("*.tif")) if path.name not in label_names]
+    report_input_problems(notes, f"label tile(s) without their image in {image_dir}", orphans,
+                          "add the image tiles, or remove the labels", on_error)
+
+
 def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size: int | None = None,
             stride: int | None = None, label_variant: str = "full", domain: str = "all", spec: str | Path | None = None,
             product: str = "RGB", bands: str | tuple[int, ...] | None = None, workers: int | None = None,
@@ -275,8 +303,11 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
     chosen_bands = _potsdam_bands(product, bands) if dataset == "potsdam" else None
     facts = PREPARED[dataset]
     whole_only = patch_size is None and facts.patch_size is None
-    patch = patch_size or facts.patch_size or 1
-    overlap = 0 if whole_only else patch - (stride or facts.patch_stride or patch)
+    patch = patch_size if patch_size is not None else (facts.patch_size or 1)
+    stride = stride if stride is not None else (facts.patch_stride or patch)
+    if not whole_only and not 1 <= stride <= patch:
+        raise ToolError(f"--stride {stride}: the window step must be between 1 and the patch size ({patch})")
+    overlap = 0 if whole_only else patch - stride
     check_geometry(patch, patch, overlap)
     if dataset == "isaid":
         jobs, notes = _isaid_jobs(raw, out, isaid_coding(unknown_color), patch, overlap, whole_held_out, overwrite)
@@ -289,6 +320,11 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
                                   Path(image_dir) if image_dir else None, Path(label_dir) if label_dir else None,
                                   split_tiles or SPLIT_TILES[dataset], whole_held_out, overwrite, product,
                                   chosen_bands)
+    if dataset != "loveda":
+        _report_name_problems(dataset, raw, Path(image_dir) if image_dir else None,
+                              Path(label_dir) if label_dir else None, label_variant, product, on_error, notes)
+    record_geometry(out, {"dataset": dataset, "patch": None if whole_only else patch,
+                          "stride": None if whole_only else stride, "label_variant": label_variant})
     return _run(dataset, jobs, notes, workers, on_error, progress)
 
 
@@ -341,9 +377,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(docs/data_custom.md, docs/examples/custom_dataset.yaml)")
     parser.add_argument("--out", required=True,
                         help="output root, outside --raw, --image-dir and --label-dir; the config's dataset folder")
-    parser.add_argument("--patch-size", type=int, default=None,
+    parser.add_argument("--patch-size", type=positive_int, default=None,
                         help=f"window side in pixels (default: {_geometry_text()})")
-    parser.add_argument("--stride", type=int, default=None,
+    parser.add_argument("--stride", type=positive_int, default=None,
                         help="window step in pixels (default 512; the window side for LoveDA and custom)")
     parser.add_argument("--label-variant", choices=LABEL_VARIANTS, default="full",
                         help="ISPRS: full labels (default, as the original implies) or the eroded "
@@ -367,8 +403,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-tiles", default=None, help="ISPRS: comma-separated test tile ids, with --train-tiles")
     add_common_arguments(parser, memory="one image and its labels, up to ~1.5 GB for the largest iSAID scenes "
                                         "and ~450 MB for a 6000 x 6000 Potsdam tile",
-                         problems="an unreadable or corrupt image or label, a missing label, an image/label size "
-                                  "mismatch, or (with --unknown-color error) label colours outside the palette")
+                         problems="an unreadable or corrupt image or label, a missing label, a label without its "
+                                  "image, a file name that does not parse, a label with transparent pixels, an "
+                                  "image/label size mismatch, or (with --unknown-color error) label colours outside "
+                                  "the palette")
     add_unknown_color_argument(parser)
     args = parser.parse_args(argv)
     split_tiles = None
