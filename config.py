@@ -22,17 +22,16 @@ from typing import Any
 import yaml
 from easydict import EasyDict
 
+from datasets.registry import DATASET_CLASSES, DATASETS, names_text
 from utils.atomic import atomic_path
 
 _DEFAULTS = EasyDict()
 
 _DEFAULTS.DATASET = EasyDict()
-# Root of the prepared iSAID patches ({root}/{split}/images, {root}/{split}/masks).
-_DEFAULTS.DATASET.ISAID_DIR = "./data/iSAID"
-# Root of the prepared 896x896 Potsdam patches (the original's spelling "posdam").
-_DEFAULTS.DATASET.POSDAM_DIR = "./data/posdam896"
-# Root of the prepared 768x768 Vaihingen patches.
-_DEFAULTS.DATASET.VAIHINGEN_DIR = "./data/vaihingen768"
+# Root of each dataset's prepared patches ({root}/{split}/images, {root}/{split}/masks), one key per dataset,
+# declared on its class in datasets/ (root_key, default_root): ISAID_DIR, POSDAM_DIR (the original's spelling
+# "posdam"), VAIHINGEN_DIR, LOVEDA_DIR, CUSTOM_DIR.
+_DEFAULTS.DATASET.update({dataset.root_key: dataset.default_root for dataset in DATASET_CLASSES})
 # Number of cross-validation splits; --cv must be smaller (the aerial datasets have a single split).
 _DEFAULTS.DATASET.CV_SPLITS = 3
 
@@ -45,18 +44,15 @@ def get_cfg() -> EasyDict:
     return copy.deepcopy(_DEFAULTS)
 
 
-# cfg.DATASET key of each dataset name's root (both spellings of Potsdam).
-DATASET_ROOT_KEYS = {"isaid": "ISAID_DIR", "posdam": "POSDAM_DIR", "potsdam": "POSDAM_DIR",
-                     "vaihingen": "VAIHINGEN_DIR"}
-
-
 def dataset_root(config: EasyDict, name: str) -> str:
-    """The root folder of dataset ``name`` (``iSAID``, ``Posdam``/``potsdam``, ``Vaihingen``) in ``config``.
+    """The root folder of dataset ``name`` (any ``--dataset`` name, e.g. ``iSAID`` or ``potsdam``) in ``config``.
 
     Raises:
         KeyError: unknown dataset name.
     """
-    return config.DATASET[DATASET_ROOT_KEYS[name.lower()]]
+    if name.lower() not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {names_text()}")
+    return config.DATASET[DATASETS[name.lower()].root_key]
 
 
 class ConfigError(ValueError):
@@ -90,9 +86,30 @@ def set_dotted(config: EasyDict, dotted_key: str, value: Any, source: str) -> No
             prefix = ".".join(parts[:depth]) or "cfg"
             raise ConfigError(f"{source}: unknown config key {dotted_key!r}; keys under {prefix}: {known}")
         if depth == len(parts) - 1:
-            node[part] = value
+            node[part] = typed_like(node[part], value, f"{source}: {dotted_key}")
         else:
             node = node[part]
+
+
+def typed_like(default: Any, value: Any, source: str) -> Any:
+    """``value`` for a config key whose default is ``default``: of the same kind (text, whole number, number,
+    on/off); an integer is accepted for a float key. Keys whose default is None or a section take any value.
+
+    Raises:
+        ConfigError: naming ``source``, the value and the kind expected.
+    """
+    kinds = ((bool, "true or false"), (int, "a whole number"), (float, "a number"), (str, "text"))
+    for kind, described in kinds:
+        if not isinstance(default, kind):
+            continue
+        fits = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not fits:
+            hint = ' (quote it in YAML, e.g. "5")' if kind is str else ""
+            raise ConfigError(f"{source}: {value!r} is not {described}{hint}")
+        return value
+    return value
 
 
 def merge_sections(config: EasyDict, sections: dict, source: str) -> None:
@@ -126,8 +143,14 @@ def read_experiment_file(path: str | os.PathLike) -> tuple[dict, dict]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"experiment file {path} does not exist; pass --config with a YAML file")
-    with path.open() as handle:
-        content = yaml.safe_load(handle) or {}
+    try:
+        with path.open() as handle:
+            content = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"{path}: not valid YAML{line} ({problem})") from None
     if not isinstance(content, dict):
         raise ConfigError(f"{path}: expected a YAML mapping of flag names and cfg sections, "
                           f"got {type(content).__name__}")

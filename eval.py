@@ -37,8 +37,10 @@ from tqdm import tqdm
 
 from config import add_config_flags, dataset_root, parse_with_config
 from datasets import normalize_image
+from datasets.file_check import DataFileError, find_mask_problems, summarize_mask_problems
+from datasets.registry import names_text, val_splits_text
 from evaluation import cli
-from evaluation.dataset_split import DATASET_NAMES, load_split
+from evaluation.dataset_split import DATASET_NAMES, default_split, load_split
 from evaluation.inference import infer_logits
 from evaluation.metrics import (
     ConfusionMatrix,
@@ -53,8 +55,8 @@ from evaluation.report import make_sample, write_report
 from evaluation.restore import add_speed_flags, restore_model, speed_options
 from network.options import add_model_flags
 from utils.atomic import exit_on_write_error
-from utils.checkpoint import CheckpointMismatchError
-from utils.image_io import read_image
+from utils.checkpoint import CheckpointMismatchError, read_class_table
+from utils.image_io import ImageReadError, read_image
 from utils.palette import blend, colorize, error_map, palette_image, save_image, side_by_side
 
 log = logging.getLogger("eval")
@@ -65,12 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_argument_group("what to evaluate")
     what.add_argument("--dataset", required=True, choices=DATASET_NAMES,
-                      help="dataset (original spellings; potsdam is accepted for Posdam)")
+                      help=f"dataset: {names_text()} (the original's spellings are accepted)")
+    what.add_argument("--dataset_spec", default=None,
+                      help="with --dataset custom: the YAML description of the dataset (docs/data_custom.md)")
     what.add_argument("--dataset_dir", default=None,
                       help="dataset root holding {split}/images and {split}/masks (default: the config's root)")
-    what.add_argument("--split", default="val",
-                      help="split folder to evaluate (default val; the official Potsdam/Vaihingen scripts pass "
-                           "--split test)")
+    what.add_argument("--split", default=None,
+                      help=f"split folder to evaluate (default: the split the original validated on: "
+                           f"{val_splits_text()})")
     what.add_argument("--snapshot", required=True, help="checkpoint file (.pth) to evaluate")
     what.add_argument("--mode", default="semantic", choices=("semantic",),
                       help="dataset quality; only 'semantic' exists for these datasets (kept for the scripts)")
@@ -126,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def decode_image(path: str) -> Image.Image:
+    """The decoded PIL image of ``path``.
+
+    Raises:
+        DataFileError: one line naming the file: truncated, corrupt, not an image, or over Pillow's
+            decompression-bomb limit (the message gives the limit).
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DataFileError(f"{path}: cannot be read ({error}); is it truncated or corrupt?") from None
+
+
 class ProtocolDataset(Dataset):
     """(image, mask) files loaded the original evaluation's way.
 
@@ -146,16 +165,17 @@ class ProtocolDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_path, mask_path = self.items[index]
-        image = Image.fromarray(read_image(image_path, **self.read_options))
-        with Image.open(mask_path) as mask_file:
-            mask_file.load()
-            mask = mask_file
+        try:
+            image = Image.fromarray(read_image(image_path, **self.read_options))
+        except ImageReadError as error:
+            raise DataFileError(str(error)) from None
+        mask = decode_image(mask_path)
         if mask.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"{mask_path} is a {mask.mode} image; masks must hold class ids in one channel "
-                             "(convert colour masks with the data preparation tools)")
+            raise DataFileError(f"{mask_path} is a {mask.mode} image; masks must hold class ids in one channel "
+                                "(convert colour masks with the data preparation tools)")
         if image.size != mask.size:
-            raise ValueError(f"{image_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} is "
-                             f"{mask.size[0]}x{mask.size[1]}")
+            raise DataFileError(f"{image_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} is "
+                                f"{mask.size[0]}x{mask.size[1]}")
         if self.resize_scale:
             size = (self.resize_scale, self.resize_scale)
             image = image.resize(size, Image.Resampling.BICUBIC)
@@ -164,9 +184,9 @@ class ProtocolDataset(Dataset):
         class_ids = np.asarray(mask).astype(np.int64)
         unexpected = np.setdiff1d(np.unique(class_ids), [*range(self.num_classes), 255])
         if unexpected.size:
-            raise ValueError(f"{mask_path} holds label ids {unexpected.tolist()}, not classes "
-                             f"0..{self.num_classes - 1} or 255 (ignore): is it a mask of this dataset, "
-                             "converted to class ids?")
+            raise DataFileError(f"{mask_path} holds label ids {unexpected.tolist()}, not classes "
+                                f"0..{self.num_classes - 1} or 255 (ignore): is it a mask of this dataset, "
+                                "converted to class ids?")
         if self.boundary_ignore:
             class_ids = erode_class_boundaries(class_ids, self.boundary_ignore)
         return {
@@ -231,8 +251,9 @@ def dump_prediction(out_dir: Path, name: str, pixels: np.ndarray, truth: np.ndar
 def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     """Run the evaluation described by ``args`` (dataset roots from ``config``); return the metrics summary
     (see ``metrics_summary``)."""
+    args.split = args.split or default_split(args.dataset)
     root = args.dataset_dir or dataset_root(config, args.dataset)
-    items, class_names, palette = load_split(args.dataset, args.split, root)
+    items, class_names, palette = load_split(args.dataset, args.split, root, args.dataset_spec)
     if args.eroded_masks:
         items = replace_masks(items, args.eroded_masks)
     exclude = parse_class_list(args.exclude_classes, class_names)
@@ -246,6 +267,9 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     out_dir = output_dir(args)
     if (out_dir / "metrics.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out_dir / 'metrics.json'} exists; pass --overwrite or choose --out_dir")
+    problems = find_mask_problems([mask for _, mask in items], len(class_names), "checking masks", args.num_workers)
+    if problems:
+        raise DataFileError(summarize_mask_problems(problems, len(items)))
     restored = restore_model(args, args.snapshot, len(class_names), device=args.device,
                              trusted_pickle=args.trusted_pickle, **speed_options(args))
     model, checkpoint_extras, resolved = restored.model, restored.extras, restored.resolved
@@ -257,6 +281,10 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     log.info("snapshot %s (epoch %s), dataset %s/%s: %d images", args.snapshot,
              checkpoint_extras.get("epoch"), args.dataset, args.split, len(items))
     log.info("model: %s", resolved.describe())
+    saved_classes = read_class_table(checkpoint_extras)
+    if saved_classes is not None and saved_classes[0] != list(class_names):
+        log.warning("the checkpoint was trained for classes %s but %s has %s: the scores compare different "
+                    "classes", saved_classes[0], args.dataset, list(class_names))
     log.info("mode %s, scales %s, transforms %s, resize %s%s; output %s", args.inference_mode, scales,
              cli.tta_options(args), args.resize_scale,
              f", window {args.window} stride {stride} blend {args.blend}" if sliding else "", out_dir)
@@ -312,13 +340,32 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     return summary
 
 
+def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse out-of-range flag values with a usage error naming the flag, before any file is read."""
+    try:
+        cli.parse_scales(args.scales)
+    except ValueError as error:
+        parser.error(str(error))
+    minimum = {"resize_scale": 1, "crop_size": 1, "batch_size": 1, "num_workers": 0, "boundary_ignore": 0,
+               "report_samples": 0, "stride": 1}
+    for name, lowest in minimum.items():
+        value = getattr(args, name)
+        if value is not None and value < lowest:
+            parser.error(f"--{name} must be at least {lowest}, got {value}")
+    if args.sliding_overlap < 0:
+        parser.error(f"--sliding_overlap must be 0 or more (a fraction, or pixels), got {args.sliding_overlap}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: evaluate as the flags say; problems end in a usage error (exit status 2)."""
     parser = build_parser()
     args, config = parse_with_config(parser, argv)
+    check_flags(parser, args)
     try:
         evaluate(args, config)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:
+        if log.handlers:  # the output folder and its log exist: say there that the evaluation failed
+            log.error("evaluation failed: %s", error)
         parser.error(str(error))
     return 0
 

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from config import add_config_flags, parse_with_config
+from datasets.registry import names_text
 from evaluation.cli import (
     add_band_arguments,
     add_run_arguments,
@@ -57,7 +58,7 @@ from evaluation.onnx_backend import add_backend_flags, check_backend_flags, onnx
 from evaluation.restore import add_speed_flags, restore_model, speed_options
 from network.options import add_model_flags
 from utils.atomic import atomic_write_bytes, exit_on_write_error, remove_stale_partial_files
-from utils.checkpoint import CheckpointMismatchError
+from utils.checkpoint import CheckpointMismatchError, read_class_table
 from utils.image_io import IMAGE_SUFFIXES, RASTER_SUFFIXES, ImageReadError, image_size, open_raster
 from utils.palette import default_palette
 from utils.raster_io import CogSink, PaletteMaskSink, write_polygons
@@ -76,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoint (.pth) to load, e.g. an official PFSegNets one (not with --backend "
                              "onnxruntime)")
     parser.add_argument("--dataset", default=None,
-                        help="iSAID, Posdam (or potsdam) or Vaihingen: gives the class count and the colour palette; "
-                             "without it the class count is read from the checkpoint and a generic palette is used")
+                        help=f"{names_text()}: gives the class count and the colour palette; without it both "
+                             "are read from the checkpoint (train.py saves the class names and palette; for other "
+                             "checkpoints a generic palette is used)")
+    parser.add_argument("--dataset_spec", default=None,
+                        help="with --dataset custom: its YAML description (not needed: the checkpoint carries "
+                             "the classes)")
     output = parser.add_argument_group("output")
     output.add_argument("--out_dir", required=True, help="folder for the outputs (created if missing)")
     output.add_argument("--format", choices=("auto", "png", "tif"), default="auto",
@@ -344,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 todo.append(job)
         check_out_dir(out_dir)
-        class_names, palette = dataset_table(args.dataset) if args.dataset else ([], None)
+        class_names, palette = dataset_table(args.dataset, args.dataset_spec) if args.dataset else ([], None)
         model = None
         if todo and args.backend == "onnxruntime":
             model, class_names, palette = onnx_backend_model(args, class_names, palette)
@@ -355,9 +360,10 @@ def main(argv: list[str] | None = None) -> int:
             for warning in restored.resolved.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
             print(f"model: {restored.resolved.describe()}")
-            if palette is None:
-                class_names = [f"class_{index}" for index in range(restored.num_classes)]
-                palette = default_palette(restored.num_classes)
+            if palette is None:  # the classes train.py saved in the checkpoint, else generic ones
+                class_names, palette = read_class_table(restored.extras) or (
+                    [f"class_{index}" for index in range(restored.num_classes)],
+                    default_palette(restored.num_classes))
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError, OSError,
             CheckpointMismatchError) as error:
         parser.error(str(error))

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -38,7 +39,9 @@ from tqdm import tqdm
 import datasets
 import network
 import transforms
-from config import DATASET_ROOT_KEYS, add_config_flags, dataset_root, effective_config, parse_with_config, save_config
+from config import add_config_flags, dataset_root, effective_config, parse_with_config, save_config
+from datasets.file_check import DataFileError, find_mask_problems, summarize_mask_problems
+from datasets.registry import names_text, val_splits_text
 from datasets.uniform import ClassUniformSampler
 from engine.distributed import (
     DistContext,
@@ -64,10 +67,21 @@ from evaluation.metrics import ConfusionMatrix, format_table, metrics_summary
 from loss import get_loss
 from network.options import ResolvedModel, add_model_flags, resolve_model_options
 from utils.atomic import exit_on_write_error
-from utils.checkpoint import load_checkpoint, read_checkpoint, unwrap_model
+from utils.checkpoint import (
+    CheckpointFileError,
+    CheckpointMismatchError,
+    check_checkpoint_file,
+    checkpoint_class_table,
+    fill_model,
+    read_checkpoint,
+    unwrap_model,
+)
 
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-VAL_SPLITS = {"isaid": "val", "posdam": "test", "potsdam": "test", "vaihingen": "test"}
+# Numeric flags and the smallest value each accepts (None = not given, where the flag is optional).
+FLAG_MINIMUM = {"crop_size": 1, "bs_mult_val": 1, "num_workers": 0, "max_epoch": 1, "print_freq": 1, "val_freq": 1,
+                "thicky": 1, "class_uniform_tile": 1, "pre_size": 1, "stop_after": 1, "momentum": 0,
+                "weight_decay": 0, "edge_weight": 0, "seg_weight": 0}
 NUM_VAL_PANELS = 4
 # Flags that say how to run, not what to train: left out of config.yaml (so that ``--config that/config.yaml``
 # repeats a run without resuming or stopping it) and of the resume consistency check.
@@ -87,10 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="iSAID",
-                      help="iSAID, Posdam (or potsdam) or Vaihingen; root from the configuration's DATASET section")
+                      help=f"{names_text()}; root from the configuration's DATASET section")
+    data.add_argument("--dataset_spec", default=None,
+                      help="with --dataset custom: YAML description of your dataset (docs/data_custom.md); root "
+                           "from DATASET.CUSTOM_DIR")
     data.add_argument("--cv", type=int, default=0, help="cross-validation split; the aerial datasets have one (0)")
     data.add_argument("--val_split", default=None,
-                      help="split validated during training (default as the original: val for iSAID, test for ISPRS)")
+                      help=f"split validated during training (default as the original: {val_splits_text()})")
     data.add_argument("--crop_size", type=int, default=720, help="training patch size (resize or crop, see --with_aug)")
     data.add_argument("--with_aug", action="store_true",
                       help="Potsdam/Vaihingen: random scale in [--scale_min, --scale_max] + random crop instead of "
@@ -224,10 +241,18 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, config
                      "loss)")
     if args.bs_mult < 2:
         parser.error("--bs_mult must be at least 2: the PSP module's 1x1 bin is batch-normalised per process")
+    for name, lowest in FLAG_MINIMUM.items():
+        value = getattr(args, name)
+        if value is not None and not value >= lowest:
+            parser.error(f"--{name} must be at least {lowest}, got {value}")
+    if not args.lr > 0:
+        parser.error(f"--lr must be a positive learning rate, got {args.lr}")
     if not 0 <= args.cv < config.DATASET.CV_SPLITS:
         parser.error(f"--cv {args.cv} is outside [0, {config.DATASET.CV_SPLITS})")
-    if args.dataset.lower() not in DATASET_ROOT_KEYS:
-        parser.error(f"--dataset {args.dataset!r}: choose iSAID, Posdam (potsdam) or Vaihingen")
+    try:
+        datasets.dataset_class(args.dataset, args.dataset_spec)
+    except (KeyError, ValueError) as error:
+        parser.error(f"--dataset {args.dataset!r}: {error.args[0]}")
     if args.resume and args.snapshot:
         parser.error("--resume continues a run with its own weights; leave out --snapshot")
     try:
@@ -309,17 +334,66 @@ def check_resume_length(args: argparse.Namespace, resume_checkpoint: dict) -> No
                          f"then follows the new length from epoch {finished}")
 
 
-def prepare_run_dir(args: argparse.Namespace, ctx: DistContext) -> tuple[Path, Path]:
-    """Checkpoint and TensorBoard folders of this run; refuses to start afresh over an existing run."""
+def prepare_run_dir(args: argparse.Namespace, ctx: DistContext) -> tuple[Path, Path, bool]:
+    """Checkpoint and TensorBoard folders of this run, and whether this start creates them (a failed start
+    then removes them again); refuses to start afresh over an existing run."""
     run_dir = Path(args.ckpt) / args.exp / run_name(args)
     tb_dir = Path(args.tb_path) / args.exp / run_name(args)
     if (run_dir / LAST_NAME).exists() and not (args.resume or args.overwrite):
         raise StartError(f"{run_dir / LAST_NAME} exists: continue that run with --resume {run_dir / LAST_NAME}, "
                          f"start over with --overwrite, or pick another --exp")
+    created = not run_dir.exists() and not tb_dir.exists()
     barrier()  # every process has checked before rank 0 creates anything
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, tb_dir
+    return run_dir, tb_dir, created
+
+
+def read_start_checkpoints(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
+    """The --resume and --snapshot checkpoints, read, and the --pretrained file checked, before any dataset or
+    model is built (a typo'd path or a broken file fails in seconds, not after the data is listed).
+
+    Raises:
+        StartError: naming the flag and the file: missing, empty, truncated, not a checkpoint, or needing
+            --trusted-pickle.
+    """
+    checkpoints = {}
+    for flag in ("resume", "snapshot", "pretrained"):
+        path = getattr(args, flag)
+        if path is None:
+            continue
+        try:
+            if flag == "pretrained":
+                check_checkpoint_file(path)
+            else:
+                checkpoints[flag] = read_checkpoint(path, trusted_pickle=args.trusted_pickle)
+        except (FileNotFoundError, CheckpointFileError, CheckpointMismatchError) as error:
+            raise StartError(f"--{flag}: {error}") from None
+    return checkpoints.get("resume"), checkpoints.get("snapshot")
+
+
+def config_file(run_dir: Path, resuming: bool) -> Path:
+    """Where this start records its configuration: ``config.yaml`` for a run's first start (or --overwrite),
+    ``config.resume-N.yaml`` for its N-th resume, so that the flags of every start are kept."""
+    first = run_dir / "config.yaml"
+    if not resuming or not first.exists():
+        return first
+    number = 1
+    while (run_dir / f"config.resume-{number}.yaml").exists():
+        number += 1
+    return run_dir / f"config.resume-{number}.yaml"
+
+
+def check_validation_masks(val_set, workers: int) -> None:
+    """Decode every validation mask before the first epoch: ids must be classes or 255.
+
+    Raises:
+        StartError: how many masks are bad, with the first files and their ids.
+    """
+    masks = [mask for _, mask in val_set.items]
+    problems = find_mask_problems(masks, val_set.num_classes, "checking validation masks", max(1, workers))
+    if problems:
+        raise StartError(f"validation split {val_set.split}: {summarize_mask_problems(problems, len(masks))}")
 
 
 def uses_edge_loss(run: Run) -> bool:
@@ -336,14 +410,14 @@ def uses_edge_loss(run: Run) -> bool:
 def build_datasets(args: argparse.Namespace, config: EasyDict, with_edge: bool):
     """Training dataset (with the boundary target for the edge loss) and validation dataset."""
     root = dataset_root(config, args.dataset)
+    dataset_cls = datasets.dataset_class(args.dataset, args.dataset_spec)
     train_transform = transforms.build_train_transform(
-        args.dataset, args.crop_size, scale_min=args.scale_min, scale_max=args.scale_max, with_aug=args.with_aug,
+        dataset_cls, args.crop_size, scale_min=args.scale_min, scale_max=args.scale_max, with_aug=args.with_aug,
         color_aug=args.color_aug, gaussian_blur=args.gblur, pre_size=args.pre_size)
-    train_set = datasets.get_dataset(args.dataset, "train", root, joint_transform=train_transform,
-                                     with_edge=with_edge, edge_thickness=args.thicky)
-    val_split = args.val_split or VAL_SPLITS[args.dataset.lower()]
-    val_set = datasets.get_dataset(args.dataset, val_split, root,
-                                   joint_transform=transforms.build_eval_transform(args.dataset, args.crop_size))
+    train_set = dataset_cls(root, "train", joint_transform=train_transform, with_edge=with_edge,
+                            edge_thickness=args.thicky)
+    val_split = args.val_split or dataset_cls.val_split
+    val_set = dataset_cls(root, val_split, joint_transform=transforms.build_eval_transform(dataset_cls, args.crop_size))
     return train_set, val_set
 
 
@@ -416,20 +490,20 @@ def build_optimisation(args: argparse.Namespace, ctx: DistContext, model: nn.Mod
     return optimizer, scheduler, scaler
 
 
-def build_parts(run: Run) -> Parts:
-    """Datasets, loaders, model (with --snapshot weights), criteria and optimisation of ``run``."""
+def build_parts(run: Run, snapshot: dict | None) -> Parts:
+    """Datasets (validation masks checked), loaders, model (with the weights of the ``snapshot`` checkpoint,
+    read from --snapshot), criteria and optimisation of ``run``."""
     args, log = run.args, run.log
     with_edge = uses_edge_loss(run)
     train_set, val_set = build_datasets(args, run.config, with_edge)
+    check_validation_masks(val_set, args.num_workers)
     dataset_cls = type(train_set)
     train_loader, val_loader = build_loaders(args, run.ctx, train_set, val_set)
     log.info(f"{len(train_set)} training images ({len(train_loader)} iterations per epoch), {len(val_set)} validation")
     model = build_model(args, run.ctx, dataset_cls.num_classes, log)
-    snapshot = None
-    if args.snapshot:
-        snapshot = load_checkpoint(args.snapshot, model, strict_shapes=not args.snapshot_partial,
-                                   trusted_pickle=args.trusted_pickle,
-                                   classifier_key=network.model_entry(args.arch).classifier_key)
+    if snapshot is not None:
+        snapshot = fill_model(model, snapshot, args.snapshot, strict_shapes=not args.snapshot_partial,
+                              classifier_key=network.model_entry(args.arch).classifier_key)
         log.info(f"weights from {args.snapshot} ({len(snapshot['skipped'])} tensors skipped)")
     model = wrap_model(model, run.ctx, with_edge)
     criterion, val_criterion = get_loss(joint_edge_loss_pfnet=with_edge, ohem=args.ohem,
@@ -595,11 +669,13 @@ def log_validation(run: Run, epoch: int, summary: dict, val_loss: float, panels)
 
 
 def save_epoch(run: Run, parts: Parts, state: TrainingState, epoch: int, improved: bool, stale_best: str) -> None:
-    """Gather every process's RNG state; rank 0 writes last.pth (and the new best snapshot)."""
+    """Gather every process's RNG state; rank 0 writes last.pth (and the new best snapshot), with the dataset's
+    ``class_names`` and ``palette`` so that predict.py needs no dataset to colour its masks."""
     rng_states = all_gather_objects(capture_rng_state())
     if run.ctx.is_main:
         payload = training_payload(parts.model, parts.optimizer, parts.scheduler, parts.scaler, state, epoch,
                                    rng_states, run.saved_config, run.command, run.args.seed)
+        payload.update(checkpoint_class_table(parts.dataset_cls))
         write_epoch_checkpoints(run.run_dir, payload, state.best.file_name if improved else "", stale_best)
         run.log.info(f"epoch {epoch}: saved {run.run_dir / LAST_NAME}"
                      + (f" and {state.best.file_name} (best mIoU {state.best.mean_iu:.5f})" if improved else ""))
@@ -633,6 +709,37 @@ def run_epoch(run: Run, parts: Parts, state: TrainingState, epoch: int) -> None:
 
 # The loop.
 
+def start(run: Run, resolved: ResolvedModel, notes: list[str], resume_checkpoint: dict | None,
+          snapshot_checkpoint: dict | None) -> tuple[Parts, TrainingState]:
+    """Log the run's setup, build its parts (or resume them); once it is certain to start, write its
+    configuration (:func:`config_file`)."""
+    ctx, log = run.ctx, run.log
+    for note in notes:
+        log.info(note)
+    for warning in resolved.warnings:
+        log.warning(warning)
+    log.info(f"{ctx.world_size} process(es) on {ctx.device.type}; run folder {run.run_dir}")
+    log.info(f"model: {resolved.describe()}")
+    parts = build_parts(run, snapshot_checkpoint)
+    state = resume(run, parts, resume_checkpoint) if resume_checkpoint is not None else TrainingState()
+    announce_zero_lr_epochs(run, state.next_epoch)
+    if ctx.is_main:
+        save_config(config_file(run.run_dir, resuming=resume_checkpoint is not None), run.saved_config)
+    return parts, state
+
+
+def abandon_start(run: Run, tb_dir: Path, created: bool, error: BaseException) -> None:
+    """After a failed start: remove the run's folders if this start created them (no stub run folder stays),
+    else say in the run's log that this start failed (its files are as they were)."""
+    if not created:
+        run.log.error(f"this start of the run failed, nothing was changed: {error}")
+    run.run_log.close()
+    close_logger(run.log)
+    if created and run.ctx.is_main:
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+        shutil.rmtree(tb_dir, ignore_errors=True)
+
+
 def train(args: argparse.Namespace, config: EasyDict, notes: list[str], ctx: DistContext, command: str) -> dict:
     """Set up the run's parts (or resume them), then run the epochs (see :func:`main`)."""
     seed_everything(args.seed + ctx.rank)
@@ -640,27 +747,21 @@ def train(args: argparse.Namespace, config: EasyDict, notes: list[str], ctx: Dis
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS needs it
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not args.deterministic
-    resume_checkpoint = read_checkpoint(args.resume, trusted_pickle=args.trusted_pickle) if args.resume else None
+    resume_checkpoint, snapshot_checkpoint = read_start_checkpoints(args)
     resolved = resolve_model(args, resume_checkpoint)
     if resume_checkpoint is not None:
         check_resume_length(args, resume_checkpoint)
-    run_dir, tb_dir = prepare_run_dir(args, ctx)
+    run_dir, tb_dir, created = prepare_run_dir(args, ctx)
     log = setup_logger(run_dir / "train.log", ctx.is_main)
     saved_config = effective_config(flag_values(args), config)
     run = Run(args, config, ctx, run_dir, log, RunLog(run_dir / "log.jsonl", tb_dir, enabled=ctx.is_main), command,
               saved_config)
     try:
-        for note in notes:
-            log.info(note)
-        for warning in resolved.warnings:
-            log.warning(warning)
-        log.info(f"{ctx.world_size} process(es) on {ctx.device.type}; run folder {run_dir}")
-        log.info(f"model: {resolved.describe()}")
-        if ctx.is_main:
-            save_config(run_dir / "config.yaml", saved_config)
-        parts = build_parts(run)
-        state = resume(run, parts, resume_checkpoint) if resume_checkpoint is not None else TrainingState()
-        announce_zero_lr_epochs(run, state.next_epoch)
+        parts, state = start(run, resolved, notes, resume_checkpoint, snapshot_checkpoint)
+    except BaseException as error:
+        abandon_start(run, tb_dir, created, error)
+        raise
+    try:
         end_epoch = args.max_epoch if args.stop_after is None else min(args.max_epoch,
                                                                        state.next_epoch + args.stop_after)
         for epoch in range(state.next_epoch, end_epoch):
@@ -685,7 +786,7 @@ def main(argv: list[str] | None = None) -> dict:
     ctx = init_distributed(args.device)
     try:
         return train(args, config, notes, ctx, command=" ".join(argv))
-    except StartError as error:
+    except (StartError, FileNotFoundError, CheckpointFileError, CheckpointMismatchError, DataFileError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:

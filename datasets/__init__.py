@@ -1,11 +1,12 @@
-"""Datasets of the three benchmarks and their registry.
+"""Datasets of the benchmarks and their registry.
 
-``datasets.get_dataset("iSAID" | "Posdam" | "potsdam" | "Vaihingen", split, root, ...)`` builds one
-(names are case-insensitive); ``datasets.IMAGENET_MEAN`` / ``IMAGENET_STD`` are the input
-normalisation.  The class tables live in the torch-free ``datasets.classes``, shared with ``tools/``.
+``datasets.get_dataset("iSAID" | "Posdam" | "potsdam" | "Vaihingen" | "LoveDA", split, root, ...)`` builds
+one (names are case-insensitive); each dataset class declares its facts (class names, palette, roots,
+splits, patch geometry; see ``datasets.base.SegmentationFolder``).  ``datasets.IMAGENET_MEAN`` /
+``IMAGENET_STD`` are the input normalisation.
 
-The names below are loaded on first access: the data tools and their worker processes import
-``datasets.classes`` and must not pay for importing torch.
+The names below are loaded on first access, and the dataset modules import without torch: the data
+tools and their worker processes read the dataset classes and must not pay for importing torch.
 """
 
 import importlib
@@ -21,7 +22,10 @@ _EXPORTS = {
     "ISAIDDataset": "datasets.isaid",
     "PotsdamDataset": "datasets.isprs",
     "VaihingenDataset": "datasets.isprs",
+    "LoveDADataset": "datasets.loveda",
     "DATASETS": "datasets.registry",
+    "DATASET_CLASSES": "datasets.registry",
+    "DATASET_NAMES": "datasets.registry",
     "dataset_class": "datasets.registry",
     "get_dataset": "datasets.registry",
 }

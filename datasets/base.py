@@ -1,18 +1,25 @@
-"""Common mechanics of the three benchmark datasets: folder layout, checks, reading, sample dicts."""
+"""Common mechanics of the benchmark datasets: the facts each declares, folder layout, checks, reading, samples.
+
+This module, and every dataset module built on it, imports without torch: the data tools and their
+worker processes read the facts (class names, palette, mask suffix, patch geometry) from the dataset
+classes and must not pay for importing torch.  torch is imported when the first sample is built.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import cv2
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from datasets.classes import IGNORE_LABEL
 from datasets.edges import boundary_target
+from datasets.file_check import DataFileError
 from utils.image_io import ImageReadError, read_image
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 """Per-channel mean of the input normalisation (RGB order, images scaled to [0, 1])."""
@@ -29,6 +36,8 @@ class DatasetNotFoundError(FileNotFoundError):
 
 def normalize_image(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> (3, H, W) float32 tensor: scaled to [0, 1], minus ImageNet mean, over std."""
+    import torch
+
     # Channel by channel straight into the (3, H, W) output: the same float32 operations in the same order
     # (so the same bits) as ((image / 255) - mean) / std on the whole image, without its three temporary
     # (H, W, 3) float arrays and the transposing copy (3.7x faster at 896 x 896: 8 ms instead of 30 ms).
@@ -41,11 +50,31 @@ def normalize_image(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(planes)
 
 
-class SegmentationFolder(Dataset):
+TRAIN_PIPELINES = ("isaid", "isprs")
+"""Training pipelines of ``transforms.build_train_transform``, named after the datasets the original built them for."""
+
+
+class SegmentationFolder:
     """Image/mask pairs from ``{root}/{split}/images/*.png`` and ``{root}/{split}/masks/{stem}{mask_suffix}.png``.
 
-    Subclasses describe one benchmark through class variables.  Masks hold label ids ``0..K-1`` and
-    ``255`` (ignore) in a single 8-bit channel, as written by ``tools/prepare_dataset.py``.
+    Every fact about a benchmark is a class variable of its subclass, declared once there; the
+    registry (``datasets.registry``), the configuration's dataset roots, train.py's validation split,
+    eval.py's default split, the data tools and the help texts all read them:
+
+    * ``name``: display name; ``aliases``: the ``--dataset`` names (case-insensitive), the first being
+      the spelling shown in help texts;
+    * ``root_key`` / ``default_root``: the ``cfg.DATASET`` key of the prepared root and its default;
+    * ``splits``: the splits ``tools/prepare_dataset.py`` writes; ``val_split``: the one the original
+      validated on (train.py's validation and eval.py's default ``--split``);
+    * ``class_names`` (label-id order; ``num_classes`` follows), ``palette`` ((K, 3) uint8 RGB);
+    * ``mask_suffix``: mask file stem suffix; ``prepare_name``: the ``prepare_dataset.py`` sub-command;
+    * ``patch_size`` / ``patch_stride``: the preparation's default window and step in pixels
+      (``patch_size = None``: whole images);
+    * ``train_pipeline``: one of ``TRAIN_PIPELINES`` (see ``transforms.build_train_transform``).
+
+    A subclass that sets ``name`` is registered (``datasets.registry``); intermediate classes do not.
+    Masks hold label ids ``0..K-1`` and ``255`` (ignore) in a single 8-bit channel, as written by
+    ``tools/prepare_dataset.py``.
 
     ``dataset[i]`` (or ``dataset[(i, (x, y))]`` from the class-uniform sampler, see
     ``datasets/uniform.py``) returns a dict:
@@ -69,12 +98,27 @@ class SegmentationFolder(Dataset):
     """
 
     name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]]
+    root_key: ClassVar[str]
+    default_root: ClassVar[str]
+    splits: ClassVar[tuple[str, ...]]
+    val_split: ClassVar[str]
     prepare_name: ClassVar[str]
     num_classes: ClassVar[int]
     ignore_label: ClassVar[int] = IGNORE_LABEL
     class_names: ClassVar[tuple[str, ...]]
     palette: ClassVar[np.ndarray]
     mask_suffix: ClassVar[str]
+    patch_size: ClassVar[int | None]
+    patch_stride: ClassVar[int]
+    train_pipeline: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "class_names" in cls.__dict__:
+            cls.num_classes = len(cls.class_names)
+        if "palette" in cls.__dict__:
+            cls.palette = np.asarray(cls.palette, np.uint8)
 
     def __init__(self, root: str | Path, split: str = "train", *, joint_transform: JointTransform | None = None,
                  with_edge: bool = False, edge_thickness: int = 8) -> None:
@@ -90,7 +134,8 @@ class SegmentationFolder(Dataset):
 
     def _prepare_hint(self) -> str:
         return (f"prepare it with `python tools/prepare_dataset.py {self.prepare_name} --raw RAW_DIR "
-                f"--out {self.root}` (docs/data.md), or point the dataset root at it")
+                f"--out {self.root}` (docs/data.md), or point the dataset root at it "
+                f"(--set DATASET.{self.root_key}=DIR)")
 
     def _find_items(self) -> list[tuple[Path, Path]]:
         """List (image, mask) pairs, checking the layout first (torchgeo-style ``_verify``)."""
@@ -119,29 +164,31 @@ class SegmentationFolder(Dataset):
         """Read item ``index`` untransformed: (image (H, W, 3) uint8 RGB, mask (H, W) uint8).
 
         Raises:
-            OSError: unreadable file; ValueError: mask not single-channel 8-bit, wrong size or values
-                outside {0..K-1, 255}.
+            DataFileError: unreadable file, mask not single-channel 8-bit, wrong size or values outside
+                {0..K-1, 255}; one line naming the file (also from DataLoader workers).
         """
         image_path, mask_path = self.items[index]
         try:
             image = read_image(image_path)
         except ImageReadError as error:
-            raise OSError(str(error)) from None
+            raise DataFileError(str(error)) from None
         mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
         if mask is None:
-            raise OSError(f"{mask_path}: cannot be read (missing, truncated or not an image)")
+            raise DataFileError(f"{mask_path}: cannot be read (missing, truncated or not an image)")
         if mask.ndim != 2 or mask.dtype != np.uint8:
-            raise ValueError(f"{mask_path}: expected a single-channel 8-bit label-id mask, found {mask.dtype} "
-                             f"{mask.shape}; colour masks must be converted with tools/prepare_dataset.py")
+            raise DataFileError(f"{mask_path}: expected a single-channel 8-bit label-id mask, found {mask.dtype} "
+                                f"{mask.shape}; colour masks must be converted with tools/prepare_dataset.py")
         if mask.shape != image.shape[:2]:
-            raise ValueError(f"{mask_path}: mask size {mask.shape} differs from its image {image.shape[:2]}")
+            raise DataFileError(f"{mask_path}: mask size {mask.shape} differs from its image {image.shape[:2]}")
         if not self._valid_values[mask].all():
             bad = sorted(set(np.unique(mask).tolist()) - set(np.flatnonzero(self._valid_values).tolist()))
-            raise ValueError(f"{mask_path}: label ids {bad} are not classes of {self.name} "
-                             f"(0..{self.num_classes - 1}, {self.ignore_label} = ignore)")
+            raise DataFileError(f"{mask_path}: label ids {bad} are not classes of {self.name} "
+                                f"(0..{self.num_classes - 1}, {self.ignore_label} = ignore)")
         return image, mask
 
-    def __getitem__(self, key: int | tuple[int, tuple[int, int] | None]) -> dict:
+    def __getitem__(self, key: int | tuple[int, tuple[int, int] | None]) -> dict[str, torch.Tensor | str]:
+        import torch
+
         index, centroid = key if isinstance(key, tuple) else (key, None)
         image, mask = self.read_pair(index)
         if self.joint_transform is not None and centroid is not None:

@@ -5,7 +5,6 @@ from typing import ClassVar
 import numpy as np
 
 from datasets.base import SegmentationFolder
-from datasets.classes import ISAID_CLASS_NAMES, ISAID_MASK_SUFFIX, ISAID_PALETTE
 
 
 class ISAIDDataset(SegmentationFolder):
@@ -30,8 +29,27 @@ class ISAIDDataset(SegmentationFolder):
     """
 
     name: ClassVar[str] = "iSAID"
+    aliases: ClassVar[tuple[str, ...]] = ("iSAID",)
+    root_key: ClassVar[str] = "ISAID_DIR"
+    default_root: ClassVar[str] = "./data/iSAID"
+    splits: ClassVar[tuple[str, ...]] = ("train", "val")
+    val_split: ClassVar[str] = "val"
     prepare_name: ClassVar[str] = "isaid"
-    num_classes: ClassVar[int] = 16
-    class_names: ClassVar[tuple[str, ...]] = ISAID_CLASS_NAMES
-    palette: ClassVar[np.ndarray] = np.asarray(ISAID_PALETTE, np.uint8)
-    mask_suffix: ClassVar[str] = ISAID_MASK_SUFFIX
+    # Spelled as in the original code; id 0 is background.
+    class_names: ClassVar[tuple[str, ...]] = (
+        "background", "ship", "store_tank", "baseball_diamond", "tennis_court", "basketball_court",
+        "Ground_Track_Field", "Bridge", "Large_Vehicle", "Small_Vehicle", "Helicopter", "Swimming_pool",
+        "Roundabout", "Soccer_ball_field", "plane", "Harbor",
+    )
+    # RGB colour of each class in the official ``*_instance_color_RGB.png`` masks.
+    palette: ClassVar[np.ndarray] = np.asarray([
+        (0, 0, 0), (0, 0, 63), (0, 63, 63), (0, 63, 0), (0, 63, 127), (0, 63, 191), (0, 63, 255), (0, 127, 63),
+        (0, 127, 127), (0, 0, 127), (0, 0, 191), (0, 0, 255), (0, 191, 127), (0, 127, 191), (0, 127, 255),
+        (0, 100, 155),
+    ], np.uint8)
+    # ``P0000_instance_color_RGB.png`` is the mask of ``P0000.png`` (the original's name, kept for label ids).
+    mask_suffix: ClassVar[str] = "_instance_color_RGB"
+    # The paper's setting: 896 x 896 windows, stride 512 (lxtGH/PFSegNets issue #5).
+    patch_size: ClassVar[int | None] = 896
+    patch_stride: ClassVar[int] = 512
+    train_pipeline: ClassVar[str] = "isaid"

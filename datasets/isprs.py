@@ -5,16 +5,29 @@ from typing import ClassVar
 import numpy as np
 
 from datasets.base import SegmentationFolder
-from datasets.classes import ISPRS_CLASS_NAMES, ISPRS_MASK_SUFFIX, ISPRS_PALETTE
 
 
 class _ISPRSDataset(SegmentationFolder):
     """Shared definition of the two ISPRS 2D semantic labelling benchmarks (6 classes, 255 = ignore)."""
 
-    num_classes: ClassVar[int] = 6
-    class_names: ClassVar[tuple[str, ...]] = ISPRS_CLASS_NAMES
-    palette: ClassVar[np.ndarray] = np.asarray(ISPRS_PALETTE, np.uint8)
-    mask_suffix: ClassVar[str] = ISPRS_MASK_SUFFIX
+    # Clutter is a normal, trained and evaluated class.
+    class_names: ClassVar[tuple[str, ...]] = (
+        "impervious_surfaces", "building", "low_vegetation", "tree", "car", "clutter",
+    )
+    # RGB colour of each class in the official ``*_label.tif`` ground truth.
+    palette: ClassVar[np.ndarray] = np.asarray([
+        (255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0),
+    ], np.uint8)
+    eroded_border_color: ClassVar[tuple[int, int, int]] = (0, 0, 0)
+    """RGB colour of the eroded class borders in the ``*_noBoundary`` ground truth (not a class; becomes 255)."""
+    # ``X_gray_mask.png`` holds the label ids of ``X.png``.
+    mask_suffix: ClassVar[str] = "_gray_mask"
+    # The original has no separate validation tiles: it validates on the official test tiles.
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    val_split: ClassVar[str] = "test"
+    # Stride 512: the original does not state its stride.
+    patch_stride: ClassVar[int] = 512
+    train_pipeline: ClassVar[str] = "isprs"
 
 
 class PotsdamDataset(_ISPRSDataset):
@@ -36,7 +49,11 @@ class PotsdamDataset(_ISPRSDataset):
     """
 
     name: ClassVar[str] = "Potsdam"
+    aliases: ClassVar[tuple[str, ...]] = ("Posdam", "potsdam")
+    root_key: ClassVar[str] = "POSDAM_DIR"
+    default_root: ClassVar[str] = "./data/posdam896"
     prepare_name: ClassVar[str] = "potsdam"
+    patch_size: ClassVar[int | None] = 896
 
 
 class VaihingenDataset(_ISPRSDataset):
@@ -54,4 +71,8 @@ class VaihingenDataset(_ISPRSDataset):
     """
 
     name: ClassVar[str] = "Vaihingen"
+    aliases: ClassVar[tuple[str, ...]] = ("Vaihingen",)
+    root_key: ClassVar[str] = "VAIHINGEN_DIR"
+    default_root: ClassVar[str] = "./data/vaihingen768"
     prepare_name: ClassVar[str] = "vaihingen"
+    patch_size: ClassVar[int | None] = 768

@@ -35,6 +35,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from datasets.base import SegmentationFolder
+from utils.atomic import atomic_write_bytes
 
 Centroid = tuple[int, int]
 """(x, y) pixel position in the untransformed image."""
@@ -134,10 +135,8 @@ def load_or_compute_centroids(dataset: SegmentationFolder, tile_size: int, cache
             return cached
     table = compute_centroids(mask_paths, dataset.num_classes, tile_size, workers)
     try:
-        cache_folder.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_name(f".{cache_file.name}.partial-{os.getpid()}")
-        temporary.write_text(json.dumps({str(class_id): entries for class_id, entries in table.items()}))
-        os.replace(temporary, cache_file)
+        atomic_write_bytes(cache_file, json.dumps({str(class_id): entries for class_id, entries in table.items()})
+                           .encode())
     except OSError as error:
         logger.warning("could not cache class centroids in %s (%s); they will be recomputed next time",
                        cache_folder, error)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from network.fpn import NormLayer
 from network.registry import register_model
+from network.resnet_d import NormLayer
 from network.trunk import STRIDE8, ResNetTrunkModel
 
 HEAD_DIM = 512

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from network.psp import PSPModule
+from network.resnet_d import NormLayer
 
-NormLayer = Callable[[int], nn.Module]
 # fusion(coarse (N, C, h, w), fine (N, C, H, W)) -> (map added to the fine one (N, C, H, W), edge logits or None)
 FusionFactory = Callable[[int], nn.Module]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from torch import nn
 
-from network.fpn import NormLayer
 from network.point_flow import PointFlowModule
 from network.registry import register_model
+from network.resnet_d import NormLayer
 from network.upernet import UperNet
 
 

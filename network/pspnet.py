@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from network.fpn import NormLayer
 from network.psp import PSPModule
 from network.registry import register_model
+from network.resnet_d import NormLayer
 from network.trunk import STRIDE8, STRIDE16, ResNetTrunkModel
 
 PSP_DIM = 512

@@ -8,12 +8,10 @@ so the original's ImageNet file ``pretrained_models/resnet18.pth`` (torchvision 
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
-NormLayer = Callable[[int], nn.Module]
+from network.resnet_d import NormLayer
 
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)

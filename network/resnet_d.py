@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from utils.checkpoint import read_checkpoint
+
 NormLayer = Callable[[int], nn.Module]
 
 STAGE_PLANES = (64, 128, 256, 512)
@@ -141,12 +143,13 @@ def load_imagenet_weights(model: nn.Module, path: str | Path) -> None:
 
     Raises:
         FileNotFoundError: the file does not exist; the message says where it comes from.
+        utils.checkpoint.CheckpointFileError: the file is empty, truncated or not a PyTorch checkpoint.
         RuntimeError: the file's tensors do not cover the trunk or have other shapes.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ImageNet weights not found: {path}. " + IMAGENET_WEIGHTS_HELP.format(name=path.name))
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    loaded = read_checkpoint(path)["state_dict"]  # a broken file: one CheckpointFileError line naming it
     trunk_state = {}
     for key, tensor in loaded.items():
         model_key = imagenet_key_to_model_key(key)

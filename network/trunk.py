@@ -7,15 +7,12 @@ weights load into the trunk before the head is built.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from network.resnet import make_resnet18_layers
-from network.resnet_d import STAGE_STRIDES, load_imagenet_weights, make_deep_resnet_layers
-
-NormLayer = Callable[[int], nn.Module]
+from network.resnet_d import STAGE_STRIDES, NormLayer, load_imagenet_weights, make_deep_resnet_layers
 
 # Output channels of layer1..layer4 by depth.
 TRUNK_CHANNELS = {18: (64, 128, 256, 512), 50: (256, 512, 1024, 2048), 101: (256, 512, 1024, 2048)}

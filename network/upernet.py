@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from network.fpn import FPNHead, FusionFactory, NormLayer
+from network.fpn import FPNHead, FusionFactory
 from network.registry import register_model
+from network.resnet_d import NormLayer
 from network.trunk import STRIDE32_DILATED, ResNetTrunkModel
 
 # fpn_dim of the head by trunk depth: the original gives ResNet-18 a 128-channel head.

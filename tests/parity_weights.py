@@ -8,6 +8,8 @@ Every tensor's values depend only on its state_dict key and shape, drawn in floa
 - batch-norm ``weight`` / ``bias`` (a sibling ``running_var`` exists): 1 + 0.1 * N(0, 1) / 0.1 * N(0, 1);
 - other tensors of at most one dimension: 0.01 * N(0, 1);
 - tensors of two or more dimensions: N(0, 1) * sqrt(1 / fan_in), fan_in = prod(shape[1:]).
+
+Also: :func:`imagenet_file_state`, a model's trunk under the key names of the original's ImageNet files.
 """
 from __future__ import annotations
 
@@ -46,3 +48,18 @@ def parity_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
             values = np.asarray(_draw(key, tuple(tensor.shape), norm_prefixes), dtype=np.float64)
             filled[key] = torch.from_numpy(values).to(tensor.dtype)
     return filled
+
+
+def imagenet_file_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trunk of ``model`` under the key names of the original's ImageNet files (with an fc)."""
+    state = {}
+    for key, tensor in model.state_dict().items():
+        if key.startswith("layer0.0."):
+            state["conv1." + key[len("layer0.0."):]] = tensor.clone()
+        elif key.startswith("layer0.1."):
+            state["bn1." + key[len("layer0.1."):]] = tensor.clone()
+        elif key.startswith("layer"):
+            state[key] = tensor.clone()
+    state["fc.weight"] = torch.zeros(1000, model.trunk_channels[-1])
+    state["fc.bias"] = torch.zeros(1000)
+    return state

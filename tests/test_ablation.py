@@ -69,8 +69,8 @@ def test_recipe_and_protocol_are_the_shipped_scripts():
     spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
-    ours, _ = train.parse_args(ablation.flag_list(ablation.TRAIN_RECIPE) + ["--arch", "pfnet_r50"])
-    shipped, _ = train.parse_args(shipped_flags(REPO / "scripts" / "pointflow" / "train_iSAID_pfnet_r50.sh",
+    ours, _, _ = train.parse_args(ablation.flag_list(ablation.TRAIN_RECIPE) + ["--arch", "pfnet_r50"])
+    shipped, _, _ = train.parse_args(shipped_flags(REPO / "scripts" / "pointflow" / "train_iSAID_pfnet_r50.sh",
                                                 "train.py"))
     outputs = {"exp", "ckpt", "tb_path"}
     assert {k: v for k, v in vars(ours).items() if k not in outputs} == (

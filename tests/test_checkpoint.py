@@ -13,7 +13,13 @@ import pytest
 import torch
 
 import network
-from utils.checkpoint import CheckpointMismatchError, load_checkpoint, read_checkpoint, save_checkpoint
+from utils.checkpoint import (
+    CheckpointFileError,
+    CheckpointMismatchError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +119,47 @@ def test_partial_load_skips_only_mismatched_tensors(tmp_path, trained_6cls):
 def test_untrusted_objects_need_explicit_flag(tmp_path):
     path = tmp_path / "with_args.pth"
     torch.save({"state_dict": {"w": torch.ones(1)}, "args": argparse.Namespace(lr=0.01)}, path)
-    with pytest.raises(RuntimeError, match="trusted_pickle=True"):
+    with pytest.raises(CheckpointFileError, match=r"\(such as argparse.Namespace\); if you trust this file, pass "
+                                                  "--trusted-pickle"):
         read_checkpoint(path)
     assert read_checkpoint(path, trusted_pickle=True)["args"].lr == 0.01
+
+
+def damaged_files(folder: Path) -> dict[str, Path]:
+    """Broken checkpoint files by kind: empty, truncated (both formats), random bytes, a pickle, a PNG."""
+    good = folder / "good.pth"
+    torch.save({"state_dict": {"w": torch.zeros(500)}}, good)
+    legacy = folder / "legacy.pth"
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, legacy, _use_new_zipfile_serialization=False)
+    contents = {
+        "empty": b"",
+        "truncated": good.read_bytes()[: good.stat().st_size // 2],
+        "truncated_legacy": legacy.read_bytes()[:-5],
+        "random": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "plain_pickle": pickle.dumps({"state_dict": {}}),
+        "png": b"\x89PNG\r\n\x1a\n" + bytes(64),
+    }
+    for kind, data in contents.items():
+        (folder / f"{kind}.pth").write_bytes(data)
+    return {kind: folder / f"{kind}.pth" for kind in contents}
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("empty", "empty file (0 bytes), not a PyTorch checkpoint"),
+    ("truncated", "truncated or damaged PyTorch checkpoint (incomplete zip archive"),
+    ("truncated_legacy", "truncated or not a PyTorch checkpoint (unexpected EOF"),
+    ("random", "not a PyTorch checkpoint (neither torch.save's zip format nor its legacy format"),
+    ("plain_pickle", "not a PyTorch checkpoint"),
+    ("png", "not a PyTorch checkpoint"),
+])
+def test_broken_files_give_one_line_naming_the_file(tmp_path, kind, expected):
+    path = damaged_files(tmp_path)[kind]
+    for trusted in (False, True):
+        with pytest.raises(CheckpointFileError) as caught:
+            read_checkpoint(path, trusted_pickle=trusted)
+        message = str(caught.value)
+        assert message.startswith(str(path)) and expected in message
+        assert "\n" not in message and "trusted" not in message  # never suggested for a broken file
 
 
 def test_missing_and_malformed_files(tmp_path):

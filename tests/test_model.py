@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from parity_case import PARITY_DIR, load_case_a, parity_bound
+from parity_weights import imagenet_file_state
 
 import network
 from network.pfnet import PFNet
@@ -204,25 +205,10 @@ def test_channels_last_input_within_parity_bound(case_a):
 
 # --- ImageNet initialisation -----------------------------------------------------------------------------
 
-def original_imagenet_state(model: PFNet) -> dict[str, torch.Tensor]:
-    """The trunk of ``model`` under the key names of the original's ``resnet50-deep.pth`` (with an fc)."""
-    state = {}
-    for key, tensor in model.state_dict().items():
-        if key.startswith("layer0.0."):
-            state["conv1." + key[len("layer0.0."):]] = tensor.clone()
-        elif key.startswith("layer0.1."):
-            state["bn1." + key[len("layer0.1."):]] = tensor.clone()
-        elif key.startswith("layer"):
-            state[key] = tensor.clone()
-    state["fc.weight"] = torch.zeros(1000, 2048)
-    state["fc.bias"] = torch.zeros(1000)
-    return state
-
-
 def test_imagenet_weights_load_from_original_file(tmp_path):
     source = network.get_model("pfnet_r50", 6)
     path = tmp_path / "resnet50-deep.pth"
-    torch.save(original_imagenet_state(source), path)
+    torch.save(imagenet_file_state(source), path)
     model = network.get_model("pfnet_r50", 6, pretrained=str(path))
     for key, tensor in source.state_dict().items():
         if key.startswith("layer"):
@@ -234,6 +220,6 @@ def test_imagenet_weights_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="PFSegNets"):
         network.get_model("pfnet_r50", 6, pretrained=str(tmp_path / "resnet50-deep.pth"))
     r50_file = tmp_path / "resnet50-deep.pth"
-    torch.save(original_imagenet_state(network.get_model("pfnet_r50", 6)), r50_file)
+    torch.save(imagenet_file_state(network.get_model("pfnet_r50", 6)), r50_file)
     with pytest.raises(RuntimeError, match="missing keys"):
         load_imagenet_weights(network.get_model("pfnet_r101", 6), r50_file)

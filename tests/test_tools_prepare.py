@@ -11,6 +11,7 @@ import pytest
 from file_trees import tree_digest
 
 from tools._common import ToolError
+from tools._tiling import GEOMETRY_FILE
 from tools.make_synthetic_data import make_synthetic
 from tools.prepare_dataset import prepare
 
@@ -117,7 +118,7 @@ def test_isprs_prepare_split_names_and_pixels(tmp_path, dataset, variant):
                                / f"top_mosaic_09cm_area{t}.tif"),
             "eroded": lambda t: (raw / "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE"
                                  / f"top_mosaic_09cm_area{t}_noBoundary.tif")}
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test", "train"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [GEOMETRY_FILE, "test", "train"]
     saw_ignore = False
     for split, split_tiles in tiles.items():
         expected = set()

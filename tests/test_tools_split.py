@@ -11,6 +11,7 @@ import pytest
 from file_trees import tree_digest
 
 from tools._common import ToolError
+from tools._tiling import GEOMETRY_FILE
 from tools.make_synthetic_data import make_synthetic
 from tools.split_iSAID import main as split_isaid_main
 from tools.split_iSAID import split_isaid
@@ -128,8 +129,8 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(isaid_raw, t
         split_isaid(isaid_raw, out, sets=("train",), patch_width=256, patch_height=256, overlap_area=64,
                     workers=1, progress=False)
     monkeypatch.setattr(common.os, "replace", real_replace)
-    written = [p for p in out.rglob("*") if p.is_file()]
-    assert len(written) == 5, "five files were renamed into place before the interruption"
+    written = [p for p in out.rglob("*") if p.is_file() and p.name != GEOMETRY_FILE]
+    assert len(written) == 4, "the geometry record and four patches were renamed into place before the interruption"
     assert not [p for p in written if ".partial-" in p.name], "the temporary file was removed"
     for path in written:
         assert cv2.imread(str(path)) is not None
@@ -138,21 +139,26 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(isaid_raw, t
     stale.write_bytes(b"half")
     summary = split_isaid(isaid_raw, out, sets=("train",), patch_width=256, patch_height=256, overlap_area=64,
                           workers=1, progress=False)
-    assert summary.existing == 5
+    assert summary.existing == 4
     assert tree_digest(out) == tree_digest(reference)
 
 
-def test_rerun_keeps_finished_outputs_unless_overwrite(isaid_raw, tmp_path):
+def test_rerun_keeps_finished_outputs_rewrites_damaged_ones_unless_overwrite(isaid_raw, tmp_path):
     kwargs = dict(sets=("val",), patch_width=256, patch_height=256, overlap_area=64, workers=1, progress=False)
     first = split_isaid(isaid_raw, tmp_path, **kwargs)
-    some_output = next((tmp_path / "val" / "images" / "images").iterdir())
-    some_output.write_bytes(b"user edit")
+    edited, zeroed, truncated = sorted((tmp_path / "val" / "images" / "images").iterdir())[:3]
+    cv2.imwrite(str(edited), np.full((256, 256, 3), 7, np.uint8))  # a valid patch of the right size: kept
+    edited_bytes = edited.read_bytes()
+    zeroed.write_bytes(bytes(zeroed.stat().st_size))
+    truncated.write_bytes(truncated.read_bytes()[:-100])
     again = split_isaid(isaid_raw, tmp_path, **kwargs)
-    assert again.written == 0 and again.existing == first.written
-    assert some_output.read_bytes() == b"user edit"
+    assert again.written == 2 and again.existing == first.written - 2
+    assert edited.read_bytes() == edited_bytes
+    assert cv2.imread(str(zeroed)) is not None and cv2.imread(str(truncated)) is not None
+    assert sorted(w.split(":")[0] for w in again.warnings) == sorted([str(zeroed), str(truncated)])
     forced = split_isaid(isaid_raw, tmp_path, overwrite=True, **kwargs)
     assert forced.written == first.written
-    assert cv2.imread(str(some_output)) is not None
+    assert cv2.imread(str(edited)).max() > 7
 
 
 def test_output_inside_input_is_refused(isaid_raw):

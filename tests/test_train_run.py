@@ -133,8 +133,12 @@ def test_resume_continues_bit_exactly(finished_run, potsdam_root):
     train.main(tiny_run_flags(potsdam_root, out) + RUN_FLAGS + ["--exp", "split", "--stop_after", "1"])
     first_part = torch.load(split_dir / "last.pth", weights_only=True)
     assert first_part["epoch"] == 0
+    first_config = (split_dir / "config.yaml").read_bytes()
     train.main(tiny_run_flags(potsdam_root, out) + RUN_FLAGS
                + ["--exp", "split", "--resume", str(split_dir / "last.pth")])
+    # the history of the run's flags: the first start's config.yaml is kept, the resume has its own file
+    assert (split_dir / "config.yaml").read_bytes() == first_config
+    assert sorted(path.name for path in split_dir.glob("config*.yaml")) == ["config.resume-1.yaml", "config.yaml"]
     straight = torch.load(out / "ckpt" / "single" / "Posdam-pfnet_r50" / "last.pth", weights_only=True)
     resumed = torch.load(split_dir / "last.pth", weights_only=True)
     assert resumed["epoch"] == straight["epoch"] == MAX_EPOCH - 1
@@ -222,15 +226,17 @@ def test_syncbn_for_several_gpu_processes_keeps_the_original_plain_batchnorms():
         assert not [module for module in model.modules() if isinstance(module, nn.SyncBatchNorm)]
 
 
-def test_trusted_pickle_lets_snapshot_read_a_legacy_file(finished_run, potsdam_root, tmp_path):
+def test_trusted_pickle_lets_snapshot_read_a_legacy_file(finished_run, potsdam_root, tmp_path, capsys):
     out, _, _ = finished_run
     weights = torch.load(out / "ckpt" / "single" / "Posdam-pfnet_r50" / "last.pth", weights_only=True)["state_dict"]
     legacy = tmp_path / "legacy.pth"
     torch.save({"state_dict": weights, "args": argparse.Namespace(lr=0.01)}, legacy)  # as the original's files
     flags = tiny_run_flags(potsdam_root, tmp_path) + ["--crop_size", "32", "--max_epoch", "1", "--bs_mult", "4",
                                                       "--num_workers", "0", "--snapshot", str(legacy)]
-    with pytest.raises(RuntimeError, match="train.py: --trusted-pickle"):
+    with pytest.raises(SystemExit) as stop:
         train.main(flags + ["--exp", "untrusted"])
+    assert stop.value.code == 2 and f"--snapshot: {legacy} holds Python objects" in capsys.readouterr().err
+    assert not (tmp_path / "ckpt" / "untrusted").exists()  # checked before a run folder was made
     result = train.main(flags + ["--exp", "trusted", "--trusted-pickle"])
     assert result["best"]["epoch"] == 0
     log_text = (tmp_path / "ckpt" / "trusted" / "Posdam-pfnet_r50" / "train.log").read_text()
@@ -294,13 +300,14 @@ def test_one_epoch_run_is_announced_as_training_at_lr_zero(potsdam_root, tmp_pat
     assert log_text.index(warning) < log_text.index("epoch 0 of 1: lr 0")
 
 
-def test_two_calls_in_one_process_use_their_own_dataset_roots(potsdam_root, tmp_path):
+def test_two_calls_in_one_process_use_their_own_dataset_roots(potsdam_root, tmp_path, capsys):
     """A second train.main in the same process (demo, notebook, sweep) does not inherit the first's roots."""
     flags = ["--crop_size", "32", "--max_epoch", "2", "--bs_mult", "4", "--num_workers", "0", "--stop_after", "1"]
     first = tiny_run_flags(potsdam_root, tmp_path / "a") + flags + ["--exp", "first"]
     train.main(first)
     second = [flag for flag in tiny_run_flags(potsdam_root, tmp_path / "b") if flag != "--set"
               and not flag.startswith("DATASET.")] + flags + ["--exp", "second"]
-    with pytest.raises(datasets.DatasetNotFoundError, match="data/posdam896"):
+    with pytest.raises(SystemExit) as stop:
         train.main(second)
+    assert stop.value.code == 2 and "data/posdam896" in capsys.readouterr().err
     assert config.get_cfg().DATASET.POSDAM_DIR == "./data/posdam896"

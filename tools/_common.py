@@ -8,11 +8,15 @@ with its input by raising ``InputError``; ``run_jobs`` either stops at the first
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import multiprocessing
 import os
 import re
+import signal
 import struct
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import closing
@@ -30,6 +34,12 @@ from utils.atomic import WriteError, atomic_write_bytes
 
 ON_ERROR_CHOICES = ("error", "skip")
 _EXIF_ORIENTATION = 0x0112
+MAX_IMAGE_PIXELS = 2**30
+"""Largest image (pixels) the tools decode: OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS); iSAID's largest
+scenes have ~0.06e9 pixels. A header claiming more is a decompression bomb or a corrupt file."""
+EXAMPLES_SHOWN = 3
+_PR_SET_PDEATHSIG = 1
+_PARENT_POLL_SECONDS = 1.0
 
 
 class InputError(Exception):
@@ -50,6 +60,7 @@ class JobResult:
     existing: int = 0
     patches: int = 0
     warnings: list[str] = field(default_factory=list)
+    ignored_alpha: list[str] = field(default_factory=list)
     error: str | None = None
 
 
@@ -70,6 +81,7 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    ignored_alpha: list[str] = field(default_factory=list)
 
     def add(self, result: JobResult) -> None:
         """Fold one job's result into the totals."""
@@ -78,6 +90,7 @@ class RunSummary:
         self.existing += result.existing
         self.patches += result.patches
         self.warnings.extend(result.warnings)
+        self.ignored_alpha.extend(result.ignored_alpha)
         if result.error is not None:
             self.skipped.append(result.error)
 
@@ -86,6 +99,9 @@ class RunSummary:
         lines = [f"{self.tool}: {self.inputs} inputs, {self.written} files written, "
                  f"{self.existing} finished outputs kept, {patches}{self.seconds:.1f} s"]
         lines.extend(self.notes)
+        if self.ignored_alpha:
+            lines.append(f"{count_with_examples(self.ignored_alpha, 'mask(s)')} had a fully opaque alpha channel, "
+                         "ignored")
         if self.warnings:
             lines.append(f"{len(self.warnings)} warning(s):")
             lines.extend(f"  {message}" for message in self.warnings)
@@ -98,6 +114,38 @@ class RunSummary:
 def natural_key(name: str) -> list:
     """Sort key ordering embedded numbers by value ("P2" before "P10"), like natsort."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def count_with_examples(items: Sequence[str], what: str) -> str:
+    """``"3 mask(s) (a.png, b.png, c.png)"``: a count and the first EXAMPLES_SHOWN items (``... and N more``)."""
+    shown = ", ".join(str(item) for item in items[:EXAMPLES_SHOWN])
+    more = f" and {len(items) - EXAMPLES_SHOWN} more" if len(items) > EXAMPLES_SHOWN else ""
+    return f"{len(items)} {what} ({shown}{more})"
+
+
+def report_input_problems(summary_notes: list[str], problem: str, items: Sequence[str], fix: str,
+                          on_error: str) -> None:
+    """Report inputs found wrong while listing the jobs (before any work): count and examples.
+
+    With ``on_error="error"`` the run stops; with ``"skip"`` the message goes to ``summary_notes`` and
+    those inputs are left out.
+
+    Args:
+        summary_notes: where the message goes when skipping (the run summary's notes).
+        problem: what is wrong, after the count ("mask(s) without an image").
+        items: the offending files.
+        fix: what the user can do.
+        on_error: ``"error"`` or ``"skip"``.
+
+    Raises:
+        ToolError: with ``on_error="error"`` and any ``items``.
+    """
+    if not items:
+        return
+    message = f"{count_with_examples(items, problem)}"
+    if on_error == "error":
+        raise ToolError(f"{message}; {fix}, or run with --on-error skip to leave them out")
+    summary_notes.append(f"{message}: left out (--on-error skip)")
 
 
 def default_workers() -> int:
@@ -167,16 +215,33 @@ def header_size(path: Path) -> tuple[int, int] | None:
     return height, width
 
 
-def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
-    """Read a colour image (BGR order, (H, W, 3) uint8) through ``utils.image_io``, or with other ``flags``
-    a label image as stored (``cv2.imread``).
+def check_pixel_count(path: Path) -> None:
+    """Refuse an image whose header claims more than MAX_IMAGE_PIXELS pixels, before decoding it.
 
     Raises:
-        InputError: if the file is missing, truncated, corrupt or not an image.
+        InputError: naming the file, the size in its header and the limit.
     """
+    size = header_size(path)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise InputError(f"{path}: its header claims {size[1]} x {size[0]} = {size[0] * size[1]} pixels, more than "
+                         f"the limit of {MAX_IMAGE_PIXELS} (a decompression bomb or a corrupt header); "
+                         "re-download it, or run with --on-error skip")
+
+
+def read_image(path: Path, flags: int = cv2.IMREAD_COLOR, bands: tuple[int, ...] | None = None,
+               scaling: image_io.ImageScaling | None = None) -> np.ndarray:
+    """Read a colour image (BGR order, (H, W, 3) uint8) through ``utils.image_io`` (``bands``: 1-based band
+    choice, ``scaling``: the rule for non-8-bit data), or with other ``flags`` a label image as stored
+    (``cv2.imread``).
+
+    Raises:
+        InputError: if the file is missing, truncated, corrupt or not an image, lacks a chosen band, or is
+            larger than MAX_IMAGE_PIXELS.
+    """
+    check_pixel_count(path)
     if flags == cv2.IMREAD_COLOR:
         try:
-            return np.ascontiguousarray(image_io.read_image(path)[..., ::-1])
+            return np.ascontiguousarray(image_io.read_image(path, bands, scaling)[..., ::-1])
         except image_io.ImageReadError as error:
             raise InputError(f"{error}; re-download or re-extract it, or run with --on-error skip") from None
     image = cv2.imread(str(path), flags)
@@ -187,27 +252,98 @@ def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     return image
 
 
-def read_label_image(path: Path) -> np.ndarray:
-    """Read a single-channel uint8 label-id image (H, W); a 3-channel file with equal channels is accepted.
+def drop_opaque_alpha(path: Path, image: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A mask read unchanged, (H, W) or (H, W, C), without its alpha channel; whether it had one.
 
     Raises:
-        InputError: if unreadable or not a gray 8-bit image.
+        InputError: the mask is not 8-bit, or its alpha channel makes pixels transparent (the tools would
+            ignore that, so the labels would not be what the file shows).
     """
-    image = read_image(path, cv2.IMREAD_UNCHANGED)
     if image.dtype != np.uint8:
-        raise InputError(f"{path}: label image must be 8-bit, found {image.dtype}")
+        raise InputError(f"{path}: masks must be 8-bit, found {image.dtype}; save the labels as 8-bit images")
+    if image.ndim != 3 or image.shape[2] != 4:
+        return image, False
+    transparent = int((image[..., 3] != 255).sum())
+    if transparent:
+        raise InputError(f"{path}: the mask's alpha channel makes {transparent} pixels transparent or translucent, "
+                         "which the tools would ignore; save the mask without alpha (flattened), or run with "
+                         "--on-error skip")
+    return np.ascontiguousarray(image[..., :3]), True
+
+
+def read_colour_mask(path: Path) -> tuple[np.ndarray, bool]:
+    """Read an 8-bit colour mask as (H, W, 3) BGR, and whether an opaque alpha channel was dropped.
+
+    Raises:
+        InputError: unreadable, not 8-bit, or with transparent pixels (see :func:`drop_opaque_alpha`).
+    """
+    image, had_alpha = drop_opaque_alpha(path, read_image(path, cv2.IMREAD_UNCHANGED))
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return image, had_alpha
+
+
+def read_label_image(path: Path) -> tuple[np.ndarray, bool]:
+    """Read a single-channel uint8 label-id image (H, W), and whether an opaque alpha channel was dropped;
+    a 3-channel file with equal channels is accepted.
+
+    Raises:
+        InputError: if unreadable, not a gray 8-bit image, or with transparent pixels.
+    """
+    image, had_alpha = drop_opaque_alpha(path, read_image(path, cv2.IMREAD_UNCHANGED))
     if image.ndim == 3:
-        if image.shape[2] == 4:
-            image = image[..., :3]
         if not ((image == image[..., :1]).all()):
             raise InputError(f"{path}: expected a gray label-id image but its channels differ; "
                              "convert colour labels first (tools/convert_isprs_mask2graymask.py)")
         image = np.ascontiguousarray(image[..., 0])
-    return image
+    return image, had_alpha
 
 
-def _init_worker() -> None:
+def output_is_complete(path: Path, height: int | None, width: int | None) -> bool:
+    """Whether a finished output of a previous run can be kept: it exists, its header gives (height, width)
+    (None: any size) and, for a PNG, every chunk passes its CRC check (a truncated or zeroed file fails).
+
+    Pixels are not decompressed, so a resume over many finished patches stays fast.
+    """
+    if not path.is_file():
+        return False
+    size = header_size(path)
+    if size is None or (height is not None and size != (height, width)):
+        return False
+    if png_size(path) is None:
+        return True
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception:  # Pillow raises many types (SyntaxError, OSError, struct.error) for a damaged PNG
+        return False
+    return True
+
+
+def _init_worker(parent_pid: int) -> None:
     cv2.setNumThreads(1)
+    exit_with_parent(parent_pid)
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Make this worker process end when ``parent_pid`` dies (e.g. the tool was killed with kill -9).
+
+    Linux: the kernel sends SIGTERM on the parent's death (``prctl(PR_SET_PDEATHSIG)``). Elsewhere a
+    daemon thread checks every second whether the parent is gone and ends the process.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0:
+            if os.getppid() != parent_pid:  # the parent died before the request took effect
+                os._exit(1)
+            return
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="parent-watch").start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL_SECONDS)
+    os._exit(1)
 
 
 def _run_one(job_function: Callable[..., JobResult], job) -> JobResult:
@@ -240,7 +376,7 @@ def run_jobs(tool: str, job_function: Callable[..., JobResult], jobs: Sequence, 
         raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
     workers = default_workers() if workers is None else workers
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ToolError(f"--workers must be at least 1 (1 = no pool), got {workers}")
     summary = RunSummary(tool)
     start = time.perf_counter()
     results = _results(job_function, jobs, min(workers, max(1, len(jobs))))
@@ -262,7 +398,7 @@ def _results(job_function: Callable[..., JobResult], jobs: Sequence, workers: in
         return
     # Fresh interpreters, not fork: forking a process whose OpenCV thread pool has run can deadlock.
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker)
+                                   initializer=_init_worker, initargs=(os.getpid(),))
     try:
         pending: set[Future] = set()
         queue = iter(jobs)
@@ -294,6 +430,25 @@ def run_tool(action: Callable[[], RunSummary]) -> None:
     print(summary)
 
 
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type for counts, sizes and offsets: a whole number >= ``minimum`` (argparse names the flag
+    in its error message)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
 def add_common_arguments(parser, memory: str, problems: str) -> None:
     """Add ``--workers``, ``--overwrite`` and ``--on-error`` to an argparse parser.
 
@@ -302,7 +457,7 @@ def add_common_arguments(parser, memory: str, problems: str) -> None:
         memory: what one worker holds in memory, for the ``--workers`` help.
         problems: the bad inputs this tool detects, for the ``--on-error`` help.
     """
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help=f"worker processes (default: all {default_workers()} cores; 1 = no pool); each "
                              f"holds {memory}")
     parser.add_argument("--overwrite", action="store_true",

@@ -1,4 +1,4 @@
-"""Colour-coded ground truth -> label-id ("gray") masks, with an explicit policy for unknown colours."""
+"""Colour-coded or id-coded ground truth -> label-id ("gray") masks, with an explicit policy for unknown values."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from datasets.classes import IGNORE_LABEL, ISAID_PALETTE, ISPRS_ERODED_BORDER_COLOR, ISPRS_PALETTE
+from datasets.classes import IGNORE_LABEL
+from datasets.isaid import ISAIDDataset
+from datasets.isprs import PotsdamDataset
 from tools._common import (
     InputError,
     JobResult,
@@ -17,8 +18,10 @@ from tools._common import (
     ToolError,
     atomic_write_image,
     check_output_outside_input,
+    header_size,
     natural_key,
-    read_image,
+    output_is_complete,
+    read_colour_mask,
     run_jobs,
 )
 from utils.atomic import remove_partial_files
@@ -35,6 +38,14 @@ def add_unknown_color_argument(parser) -> None:
                         help="mask colours outside the palette: stop and report file, colour and pixel count "
                              "(default), write 255 = ignore ('ignore'), or write 0 as the original tools did "
                              "('background')")
+
+
+def _check_coding(unknown: str, codes: tuple, label_ids: tuple[int, ...]) -> None:
+    """Raise ValueError unless ``unknown`` is a policy and every code (colour or value) has one label id."""
+    if unknown not in UNKNOWN_COLOR_CHOICES:
+        raise ValueError(f"unknown-colour policy must be one of {UNKNOWN_COLOR_CHOICES}, got {unknown!r}")
+    if len(codes) != len(label_ids):
+        raise ValueError(f"{len(codes)} colours or values but {len(label_ids)} label ids: they must pair up")
 
 
 @dataclass(frozen=True)
@@ -54,10 +65,7 @@ class ColourCoding:
     unknown: str = "error"
 
     def __post_init__(self) -> None:
-        if self.unknown not in UNKNOWN_COLOR_CHOICES:
-            raise ValueError(f"unknown-colour policy must be one of {UNKNOWN_COLOR_CHOICES}, got {self.unknown!r}")
-        if len(self.colours_bgr) != len(self.label_ids):
-            raise ValueError("colours_bgr and label_ids must have the same length")
+        _check_coding(self.unknown, self.colours_bgr, self.label_ids)
 
 
 def palette_coding(palette_rgb, unknown: str = "error", extra_rgb: dict | None = None) -> ColourCoding:
@@ -69,13 +77,64 @@ def palette_coding(palette_rgb, unknown: str = "error", extra_rgb: dict | None =
 
 def isaid_coding(unknown: str = "error") -> ColourCoding:
     """The 16 iSAID colours (the original convert tool's BGR table)."""
-    return palette_coding(ISAID_PALETTE, unknown)
+    return palette_coding(ISAIDDataset.palette, unknown)
 
 
 def isprs_coding(unknown: str = "error", eroded: bool = False) -> ColourCoding:
     """The six ISPRS colours; with ``eroded`` the black border of the noBoundary labels becomes 255."""
-    extra = {ISPRS_ERODED_BORDER_COLOR: IGNORE_LABEL} if eroded else None
-    return palette_coding(ISPRS_PALETTE, unknown, extra)
+    extra = {PotsdamDataset.eroded_border_color: IGNORE_LABEL} if eroded else None
+    return palette_coding(PotsdamDataset.palette, unknown, extra)
+
+
+@dataclass(frozen=True)
+class IdCoding:
+    """How the values of an id-coded (single-channel 8-bit) mask map to label ids.
+
+    Attributes:
+        source_ids: the values the raw masks hold.
+        label_ids: label id written for each of them (same length; ``IGNORE_LABEL`` for no-data).
+        unknown: policy for any other value, as ``ColourCoding.unknown``.
+    """
+
+    source_ids: tuple[int, ...]
+    label_ids: tuple[int, ...]
+    unknown: str = "error"
+
+    def __post_init__(self) -> None:
+        _check_coding(self.unknown, self.source_ids, self.label_ids)
+
+
+def ids_to_labels(mask: np.ndarray, coding: IdCoding, path: Path | str) -> tuple[np.ndarray, list[str]]:
+    """Map the values of an id-coded mask to label ids.
+
+    Args:
+        mask: (H, W) uint8 raw values.
+        coding: value table and unknown-value policy.
+        path: file the mask came from, for messages.
+
+    Returns:
+        ids: (H, W) uint8 label ids.
+        warnings: one message per file with unknown values (policies ``ignore`` / ``background``).
+
+    Raises:
+        InputError: with policy ``error``, listing the unknown values and their pixel counts.
+    """
+    table = np.full(256, _UNMAPPED, np.uint16)
+    table[list(coding.source_ids)] = coding.label_ids
+    mapped = table[mask]
+    unmapped = mapped == _UNMAPPED
+    if not unmapped.any():
+        return mapped.astype(np.uint8), []
+    values, counts = np.unique(mask[unmapped], return_counts=True)
+    listed = ", ".join(f"{value} x {count}" for value, count in list(zip(values.tolist(), counts.tolist()))[:10])
+    message = (f"{path}: {int(counts.sum())} of {mask.size} pixels hold values outside "
+               f"{sorted(coding.source_ids)}: {listed}")
+    if coding.unknown == "error":
+        raise InputError(f"{message}. Fix the mask, or choose --unknown-color ignore (write 255) or background "
+                         "(write 0)")
+    fill = IGNORE_LABEL if coding.unknown == "ignore" else 0
+    mapped[unmapped] = fill
+    return mapped.astype(np.uint8), [f"{message}; written as {fill}"]
 
 
 @lru_cache(maxsize=4)
@@ -154,16 +213,22 @@ class ConvertJob:
 
 
 def convert_one(job: ConvertJob) -> JobResult:
-    """Run one ``ConvertJob``; keeps a finished ``target`` unless ``overwrite``.
+    """Run one ``ConvertJob``; keeps a finished ``target`` (one that decodes, of the source's size) unless
+    ``overwrite``.
 
     Raises:
-        InputError: unreadable mask or, with policy ``error``, unknown colours.
+        InputError: unreadable mask, transparent alpha or, with policy ``error``, unknown colours.
     """
     result = JobResult(job.name)
-    if job.target.exists() and not job.overwrite:
-        result.existing = 1
-        return result
-    ids, result.warnings = colours_to_ids(read_image(job.source, cv2.IMREAD_COLOR), job.coding, job.source)
+    if not job.overwrite:
+        size = header_size(job.source)
+        if output_is_complete(job.target, *(size or (None, None))):
+            result.existing = 1
+            return result
+    colours, had_alpha = read_colour_mask(job.source)
+    if had_alpha:
+        result.ignored_alpha.append(str(job.source))
+    ids, result.warnings = colours_to_ids(colours, job.coding, job.source)
     atomic_write_image(job.target, ids)
     result.written = 1
     return result
@@ -184,5 +249,8 @@ def convert_folder(tool: str, masks_dir: Path, out_dir: Path, source_suffix: str
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_files(out_dir)
     sources = sorted(masks_dir.glob(f"*{source_suffix}"), key=lambda path: natural_key(path.name))
+    if not sources and on_error == "error":
+        raise ToolError(f"{masks_dir} holds no colour masks (*{source_suffix}); check --root_path and --phase, "
+                        "or run with --on-error skip to accept an empty folder")
     jobs = [ConvertJob(str(source), source, out_dir / f"{source.stem}.png", coding, overwrite) for source in sources]
     return run_jobs(tool, convert_one, jobs, workers, on_error, progress)

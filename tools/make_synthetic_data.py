@@ -11,6 +11,8 @@ its index).  See ``tools/raw_layout.py`` for the layouts written:
 * Potsdam: ``2_Ortho_RGB/top_potsdam_2_10_RGB.tif`` + ``5_Labels_all/top_potsdam_2_10_label.tif`` +
   ``5_Labels_all_noBoundary/top_potsdam_2_10_label_noBoundary.tif``
 * Vaihingen: IR-R-G ``.../top/top_mosaic_09cm_area1.tif`` + full and eroded labels.
+* LoveDA: ``Train|Val/{Rural,Urban}/images_png/0.png`` + ``masks_png/0.png`` (values 0 = no-data, 1..7 =
+  classes; every other image has a no-data strip along its bottom, black in the image).
 
 Example::
 
@@ -31,10 +33,23 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.classes import ISAID_MASK_SUFFIX, ISAID_PALETTE, ISPRS_ERODED_BORDER_COLOR, ISPRS_PALETTE  # noqa: E402
-from tools.raw_layout import ISPRS_FOLDERS, SPLIT_TILES, isprs_file_names  # noqa: E402
+from datasets.isaid import ISAIDDataset  # noqa: E402
+from datasets.isprs import PotsdamDataset  # noqa: E402
+from datasets.loveda import LoveDADataset  # noqa: E402
+from tools._common import atomic_write_image  # noqa: E402
+from tools.raw_layout import (  # noqa: E402
+    ISPRS_FOLDERS,
+    LOVEDA_DOMAIN_FOLDERS,
+    LOVEDA_IMAGE_FOLDER,
+    LOVEDA_MASK_FOLDER,
+    LOVEDA_SPLIT_FOLDERS,
+    SPLIT_TILES,
+    isprs_file_names,
+)
+from utils.atomic import exit_on_write_error  # noqa: E402
 
-DATASETS = ("isaid", "potsdam", "vaihingen")
+DATASETS = ("isaid", "potsdam", "vaihingen", "loveda")
+"""Raw layouts this tool writes (the order also seeds each dataset's images: append new ones at the end)."""
 ERODED_BORDER_RADIUS = 3
 """Half-width in pixels of the class borders blanked in the eroded ("noBoundary") ISPRS labels."""
 
@@ -77,6 +92,18 @@ ISAID_LOOKS = (
     Look((60, 150, 60), 0, 10, 5),       # soccer ball field: bright grass
     Look((245, 245, 250), 0, 4, 3),      # plane: white
     Look((112, 104, 98), 0, 8, 7),       # harbor: dark piers
+)
+
+
+# Appearance of every LoveDA class, by label id (raw mask value - 1).
+LOVEDA_LOOKS = (
+    Look((142, 134, 120), 0, 14, 8),     # background: mixed ground
+    Look((186, 176, 168), 0, 10, 6),     # building: light roofs
+    Look((104, 104, 108), 0, 6, 5),      # road: asphalt
+    Look((40, 72, 104), 0, 6, 3),        # water
+    Look((176, 154, 118), 0, 18, 10),    # barren: bare soil
+    Look((44, 84, 46), 0, 22, 14),       # forest: dark canopy
+    Look((126, 156, 74), 0, 16, 6),      # agriculture: fields
 )
 
 
@@ -370,8 +397,8 @@ def _isaid_image(rng: np.random.Generator, canvas: _Canvas, terrain: np.ndarray)
     return _to_uint8(image)
 
 
-def _colorize(labels: np.ndarray, palette: tuple[tuple[int, int, int], ...]) -> np.ndarray:
-    """Label ids (H, W) -> RGB colour mask (H, W, 3) uint8."""
+def _colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Label ids (H, W) -> RGB colour mask (H, W, 3) uint8 with a dataset class's (K, 3) palette."""
     return np.asarray(palette, np.uint8)[labels]
 
 
@@ -381,10 +408,8 @@ def _instance_colors(instances: np.ndarray) -> np.ndarray:
 
 
 def _write_rgb(path: Path, rgb: np.ndarray) -> None:
-    """Write an RGB (H, W, 3) uint8 array; OpenCV stores BGR, so channels are reversed first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
-        raise OSError(f"could not write {path}")
+    """Write an RGB (H, W, 3) uint8 array atomically; OpenCV stores BGR, so channels are reversed first."""
+    atomic_write_image(path, np.ascontiguousarray(rgb[..., ::-1]))
 
 
 def _image_rng(seed: int, dataset: str, index: int) -> np.random.Generator:
@@ -395,7 +420,8 @@ def _image_rng(seed: int, dataset: str, index: int) -> np.random.Generator:
 def _split_counts(num_images: int) -> tuple[int, int]:
     """(train, held-out) image counts: a quarter of the images (at least one) are held out."""
     if num_images < 2:
-        raise ValueError(f"num_images must be >= 2 (one train and one held-out image), got {num_images}")
+        raise ValueError(f"num_images (--num-images) must be >= 2 (one train and one held-out image), "
+                         f"got {num_images}")
     held_out = max(1, num_images // 4)
     return num_images - held_out, held_out
 
@@ -418,7 +444,7 @@ def _make_isaid(out_dir: Path, seed: int, num_images: int, size: int, fixed_size
         folder = out_dir / split / "images"
         stem = f"P{index:04d}"
         _write_rgb(folder / f"{stem}.png", _isaid_image(rng, canvas, terrain))
-        _write_rgb(folder / f"{stem}{ISAID_MASK_SUFFIX}.png", _colorize(canvas.labels, ISAID_PALETTE))
+        _write_rgb(folder / f"{stem}{ISAIDDataset.mask_suffix}.png", _colorize(canvas.labels, ISAIDDataset.palette))
         _write_rgb(folder / f"{stem}_instance_id_RGB.png", _instance_colors(canvas.instances))
 
 
@@ -430,19 +456,64 @@ def _make_isprs(dataset: str, out_dir: Path, seed: int, num_images: int, size: i
                          f"num_images={num_images} needs {num_train} and {num_test}")
     chosen = list(tiles["train"][:num_train]) + list(tiles["test"][:num_test])
     folders = ISPRS_FOLDERS[dataset]
-    eroded_colour = np.asarray(ISPRS_ERODED_BORDER_COLOR, np.uint8)
+    eroded_colour = np.asarray(PotsdamDataset.eroded_border_color, np.uint8)
     for index, tile in enumerate(chosen):
         rng = _image_rng(seed, dataset, index)
         height, width = _image_size(rng, size, 0.8, 1.2, fixed_size or dataset == "potsdam")
         canvas = _draw_isprs_scene(rng, height, width)
         names = isprs_file_names(dataset, tile)
         image = _isprs_image(rng, canvas, infrared=dataset == "vaihingen")
-        colours = _colorize(canvas.labels, ISPRS_PALETTE)
+        colours = _colorize(canvas.labels, PotsdamDataset.palette)
         eroded = colours.copy()
         eroded[_class_borders(canvas.labels, ERODED_BORDER_RADIUS)] = eroded_colour
         _write_rgb(out_dir / folders["image"] / names["image"], image)
         _write_rgb(out_dir / folders["label"] / names["label"], colours)
         _write_rgb(out_dir / folders["eroded"] / names["eroded"], eroded)
+
+
+def _draw_loveda_scene(rng: np.random.Generator, size: int, urban: bool) -> np.ndarray:
+    """Land-cover scene in LoveDA label ids (H, W) uint8: urban blocks and roads, or rural fields and forest."""
+    canvas = _Canvas(size, size, fill=0 if urban else 6)
+    scale = size / 512.0
+    for _ in range(int(rng.integers(2, 4))):
+        center = tuple(rng.uniform(0, 1, size=2) * size)
+        canvas.polygon(_rotated_box(center, tuple(rng.uniform(60, 160, size=2) * scale), float(rng.uniform(0, 90))),
+                       5 if not urban else 4)
+    if rng.random() < 0.7:
+        top = int(rng.uniform(0.1, 0.8) * size)
+        canvas.polygon(np.array([[0, top], [size - 1, top], [size - 1, top + int(30 * scale)],
+                                 [0, top + int(30 * scale)]], np.int32), 3)
+    road = max(4, int(14 * scale))
+    for _ in range(int(rng.integers(1, 4 if urban else 2))):
+        offset = int(rng.uniform(0.1, 0.9) * size)
+        canvas.polygon(np.array([[offset - road, 0], [offset + road, 0], [offset + road, size - 1],
+                                 [offset - road, size - 1]], np.int32), 2)
+    for _ in range(int(rng.integers(8, 14) if urban else rng.integers(1, 4))):
+        center = tuple(rng.uniform(0.05, 0.95, size=2) * size)
+        canvas.polygon(_rotated_box(center, tuple(rng.uniform(20, 60, size=2) * scale), float(rng.choice([0.0, 90.0]))),
+                       1)
+    return canvas.labels
+
+
+def _make_loveda(out_dir: Path, seed: int, num_images: int, size: int) -> None:
+    num_train, _ = _split_counts(num_images)
+    domains = list(LOVEDA_DOMAIN_FOLDERS.values())
+    for index in range(num_images):
+        split = LOVEDA_SPLIT_FOLDERS["train" if index < num_train else "val"]
+        domain = domains[(index if index < num_train else index - num_train) % len(domains)]
+        rng = _image_rng(seed, "loveda", index)
+        labels = _draw_loveda_scene(rng, size, urban=domain == LOVEDA_DOMAIN_FOLDERS["urban"])
+        image, _ = _render(rng, labels, LOVEDA_LOOKS)
+        raw_mask = labels + 1
+        if index % 2 == 0:
+            no_data = slice(size - max(1, size // 16), size)
+            raw_mask[no_data] = LoveDADataset.raw_no_data
+            image[no_data] = 0
+        folder = out_dir / split / domain
+        _write_rgb(folder / LOVEDA_IMAGE_FOLDER / f"{index}.png", _to_uint8(image))
+        (folder / LOVEDA_MASK_FOLDER).mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(folder / LOVEDA_MASK_FOLDER / f"{index}.png"), raw_mask):
+            raise OSError(f"could not write {folder / LOVEDA_MASK_FOLDER / f'{index}.png'}")
 
 
 def make_synthetic(dataset: str, out_dir: str | Path, seed: int = 0, num_images: int = 4,
@@ -457,7 +528,8 @@ def make_synthetic(dataset: str, out_dir: str | Path, seed: int = 0, num_images:
         num_images: images to write (>= 2); a quarter (at least one) go to iSAID ``val`` or to the
             ISPRS test tiles, the rest to train.  ISPRS tiles take the first ids of the official split.
         size: nominal side in pixels: iSAID images have random sides in [0.6, 1.2] x size, Potsdam
-            tiles are size x size, Vaihingen tiles have sides in [0.8, 1.2] x size.
+            tiles are size x size, Vaihingen tiles have sides in [0.8, 1.2] x size, LoveDA images are
+            size x size (1024 in the real data); within each LoveDA split they alternate between Urban and Rural.
         fixed_size: make every image exactly size x size (e.g. for benchmarks).
 
     Returns:
@@ -467,10 +539,12 @@ def make_synthetic(dataset: str, out_dir: str | Path, seed: int = 0, num_images:
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
     if size < 64:
-        raise ValueError(f"size must be >= 64 pixels, got {size}")
+        raise ValueError(f"size (--size) must be >= 64 pixels, got {size}")
     out_path = Path(out_dir)
     if dataset == "isaid":
         _make_isaid(out_path, seed, num_images, size, fixed_size)
+    elif dataset == "loveda":
+        _make_loveda(out_path, seed, num_images, size)
     else:
         _make_isprs(dataset, out_path, seed, num_images, size, fixed_size)
     return out_path
@@ -491,7 +565,11 @@ def main(argv: list[str] | None = None) -> None:
     names = DATASETS if args.dataset == "all" else (args.dataset,)
     for name in names:
         target = Path(args.out) / name if args.dataset == "all" else Path(args.out)
-        make_synthetic(name, target, seed=args.seed, num_images=args.num_images, size=args.size)
+        try:
+            with exit_on_write_error():
+                make_synthetic(name, target, seed=args.seed, num_images=args.num_images, size=args.size)
+        except ValueError as error:
+            parser.error(str(error))
         print(f"wrote synthetic {name} raw data to {target}")
 
 

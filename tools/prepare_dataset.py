@@ -5,7 +5,7 @@ Splits, converts colour labels to label ids and arranges the result in one go::
 
     {out}/{split}/images/{stem}.png
     {out}/{split}/masks/{stem}_instance_color_RGB.png   (iSAID; label ids despite the name)
-    {out}/{split}/masks/{stem}_gray_mask.png            (Potsdam, Vaihingen)
+    {out}/{split}/masks/{stem}_gray_mask.png            (Potsdam, Vaihingen, LoveDA)
 
 iSAID: splits ``train`` and ``val`` (and ``test``, images only, when present) with the paper's setting,
 896 x 896 windows with stride 512 (overlap 384; lxtGH/PFSegNets issue #5), not the 800 / 200
@@ -14,6 +14,11 @@ Potsdam (896 x 896) and Vaihingen (768 x 768): tiles go to ``train`` and ``test`
 split (``tools/raw_layout.py``; the original trains on ``train`` and validates on ``test``), with
 stride 512 by default (the original does not state its stride).  ``--label-variant eroded`` uses the
 ``*_noBoundary`` labels, whose black borders become 255 (ignored).
+LoveDA: ``Train`` -> ``train``, ``Val`` -> ``val`` (and ``Test`` -> ``test``, images only), Urban and Rural
+(or one of them, ``--domain``) with the domain in the file names (``urban_1366.png``); whole 1024 x 1024
+images unless ``--patch-size`` is given; no-data 0 becomes 255 (ignored) and classes 1..7 become 0..6.
+Custom datasets (``custom --spec my_data.yaml``): see ``tools/custom_layout.py`` and docs/data_custom.md.
+Each dataset's default window, mask suffix and splits are declared on its class in ``datasets/``.
 
 Patch names and pixels are those of the original two-step pipeline (split, then convert) for the same
 window settings.  Raw data is only read; re-running resumes an interrupted run.  See
@@ -30,36 +35,64 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.classes import ISAID_MASK_SUFFIX, ISPRS_MASK_SUFFIX  # noqa: E402
+from datasets.isaid import ISAIDDataset  # noqa: E402
+from datasets.isprs import PotsdamDataset  # noqa: E402
+from datasets.loveda import LoveDADataset  # noqa: E402
+from datasets.registry import DATASET_CLASSES  # noqa: E402
 from tools._common import (  # noqa: E402
     RunSummary,
     ToolError,
     add_common_arguments,
     check_output_outside_input,
     natural_key,
+    positive_int,
+    report_input_problems,
     run_jobs,
     run_tool,
 )
-from tools._masks import ColourCoding, add_unknown_color_argument, isaid_coding, isprs_coding  # noqa: E402
-from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
-from tools.raw_layout import ISAID_MASK_FOLDERS, ISPRS_FOLDERS, SPLIT_TILES, isprs_file_names  # noqa: E402
-from tools.split_iSAID import EXCLUDED_IMAGES, isaid_base_images  # noqa: E402
+from tools._masks import (  # noqa: E402
+    ColourCoding,
+    IdCoding,
+    add_unknown_color_argument,
+    isaid_coding,
+    isprs_coding,
+)
+from tools._tiling import SplitJob, check_geometry, largest_first, record_geometry, split_one  # noqa: E402
+from tools.custom_layout import CUSTOM_NAME, custom_jobs  # noqa: E402
+from tools.raw_layout import (  # noqa: E402
+    ISAID_MASK_FOLDERS,
+    ISPRS_FOLDERS,
+    LOVEDA_DOMAIN_FOLDERS,
+    LOVEDA_IMAGE_FOLDER,
+    LOVEDA_MASK_FOLDER,
+    LOVEDA_SPLIT_FOLDERS,
+    POTSDAM_IRRG_BANDS,
+    POTSDAM_PRODUCTS,
+    SPLIT_TILES,
+    isprs_file_names,
+)
+from tools.split_iSAID import EXCLUDED_IMAGES, isaid_base_images, report_isaid_name_problems  # noqa: E402
 from utils.atomic import remove_partial_files  # noqa: E402
+from utils.image_io import SCALING_FILE, parse_bands  # noqa: E402
 
-DATASETS = ("isaid", "potsdam", "vaihingen")
-DEFAULT_GEOMETRY = {"isaid": (896, 512), "potsdam": (896, 512), "vaihingen": (768, 512)}
-"""(patch side, stride) in pixels per dataset."""
+PREPARED = {cls.prepare_name: cls for cls in DATASET_CLASSES if cls.prepare_name != CUSTOM_NAME}
+"""``prepare_dataset.py`` sub-command -> dataset class (its window, mask suffix and splits)."""
+DATASETS = (*PREPARED, CUSTOM_NAME)
+LOVEDA_DOMAINS = ("all", *LOVEDA_DOMAIN_FOLDERS)
 LABEL_VARIANTS = ("full", "eroded")
-_TILE_PATTERN = {"potsdam": re.compile(r"^top_potsdam_(\d+_\d+)_RGB\.tif$"),
-                 "vaihingen": re.compile(r"^top_mosaic_09cm_area(\d+)\.tif$")}
+_TILE_PATTERN = {"potsdam": {product: re.compile(rf"^top_potsdam_(\d+_\d+)_{tag}\.tif$")
+                             for product, (_, tag) in POTSDAM_PRODUCTS.items()},
+                 "vaihingen": {"RGB": re.compile(r"^top_mosaic_09cm_area(\d+)\.tif$")}}
 
 
 def _job(image_path: Path, mask_path: Path | None, out_split: Path, base: str, mask_suffix: str,
-         coding: ColourCoding, patch: int, overlap: int, whole_only: bool, overwrite: bool) -> SplitJob:
+         coding: ColourCoding | IdCoding, patch: int, overlap: int, whole_only: bool, overwrite: bool,
+         bands: tuple[int, ...] | None = None) -> SplitJob:
+    mask_mode = "remap" if isinstance(coding, IdCoding) else "convert"
     return SplitJob(name=str(image_path), base=base, image_path=image_path, image_out=out_split / "images",
                     mask_path=mask_path, mask_out=out_split / "masks", mask_suffix=mask_suffix,
-                    mask_mode="convert", coding=coding, patch_height=patch, patch_width=patch, overlap=overlap,
-                    whole_only=whole_only, overwrite=overwrite)
+                    mask_mode=mask_mode, coding=coding, patch_height=patch, patch_width=patch, overlap=overlap,
+                    whole_only=whole_only, overwrite=overwrite, bands=bands)
 
 
 def _isaid_jobs(raw: Path, out: Path, coding: ColourCoding, patch: int, overlap: int, whole_held_out: bool,
@@ -80,23 +113,23 @@ def _isaid_jobs(raw: Path, out: Path, coding: ColourCoding, patch: int, overlap:
                 continue
             mask_path = None
             if split != "test":
-                candidates = [split_dir / folder / f"{image_path.stem}{ISAID_MASK_SUFFIX}.png"
+                candidates = [split_dir / folder / f"{image_path.stem}{ISAIDDataset.mask_suffix}.png"
                               for folder in ISAID_MASK_FOLDERS]
                 mask_path = next((path for path in candidates if path.is_file()), candidates[0])
             targets = [(out / split, False)]
             if whole_held_out and split == "val":
                 targets.append((out / f"{split}_ori", True))
             for out_split, whole in targets:
-                jobs.append(_job(image_path, mask_path, out_split, image_path.stem, ISAID_MASK_SUFFIX, coding,
+                jobs.append(_job(image_path, mask_path, out_split, image_path.stem, ISAIDDataset.mask_suffix, coding,
                                  patch, overlap, whole, overwrite))
     return jobs, notes
 
 
-def _isprs_tiles(dataset: str, image_dir: Path) -> dict[str, Path]:
-    """Tile id -> image path for the tiles present in ``image_dir``."""
+def _isprs_tiles(dataset: str, image_dir: Path, product: str) -> dict[str, Path]:
+    """Tile id -> image path for the tiles of ``product`` present in ``image_dir``."""
     tiles = {}
     for path in sorted(image_dir.glob("*.tif"), key=lambda item: natural_key(item.name)):
-        match = _TILE_PATTERN[dataset].match(path.name)
+        match = _TILE_PATTERN[dataset][product].match(path.name)
         if match:
             tiles[match.group(1)] = path
     return tiles
@@ -104,19 +137,20 @@ def _isprs_tiles(dataset: str, image_dir: Path) -> dict[str, Path]:
 
 def _isprs_jobs(dataset: str, raw: Path, out: Path, coding: ColourCoding, patch: int, overlap: int,
                 label_variant: str, image_dir: Path | None, label_dir: Path | None,
-                split_tiles: dict[str, tuple[str, ...]], whole_held_out: bool,
-                overwrite: bool) -> tuple[list[SplitJob], list[str]]:
+                split_tiles: dict[str, tuple[str, ...]], whole_held_out: bool, overwrite: bool, product: str,
+                bands: tuple[int, ...] | None) -> tuple[list[SplitJob], list[str]]:
     folders = ISPRS_FOLDERS[dataset]
-    image_dir = image_dir or raw / folders["image"]
+    image_dir = image_dir or raw / (POTSDAM_PRODUCTS[product][0] if dataset == "potsdam" else folders["image"])
     label_key = "label" if label_variant == "full" else "eroded"
     label_dir = label_dir or raw / folders[label_key]
     for folder, what in ((image_dir, "images"), (label_dir, f"{label_variant} labels")):
         if not folder.is_dir():
             raise ToolError(f"{folder} does not exist; expected the {dataset} {what} there (official layout, "
                             "see tools/raw_layout.py), or pass --image-dir / --label-dir")
-    tiles = _isprs_tiles(dataset, image_dir)
+    tiles = _isprs_tiles(dataset, image_dir, product)
     if not tiles:
-        raise ToolError(f"{image_dir} holds no {dataset} image tiles ({_TILE_PATTERN[dataset].pattern})")
+        raise ToolError(f"{image_dir} holds no {dataset} image tiles ({_TILE_PATTERN[dataset][product].pattern}); "
+                        "for another Potsdam product pass --product")
     jobs, notes = [], []
     assigned = set()
     for split, split_ids in split_tiles.items():
@@ -130,27 +164,95 @@ def _isprs_jobs(dataset: str, raw: Path, out: Path, coding: ColourCoding, patch:
             if whole_held_out and split != "train":
                 targets.append((out / f"{split}_ori", True))
             for out_split, whole in targets:
-                jobs.append(_job(image_path, mask_path, out_split, image_path.stem, ISPRS_MASK_SUFFIX, coding,
-                                 patch, overlap, whole, overwrite))
+                jobs.append(_job(image_path, mask_path, out_split, image_path.stem, PotsdamDataset.mask_suffix, coding,
+                                 patch, overlap, whole, overwrite, bands))
     notes.extend(f"{tiles[tile]}: in no split list, left out" for tile in tiles if tile not in assigned)
     return jobs, notes
 
 
-def prepare(dataset: str, raw: str | Path, out: str | Path, *, patch_size: int | None = None,
-            stride: int | None = None, label_variant: str = "full", workers: int | None = None,
+def loveda_coding(unknown: str = "error") -> IdCoding:
+    """LoveDA's raw mask values: no-data -> 255 (ignore), class value k + 1 -> label id k."""
+    no_data = LoveDADataset.raw_no_data
+    classes = range(LoveDADataset.num_classes)
+    return IdCoding((no_data, *(k + 1 for k in classes)), (LoveDADataset.ignore_label, *classes), unknown)
+
+
+def _loveda_jobs(raw: Path, out: Path, coding: IdCoding, patch: int, overlap: int, whole_only: bool, domain: str,
+                 overwrite: bool) -> tuple[list[SplitJob], list[str]]:
+    domains = LOVEDA_DOMAIN_FOLDERS if domain == "all" else {domain: LOVEDA_DOMAIN_FOLDERS[domain]}
+    jobs, notes = [], []
+    for split, split_folder in LOVEDA_SPLIT_FOLDERS.items():
+        with_masks = split in LoveDADataset.splits
+        image_dirs = {name: raw / split_folder / folder / LOVEDA_IMAGE_FOLDER for name, folder in domains.items()}
+        present = {name: folder for name, folder in image_dirs.items() if folder.is_dir()}
+        if not present and with_masks:
+            expected = " or ".join(str(folder) for folder in image_dirs.values())
+            raise ToolError(f"{expected} does not exist; expected the unpacked LoveDA {split_folder}.zip there "
+                            "(see tools/raw_layout.py)")
+        for domain_name, image_dir in present.items():
+            images = sorted(image_dir.glob("*.png"), key=lambda path: natural_key(path.name))
+            if not images:
+                raise ToolError(f"{image_dir} holds no LoveDA images (*.png)")
+            mask_dir = image_dir.parent / LOVEDA_MASK_FOLDER
+            notes.append(f"loveda {split}/{domain_name}: {len(images)} images")
+            for image_path in images:
+                mask_path = mask_dir / image_path.name if with_masks else None
+                jobs.append(_job(image_path, mask_path, out / split, f"{domain_name}_{image_path.stem}",
+                                 LoveDADataset.mask_suffix, coding, patch, overlap, whole_only, overwrite))
+    return jobs, notes
+
+
+def _report_name_problems(dataset: str, raw: Path, image_dir: Path | None, label_dir: Path | None,
+                          label_variant: str, product: str, on_error: str, notes: list[str]) -> None:
+    """Stop at (or note, with ``on_error="skip"``) raw files the jobs would drop in silence: masks without their
+    image and names that do not parse."""
+    if dataset == "isaid":
+        for split in ("train", "val", "test"):
+            images = raw / split / "images"
+            for folder in ISAID_MASK_FOLDERS:
+                if (raw / split / folder).is_dir():
+                    report_isaid_name_problems(notes, images, raw / split / folder, on_error)
+        return
+    image_dir = image_dir or raw / (POTSDAM_PRODUCTS[product][0] if dataset == "potsdam"
+                                    else ISPRS_FOLDERS[dataset]["image"])
+    label_key = "label" if label_variant == "full" else "eroded"
+    label_dir = label_dir or raw / ISPRS_FOLDERS[dataset][label_key]
+    tiles = _isprs_tiles(dataset, image_dir, product)
+    pattern = _TILE_PATTERN[dataset][product]
+    unparsable = [str(path) for path in sorted(image_dir.glob("*.tif")) if not pattern.match(path.name)]
+    report_input_problems(notes, f"image file name(s) that are not {dataset} tile names ({pattern.pattern})",
+                          unparsable, "rename them", on_error)
+    label_names = {isprs_file_names(dataset, tile)[label_key] for tile in tiles}
+    orphans = [str(path) for path in sorted(label_dir.glob("*.tif")) if path.name not in label_names]
+    report_input_problems(notes, f"label tile(s) without their image in {image_dir}", orphans,
+                          "add the image tiles, or remove the labels", on_error)
+
+
+def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size: int | None = None,
+            stride: int | None = None, label_variant: str = "full", domain: str = "all", spec: str | Path | None = None,
+            product: str = "RGB", bands: str | tuple[int, ...] | None = None, workers: int | None = None,
             overwrite: bool = False, on_error: str = "error", unknown_color: str = "error",
             whole_held_out: bool = False, image_dir: str | Path | None = None, label_dir: str | Path | None = None,
             split_tiles: dict[str, tuple[str, ...]] | None = None, progress: bool = True) -> RunSummary:
     """Prepare one dataset from its raw download layout into ``{out}/{split}/images|masks``.
 
     Args:
-        dataset: ``"isaid"``, ``"potsdam"`` or ``"vaihingen"``.
-        raw: root of the unpacked download (layouts in ``tools/raw_layout.py``).
+        dataset: ``"isaid"``, ``"potsdam"``, ``"vaihingen"``, ``"loveda"`` or ``"custom"``.
+        raw: root of the unpacked download (layouts in ``tools/raw_layout.py``); None for ``custom``.
         out: output root (must not be, or be inside, ``raw``, ``image_dir`` or ``label_dir``); point the
             config's dataset folder here.
-        patch_size: window side in pixels (default 896 for iSAID and Potsdam, 768 for Vaihingen).
-        stride: window step in pixels (default 512).
+        patch_size: window side in pixels (default: the dataset class's ``patch_size``: 896 for iSAID and
+            Potsdam, 768 for Vaihingen, whole images for LoveDA).
+        stride: window step in pixels (default: the class's ``patch_stride``, 512; the window side where
+            the class has none).
         label_variant: ISPRS only: ``"full"`` labels or ``"eroded"`` (noBoundary; borders -> 255).
+        domain: LoveDA only: ``"all"``, ``"urban"`` or ``"rural"``.
+        spec: ``custom`` only: the dataset's YAML description (``datasets/custom.py``).
+        product: Potsdam only: image product ``"RGB"`` (2_Ortho_RGB), ``"RGBIR"`` (4_Ortho_RGBIR) or ``"IRRG"``
+            (3_Ortho_IRRG); bands are read explicitly, an IR band tagged as alpha is never premultiplied.
+        bands: Potsdam and custom: the three 1-based bands written, e.g. ``(4, 1, 2)`` or ``"4,1,2"``, or (Potsdam)
+            ``"irrg"`` for the product's IR-R-G bands (the Vaihingen convention); default the product's first
+            three, or the spec's ``bands``.
         workers: processes (None: all cores).
         overwrite: rewrite existing outputs (default: keep them and resume).
         on_error: ``"error"`` stops at the first bad input; ``"skip"`` skips it and lists it.
@@ -173,28 +275,92 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, patch_size: int |
         raise ToolError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
     if label_variant not in LABEL_VARIANTS:
         raise ToolError(f"label_variant must be one of {LABEL_VARIANTS}, got {label_variant!r}")
-    raw, out = Path(raw), Path(out)
+    if domain not in LOVEDA_DOMAINS:
+        raise ToolError(f"domain must be one of {LOVEDA_DOMAINS}, got {domain!r}")
+    out = Path(out)
+    if dataset == CUSTOM_NAME:
+        if spec is None:
+            raise ToolError("custom needs --spec FILE, the YAML description of the dataset (docs/data_custom.md)")
+        custom_bands = None if bands in (None, "default") else _explicit_bands(bands)
+        jobs, notes = custom_jobs(spec, out, patch_size, stride, unknown_color, overwrite, workers, progress,
+                                  custom_bands)
+        if jobs and jobs[0].scaling is not None:
+            jobs[0].scaling.save(out / SCALING_FILE)
+        return _run(dataset, jobs, notes, workers, on_error, progress)
+    if raw is None:
+        raise ToolError(f"{dataset} needs --raw DIR, the root of the unpacked official download")
+    raw = Path(raw)
     if not raw.is_dir():
         raise ToolError(f"raw folder {raw} does not exist")
     for source in (raw, image_dir, label_dir):
         if source is not None:
             check_output_outside_input(Path(source), out)
-    default_patch, default_stride = DEFAULT_GEOMETRY[dataset]
-    patch = patch_size or default_patch
-    overlap = patch - (stride or default_stride)
+    if product not in POTSDAM_PRODUCTS or (product != "RGB" and dataset != "potsdam"):
+        raise ToolError(f"--product {product}: choose one of {tuple(POTSDAM_PRODUCTS)} (Potsdam only)")
+    if bands not in (None, "default") and dataset != "potsdam":
+        raise ToolError(f"--bands is for Potsdam's products and custom datasets; {dataset} images are read as "
+                        "they are")
+    chosen_bands = _potsdam_bands(product, bands) if dataset == "potsdam" else None
+    facts = PREPARED[dataset]
+    whole_only = patch_size is None and facts.patch_size is None
+    patch = patch_size if patch_size is not None else (facts.patch_size or 1)
+    stride = stride if stride is not None else (facts.patch_stride or patch)
+    if not whole_only and not 1 <= stride <= patch:
+        raise ToolError(f"--stride {stride}: the window step must be between 1 and the patch size ({patch})")
+    overlap = 0 if whole_only else patch - stride
     check_geometry(patch, patch, overlap)
     if dataset == "isaid":
         jobs, notes = _isaid_jobs(raw, out, isaid_coding(unknown_color), patch, overlap, whole_held_out, overwrite)
+    elif dataset == "loveda":
+        jobs, notes = _loveda_jobs(raw, out, loveda_coding(unknown_color), patch, overlap, whole_only, domain,
+                                   overwrite)
     else:
         coding = isprs_coding(unknown_color, eroded=label_variant == "eroded")
         jobs, notes = _isprs_jobs(dataset, raw, out, coding, patch, overlap, label_variant,
                                   Path(image_dir) if image_dir else None, Path(label_dir) if label_dir else None,
-                                  split_tiles or SPLIT_TILES[dataset], whole_held_out, overwrite)
-    for folder in {job.image_out for job in jobs} | {job.mask_out for job in jobs}:
+                                  split_tiles or SPLIT_TILES[dataset], whole_held_out, overwrite, product,
+                                  chosen_bands)
+    if dataset != "loveda":
+        _report_name_problems(dataset, raw, Path(image_dir) if image_dir else None,
+                              Path(label_dir) if label_dir else None, label_variant, product, on_error, notes)
+    record_geometry(out, {"dataset": dataset, "patch": None if whole_only else patch,
+                          "stride": None if whole_only else stride, "label_variant": label_variant})
+    return _run(dataset, jobs, notes, workers, on_error, progress)
+
+
+def _potsdam_bands(product: str, bands: str | tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """The band choice for a Potsdam product: None (its bands 1, 2, 3), ``"irrg"`` or explicit numbers."""
+    if bands is None or bands == "default":
+        return None
+    if bands == "irrg":
+        if product == "RGB":
+            raise ToolError("--bands irrg needs an infrared band: use --product RGBIR or IRRG")
+        return POTSDAM_IRRG_BANDS[product]
+    return _explicit_bands(bands)
+
+
+def _explicit_bands(bands: str | tuple[int, ...]) -> tuple[int, ...]:
+    """``"4,1,2"`` or ``(4, 1, 2)`` -> three 1-based band numbers."""
+    try:
+        return parse_bands(bands) if isinstance(bands, str) else tuple(bands)
+    except ValueError as error:
+        raise ToolError(str(error)) from None
+
+
+def _run(dataset: str, jobs: list[SplitJob], notes: list[str], workers: int | None, on_error: str,
+         progress: bool) -> RunSummary:
+    """Clear partial files left by an interrupted run, then cut every job's image in the worker pool."""
+    for folder in {job.image_out for job in jobs} | {job.mask_out for job in jobs if job.mask_out is not None}:
         remove_partial_files(folder)
     summary = run_jobs(f"prepare {dataset}", split_one, largest_first(jobs), workers, on_error, progress)
     summary.notes.extend(notes)
     return summary
+
+
+def _geometry_text() -> str:
+    """Each dataset's default window for the help text, e.g. ``"896 for iSAID, ..., whole images for LoveDA"``."""
+    return ", ".join(f"{cls.patch_size} for {cls.name}" if cls.patch_size else f"whole images for {cls.name}"
+                     for cls in PREPARED.values()) + ", the spec's patch_size (else whole images) for custom"
 
 
 def _parse_tiles(text: str | None) -> tuple[str, ...] | None:
@@ -204,16 +370,28 @@ def _parse_tiles(text: str | None) -> tuple[str, ...] | None:
 def main(argv: list[str] | None = None) -> None:
     """Command line: parse the flags and run ``prepare``; prints the run summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=DATASETS, help="which dataset the raw folder holds")
-    parser.add_argument("--raw", required=True, help="root of the unpacked official download")
+    parser.add_argument("dataset", choices=DATASETS, help="which dataset the raw folder holds (custom: --spec)")
+    parser.add_argument("--raw", default=None, help="root of the unpacked official download (not for custom)")
+    parser.add_argument("--spec", default=None,
+                        help="custom: YAML description of your images, masks, classes and splits "
+                             "(docs/data_custom.md, docs/examples/custom_dataset.yaml)")
     parser.add_argument("--out", required=True,
                         help="output root, outside --raw, --image-dir and --label-dir; the config's dataset folder")
-    parser.add_argument("--patch-size", type=int, default=None,
-                        help="window side in pixels (default: 896 iSAID/Potsdam, 768 Vaihingen)")
-    parser.add_argument("--stride", type=int, default=None, help="window step in pixels (default 512)")
+    parser.add_argument("--patch-size", type=positive_int, default=None,
+                        help=f"window side in pixels (default: {_geometry_text()})")
+    parser.add_argument("--stride", type=positive_int, default=None,
+                        help="window step in pixels (default 512; the window side for LoveDA and custom)")
     parser.add_argument("--label-variant", choices=LABEL_VARIANTS, default="full",
                         help="ISPRS: full labels (default, as the original implies) or the eroded "
                              "'noBoundary' labels, whose black borders become 255 = ignore")
+    parser.add_argument("--product", choices=tuple(POTSDAM_PRODUCTS), default="RGB",
+                        help="Potsdam: image product, 2_Ortho_RGB (default), 4_Ortho_RGBIR or 3_Ortho_IRRG")
+    parser.add_argument("--bands", default=None,
+                        help="Potsdam: the three bands written, 1-based in the product's order (e.g. 4,1,2), or "
+                             "'irrg' for IR-R-G (the Vaihingen convention); default the product's bands 1,2,3 "
+                             "(RGB for RGBIR). custom: overrides the spec's bands (e.g. 4,1,2)")
+    parser.add_argument("--domain", choices=LOVEDA_DOMAINS, default="all",
+                        help="LoveDA: both domains (default) or only Urban or Rural (domain-adaptation protocol)")
     parser.add_argument("--whole-held-out", action="store_true",
                         help="also write the uncut held-out images to {out}/val_ori (iSAID) or {out}/test_ori "
                              "(ISPRS) for whole-image evaluation")
@@ -225,8 +403,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-tiles", default=None, help="ISPRS: comma-separated test tile ids, with --train-tiles")
     add_common_arguments(parser, memory="one image and its labels, up to ~1.5 GB for the largest iSAID scenes "
                                         "and ~450 MB for a 6000 x 6000 Potsdam tile",
-                         problems="an unreadable or corrupt image or label, a missing label, an image/label size "
-                                  "mismatch, or (with --unknown-color error) label colours outside the palette")
+                         problems="an unreadable or corrupt image or label, a missing label, a label without its "
+                                  "image, a file name that does not parse, a label with transparent pixels, an "
+                                  "image/label size mismatch, or (with --unknown-color error) label colours outside "
+                                  "the palette")
     add_unknown_color_argument(parser)
     args = parser.parse_args(argv)
     split_tiles = None
@@ -235,7 +415,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--train-tiles and --test-tiles go together")
         split_tiles = {"train": _parse_tiles(args.train_tiles), "test": _parse_tiles(args.test_tiles)}
     run_tool(lambda: prepare(args.dataset, args.raw, args.out, patch_size=args.patch_size, stride=args.stride,
-                             label_variant=args.label_variant, workers=args.workers, overwrite=args.overwrite,
+                             label_variant=args.label_variant, domain=args.domain, spec=args.spec,
+                             product=args.product, bands=args.bands,
+                             workers=args.workers, overwrite=args.overwrite,
                              on_error=args.on_error, unknown_color=args.unknown_color,
                              whole_held_out=args.whole_held_out, image_dir=args.image_dir, label_dir=args.label_dir,
                              split_tiles=split_tiles))

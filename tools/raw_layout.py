@@ -9,9 +9,11 @@ iSAID (devkit layout)::
 The semantic masks may instead sit in ``{raw}/{split}/Semantic_masks/images/`` as unpacked from the
 iSAID download; both are accepted.
 
-Potsdam::
+Potsdam (images of one of three products: ``--product RGB``, the default, ``RGBIR`` or ``IRRG``)::
 
-    {raw}/2_Ortho_RGB/top_potsdam_2_10_RGB.tif
+    {raw}/2_Ortho_RGB/top_potsdam_2_10_RGB.tif          3 bands R, G, B
+    {raw}/4_Ortho_RGBIR/top_potsdam_2_10_RGBIR.tif      4 bands R, G, B, IR (torchgeo's Potsdam loader uses these)
+    {raw}/3_Ortho_IRRG/top_potsdam_2_10_IRRG.tif        3 bands IR, R, G
     {raw}/5_Labels_all/top_potsdam_2_10_label.tif
     {raw}/5_Labels_all_noBoundary/top_potsdam_2_10_label_noBoundary.tif
 
@@ -20,6 +22,12 @@ Vaihingen (IR-R-G images)::
     {raw}/ISPRS_semantic_labeling_Vaihingen/top/top_mosaic_09cm_area1.tif
     {raw}/ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE/top_mosaic_09cm_area1.tif
     {raw}/ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE/top_mosaic_09cm_area1_noBoundary.tif
+
+LoveDA (the three zips unpacked side by side)::
+
+    {raw}/Train/Urban/images_png/1366.png     image, 1024 x 1024 RGB
+    {raw}/Train/Urban/masks_png/1366.png      label values: 0 = no-data, 1..7 = classes
+    {raw}/Train/Rural/images_png/0.png, {raw}/Val/{Urban,Rural}/..., {raw}/Test/{Urban,Rural}/images_png/...
 
 The original repository ships no tile lists (its issue #7 points to the paper's supplement); these are
 the official ISPRS benchmark split, as also used by mmsegmentation's converters.  Potsdam tiles are
@@ -43,6 +51,15 @@ VAIHINGEN_TRAIN_TILES: Final[tuple[str, ...]] = (
 VAIHINGEN_TEST_TILES: Final[tuple[str, ...]] = (
     "2", "4", "6", "8", "10", "12", "14", "16", "20", "22", "24", "27", "29", "31", "33", "35", "38",
 )
+
+POTSDAM_PRODUCTS: Final[dict[str, tuple[str, str]]] = {
+    "RGB": ("2_Ortho_RGB", "RGB"),
+    "RGBIR": ("4_Ortho_RGBIR", "RGBIR"),
+    "IRRG": ("3_Ortho_IRRG", "IRRG"),
+}
+"""Potsdam image product -> (folder, file-name tag): ``top_potsdam_{tile}_{tag}.tif``."""
+POTSDAM_IRRG_BANDS: Final[dict[str, tuple[int, int, int]]] = {"RGB": (1, 2, 3), "RGBIR": (4, 1, 2), "IRRG": (1, 2, 3)}
+"""Bands of each Potsdam product giving the Vaihingen convention IR-R-G (none for the RGB product: it has no IR)."""
 
 ISAID_MASK_FOLDERS: Final[tuple[str, ...]] = ("images", "Semantic_masks/images")
 """Folders under ``{raw}/{split}/`` searched, in order, for the iSAID colour masks."""
@@ -78,3 +95,13 @@ def isprs_file_names(dataset: str, tile: str) -> dict[str, str]:
         stem = f"top_mosaic_09cm_area{tile}"
         return {"image": f"{stem}.tif", "label": f"{stem}.tif", "eroded": f"{stem}_noBoundary.tif"}
     raise ValueError(f"unknown ISPRS dataset {dataset!r}; expected 'potsdam' or 'vaihingen'")
+
+
+LOVEDA_SPLIT_FOLDERS: Final[dict[str, str]] = {"train": "Train", "val": "Val", "test": "Test"}
+"""LoveDA: prepared split -> folder of the unpacked ``Train.zip`` / ``Val.zip`` / ``Test.zip``."""
+LOVEDA_DOMAIN_FOLDERS: Final[dict[str, str]] = {"urban": "Urban", "rural": "Rural"}
+"""LoveDA: domain -> sub-folder of each split."""
+LOVEDA_IMAGE_FOLDER: Final[str] = "images_png"
+LOVEDA_MASK_FOLDER: Final[str] = "masks_png"
+"""LoveDA: ``{raw}/Train/Urban/images_png/1366.png`` has its mask at ``{raw}/Train/Urban/masks_png/1366.png``
+(uint8, 0 = no-data, 1..7 = classes); ``Test/`` has no ``masks_png``."""

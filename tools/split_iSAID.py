@@ -24,27 +24,63 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.classes import ISAID_MASK_SUFFIX  # noqa: E402
+from datasets.isaid import ISAIDDataset  # noqa: E402
 from tools._common import (  # noqa: E402
     RunSummary,
     ToolError,
     add_common_arguments,
     check_output_outside_input,
     natural_key,
+    non_negative_int,
+    positive_int,
+    report_input_problems,
     run_jobs,
     run_tool,
 )
-from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
+from tools._tiling import SplitJob, check_geometry, largest_first, record_geometry, split_one  # noqa: E402
 from utils.atomic import remove_partial_files  # noqa: E402
 
 EXCLUDED_IMAGES = ("P1527", "P1530")
 """Images the original tool skips."""
+COMPANION_SUFFIXES = (ISAIDDataset.mask_suffix, "_instance_id_RGB")
+"""What may follow an image's stem in the names of the files beside it (semantic and instance masks)."""
 
 
 def isaid_base_images(folder: Path) -> list[Path]:
     """The iSAID images in ``folder``: ``*.png`` without an underscore in the name, natural order."""
     images = [path for path in folder.glob("*.png") if "_" not in path.name]
     return sorted(images, key=lambda path: natural_key(path.name))
+
+
+def isaid_name_problems(image_folder: Path, companion_folder: Path) -> tuple[list[str], list[str]]:
+    """Files of an iSAID set that would be dropped in silence: ``(orphans, unparsable)``.
+
+    Orphans are masks in ``companion_folder`` (``{stem}_instance_color_RGB.png`` / ``_instance_id_RGB.png``)
+    whose image ``{stem}.png`` is not in ``image_folder``; unparsable are PNGs in ``companion_folder`` with an
+    underscore that is not one of those suffixes (an image must be named without one, e.g. ``P0001.png``).
+    """
+    stems = {path.stem for path in isaid_base_images(image_folder)}
+    orphans, unparsable = [], []
+    for path in sorted(companion_folder.glob("*_*.png"), key=lambda item: natural_key(item.name)):
+        stem, _, rest = path.stem.partition("_")
+        if f"_{rest}" not in COMPANION_SUFFIXES:
+            unparsable.append(str(path))
+        elif stem not in stems:
+            orphans.append(str(path))
+    return orphans, unparsable
+
+
+def report_isaid_name_problems(notes: list[str], image_folder: Path, companion_folder: Path, on_error: str) -> None:
+    """Stop at (or, with ``on_error="skip"``, note) the orphans and unparsable names of one iSAID folder.
+
+    Raises:
+        ToolError: with ``on_error="error"`` and any such file, giving the count and examples.
+    """
+    orphans, unparsable = isaid_name_problems(image_folder, companion_folder)
+    report_input_problems(notes, "file name(s) that are not iSAID names (P0001.png, P0001_instance_color_RGB.png)",
+                          unparsable, "rename them (an image name has no underscore)", on_error)
+    report_input_problems(notes, "mask(s) without their image", orphans,
+                          "add the images, or remove the masks", on_error)
 
 
 def split_isaid(src: str | Path, tar: str | Path, image_sub_folder: str = "images",
@@ -57,7 +93,9 @@ def split_isaid(src: str | Path, tar: str | Path, image_sub_folder: str = "image
         Totals of the run (inputs, files written, finished outputs kept, patches, skipped inputs).
 
     Raises:
-        ToolError: output inside the input, a missing set folder, or bad input with ``on_error="error"``.
+        ToolError: output inside the input, a missing set folder, a set without images, masks without their
+            image or names that do not parse (these three unless ``on_error="skip"``), a patch geometry other
+            than the one ``tar`` was cut with, or bad input with ``on_error="error"``.
     """
     src, tar = Path(src), Path(tar)
     check_output_outside_input(src, tar)
@@ -68,6 +106,9 @@ def split_isaid(src: str | Path, tar: str | Path, image_sub_folder: str = "image
         if not source.is_dir():
             raise ToolError(f"{source} does not exist; expected the iSAID {set_name} images there "
                             "(see --src, --set and --image_sub_folder)")
+        report_input_problems(excluded, "empty set folder(s)", [] if isaid_base_images(source) else [str(source)],
+                              "put the P*.png images there or leave the set out of --set", on_error)
+        report_isaid_name_problems(excluded, source, source, on_error)
         target = tar / set_name / image_sub_folder
         for folder in (target / "images", target / "masks"):
             remove_partial_files(folder)
@@ -79,10 +120,12 @@ def split_isaid(src: str | Path, tar: str | Path, image_sub_folder: str = "image
             jobs.append(SplitJob(
                 name=str(image_path), base=image_path.stem, image_path=image_path,
                 image_out=target / "images",
-                mask_path=image_path.with_name(f"{image_path.stem}{ISAID_MASK_SUFFIX}.png") if with_mask else None,
-                mask_out=target / "masks", mask_suffix=ISAID_MASK_SUFFIX, mask_mode="colour", coding=None,
+                mask_path=(image_path.with_name(f"{image_path.stem}{ISAIDDataset.mask_suffix}.png") if with_mask
+                           else None),
+                mask_out=target / "masks", mask_suffix=ISAIDDataset.mask_suffix, mask_mode="colour", coding=None,
                 patch_height=patch_height, patch_width=patch_width, overlap=overlap_area,
                 whole_copy=True, overwrite=overwrite))
+    record_geometry(tar, {"patch_height": patch_height, "patch_width": patch_width, "overlap": overlap_area})
     summary = run_jobs("split_iSAID", split_one, largest_first(jobs), workers, on_error, progress)
     summary.notes.extend(excluded)
     return summary
@@ -98,13 +141,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="sub-folder of each set holding images and colour masks ('' for none)")
     parser.add_argument("--set", default="train,val,test",
                         help="comma-separated sets to cut; 'test' has images only, others images and masks")
-    parser.add_argument("--patch_width", type=int, default=800, help="patch width in pixels")
-    parser.add_argument("--patch_height", type=int, default=800, help="patch height in pixels")
-    parser.add_argument("--overlap_area", type=int, default=200,
+    parser.add_argument("--patch_width", type=positive_int, default=800, help="patch width in pixels")
+    parser.add_argument("--patch_height", type=positive_int, default=800, help="patch height in pixels")
+    parser.add_argument("--overlap_area", type=non_negative_int, default=200,
                         help="overlap of neighbouring patches in pixels (stride = patch - overlap)")
     add_common_arguments(parser, memory="one iSAID image and its colour mask, up to ~1.5 GB for the largest scenes",
-                         problems="an unreadable or corrupt image or mask, a missing mask or an image/mask "
-                                  "size mismatch")
+                         problems="an unreadable or corrupt image or mask, a missing mask, a mask without its "
+                                  "image, a name that is not an iSAID name, an empty set, a mask with transparent "
+                                  "pixels or an image/mask size mismatch")
     args = parser.parse_args(argv)
     run_tool(lambda: split_isaid(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
                                  args.patch_width, args.patch_height, args.overlap_area, args.workers,

@@ -23,17 +23,20 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.classes import ISPRS_MASK_SUFFIX  # noqa: E402
+from datasets.isprs import PotsdamDataset  # noqa: E402
 from tools._common import (  # noqa: E402
     RunSummary,
     ToolError,
     add_common_arguments,
     check_output_outside_input,
     natural_key,
+    non_negative_int,
+    positive_int,
+    report_input_problems,
     run_jobs,
     run_tool,
 )
-from tools._tiling import SplitJob, check_geometry, largest_first, split_one  # noqa: E402
+from tools._tiling import SplitJob, check_geometry, largest_first, record_geometry, split_one  # noqa: E402
 from utils.atomic import remove_partial_files  # noqa: E402
 
 
@@ -47,27 +50,40 @@ def split_isprs(src: str | Path, tar: str | Path, image_sub_folder: str = "image
         Totals of the run.
 
     Raises:
-        ToolError: output inside the input, a missing set folder, or bad input with ``on_error="error"``.
+        ToolError: output inside the input, a missing set folder, a set without tiles, masks without their
+            tile (these two unless ``on_error="skip"``), a patch geometry other than the one ``tar`` was cut
+            with, or bad input with ``on_error="error"``.
     """
     src, tar = Path(src), Path(tar)
     check_output_outside_input(src, tar)
     check_geometry(patch_height, patch_width, overlap_area)
-    jobs = []
+    jobs, notes = [], []
     for set_name in sets:
         source = src / set_name / image_sub_folder
         if not source.is_dir():
             raise ToolError(f"{source} does not exist; expected the {set_name} tiles there "
                             "(see --src, --set and --image_sub_folder)")
+        images = sorted(source.glob("*.tif"), key=lambda path: natural_key(path.name))
+        report_input_problems(notes, "empty set folder(s)", [] if images else [str(source)],
+                              "put the .tif tiles there or leave the set out of --set", on_error)
+        orphans = [str(mask) for mask in sorted(source.glob(f"*{PotsdamDataset.mask_suffix}.png"))
+                   if not mask.with_name(mask.name[: -len(f"{PotsdamDataset.mask_suffix}.png")] + ".tif").is_file()]
+        report_input_problems(notes, "mask(s) without their .tif tile", orphans,
+                              "add the tiles, or rename the masks after them", on_error)
         target = tar / set_name / image_sub_folder
         for folder in (target / "images", target / "masks"):
             remove_partial_files(folder)
-        for image_path in sorted(source.glob("*.tif"), key=lambda path: natural_key(path.name)):
+        for image_path in images:
             jobs.append(SplitJob(
                 name=str(image_path), base=image_path.stem, image_path=image_path, image_out=target / "images",
-                mask_path=image_path.with_name(f"{image_path.stem}{ISPRS_MASK_SUFFIX}.png"),
-                mask_out=target / "masks", mask_suffix=ISPRS_MASK_SUFFIX, mask_mode="gray", coding=None,
-                patch_height=patch_height, patch_width=patch_width, overlap=overlap_area, overwrite=overwrite))
-    return run_jobs("split_isprs", split_one, largest_first(jobs), workers, on_error, progress)
+                mask_path=image_path.with_name(f"{image_path.stem}{PotsdamDataset.mask_suffix}.png"),
+                mask_out=target / "masks", mask_suffix=PotsdamDataset.mask_suffix, mask_mode="gray", coding=None,
+                patch_height=patch_height, patch_width=patch_width, overlap=overlap_area, overwrite=overwrite,
+                num_classes=PotsdamDataset.num_classes))
+    record_geometry(tar, {"patch_height": patch_height, "patch_width": patch_width, "overlap": overlap_area})
+    summary = run_jobs("split_isprs", split_one, largest_first(jobs), workers, on_error, progress)
+    summary.notes.extend(notes)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,13 +95,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image_sub_folder", default="images",
                         help="sub-folder of each set holding the .tif tiles and their _gray_mask.png ('' for none)")
     parser.add_argument("--set", default="train,val,test", help="comma-separated sets to cut")
-    parser.add_argument("--patch_width", type=int, default=800, help="patch width in pixels")
-    parser.add_argument("--patch_height", type=int, default=800, help="patch height in pixels")
-    parser.add_argument("--overlap_area", type=int, default=200,
+    parser.add_argument("--patch_width", type=positive_int, default=800, help="patch width in pixels")
+    parser.add_argument("--patch_height", type=positive_int, default=800, help="patch height in pixels")
+    parser.add_argument("--overlap_area", type=non_negative_int, default=200,
                         help="overlap of neighbouring patches in pixels (stride = patch - overlap)")
     add_common_arguments(parser, memory="one tile and its gray mask, ~250 MB for a 6000 x 6000 Potsdam tile",
-                         problems="an unreadable or corrupt tile or mask, a missing mask, a mask whose channels "
-                                  "differ or a tile/mask size mismatch")
+                         problems="an unreadable or corrupt tile or mask, a missing mask, a mask without its tile, "
+                                  "an empty set, a mask whose channels differ, with transparent pixels or with ids "
+                                  "outside the 6 classes and 255, or a tile/mask size mismatch")
     args = parser.parse_args(argv)
     run_tool(lambda: split_isprs(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
                                  args.patch_width, args.patch_height, args.overlap_area, args.workers,

@@ -11,7 +11,10 @@ caller passes ``trusted_pickle=True`` for a legacy file it trusts.
 """
 from __future__ import annotations
 
+import io
 import pickle
+import pickletools
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,8 +28,19 @@ from utils.atomic import atomic_path
 WRAPPER_PREFIX = "module."
 
 
+ZIP_MAGIC = b"PK\x03\x04"
+# torch.save's legacy format starts with a protocol-2 pickle of its 10-byte magic number (opcode LONG1)
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a"
+LEGACY_PICKLES = 4  # magic number, protocol version, system info, then the object
+
+
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint's tensors do not fit the model (other class count, architecture or options)."""
+
+
+class CheckpointFileError(ValueError):
+    """A file that cannot be read as a checkpoint: empty, truncated, damaged, not torch.save's format, or
+    holding objects that only ``trusted_pickle`` may unpickle. The message is one line naming the file."""
 
 
 def _numpy_safe_globals() -> list:
@@ -41,6 +55,98 @@ def _numpy_safe_globals() -> list:
     ]
 
 
+def _first_sentence(error: BaseException) -> str:
+    """The first sentence of an error's first line (torch's errors run over many lines)."""
+    lines = str(error).strip().splitlines()
+    text = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    return text or type(error).__name__
+
+
+def _zip_archive_problem(path: Path) -> str | None:
+    try:
+        _check_zip_archive(str(path))
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        return f"truncated or damaged PyTorch checkpoint (incomplete zip archive: {_first_sentence(error)}); " \
+               "save or download it again"
+    return None
+
+
+def _format_problem(path: Path) -> str | None:
+    """What makes ``path`` unreadable as a torch.save file, judged from its bytes without unpickling; None if
+    it looks like one (the zip format of torch >= 1.6 with a complete archive, or the legacy format)."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(LEGACY_MAGIC))
+    if not head:
+        return "empty file (0 bytes), not a PyTorch checkpoint; was it saved or copied completely?"
+    if head == ZIP_MAGIC:
+        return _zip_archive_problem(path)
+    if head == LEGACY_MAGIC:
+        return None
+    return ("not a PyTorch checkpoint (neither torch.save's zip format nor its legacy format; "
+            f"the file starts with {head!r})")
+
+
+def _pickle_is_well_formed(path: Path) -> bool:
+    """Whether the pickles torch.save wrote parse (``data.pkl`` of the zip format, or the legacy format's
+    leading pickles), checked with pickletools: nothing is imported or run."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist() if name.rsplit("/", 1)[-1] == "data.pkl"]
+            if not names:
+                return False
+            stream, count = io.BytesIO(archive.read(names[0])), 1
+    else:
+        stream, count = io.BytesIO(path.read_bytes()), LEGACY_PICKLES
+    try:
+        for _ in range(count):
+            for _operation in pickletools.genops(stream):
+                pass
+    except Exception:  # any parse failure of the opcode stream means the bytes are not a pickle
+        return False
+    return True
+
+
+def _unsafe_global(error: BaseException) -> str:
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    return f" (such as {found.group(1)})" if found else ""
+
+
+def _load(path: Path, map_location: str | torch.device, trusted_pickle: bool) -> Any:
+    """``torch.load`` of a file that passed :func:`check_checkpoint_file`, with every failure turned into one
+    :class:`CheckpointFileError` line naming ``path``."""
+    try:
+        if trusted_pickle:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not trusted_pickle and _pickle_is_well_formed(path):
+            raise CheckpointFileError(
+                f"{path} holds Python objects outside the safe set of tensors and numbers{_unsafe_global(error)}; "
+                "if you trust this file, pass --trusted-pickle (trusted_pickle=True), which lets it run code"
+            ) from None
+        raise CheckpointFileError(f"{path}: damaged PyTorch checkpoint (its pickled data does not parse); "
+                                  "save or download it again") from None
+    except Exception as error:  # torch reports damage as RuntimeError, EOFError, KeyError, ...
+        raise CheckpointFileError(f"{path}: truncated or not a PyTorch checkpoint ({_first_sentence(error)})") from None
+
+
+def check_checkpoint_file(path: str | Path) -> None:
+    """Check, without unpickling anything, that ``path`` exists and looks like a torch.save file (for files
+    read later, e.g. the ImageNet weights of --pretrained, so that a broken one fails before any work).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointFileError: empty, truncated or not in torch.save's format; one line naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    problem = _format_problem(path)
+    if problem is not None:
+        raise CheckpointFileError(f"{path}: {problem}")
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                     trusted_pickle: bool = False) -> dict[str, Any]:
     """Read a checkpoint file into a dict with a ``state_dict`` entry (wrapper prefixes removed).
@@ -48,26 +154,18 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     Args:
         path: the ``.pth`` file.
         map_location: where tensors are loaded.
-        trusted_pickle: unpickle arbitrary objects (``weights_only=False``). Only for files you trust.
+        trusted_pickle: unpickle arbitrary objects (``weights_only=False``). This can run code stored in the
+            file: only for files you trust.
 
     Raises:
         FileNotFoundError: no such file.
+        CheckpointFileError: the file is empty, truncated, damaged, not in torch.save's format, or holds
+            objects that need ``trusted_pickle`` (suggested only for a well-formed pickle); one line.
         CheckpointMismatchError: the file holds no tensors that could be model weights.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if trusted_pickle:
-        raw = torch.load(path, map_location=map_location, weights_only=False)
-    else:
-        try:
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
-                raw = torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise RuntimeError(
-                f"{path} holds Python objects that are not safe to unpickle ({error}). If you trust this "
-                f"file, load it with trusted_pickle=True (eval.py, predict.py and train.py: --trusted-pickle)."
-            ) from error
+    check_checkpoint_file(path)
+    raw = _load(path, map_location, trusted_pickle)
     if not isinstance(raw, dict):
         raise CheckpointMismatchError(f"{path} holds a {type(raw).__name__}, not a checkpoint dict or state_dict")
     contents = dict(raw) if "state_dict" in raw else {"state_dict": raw}
@@ -210,3 +308,17 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
             if recorder.error is None:
                 raise
             raise recorder.error from error
+
+
+def checkpoint_class_table(dataset: Any) -> dict[str, list]:
+    """The checkpoint entries naming the classes a model was trained for, from a dataset (class):
+    ``{"class_names": [K names], "palette": [K [r, g, b] lists]}`` (plain lists: safe to unpickle)."""
+    return {"class_names": list(dataset.class_names), "palette": np.asarray(dataset.palette, np.uint8).tolist()}
+
+
+def read_class_table(checkpoint: dict[str, Any]) -> tuple[list[str], np.ndarray] | None:
+    """(class names, (K, 3) uint8 RGB palette) saved by train.py in a checkpoint dict; None for files without
+    them (the official snapshots, older runs)."""
+    if "class_names" not in checkpoint or "palette" not in checkpoint:
+        return None
+    return list(checkpoint["class_names"]), np.asarray(checkpoint["palette"], np.uint8).reshape(-1, 3)

@@ -1,0 +1,248 @@
+"""Fault injection for the data tools: bad flags, damaged or missing inputs, names that do not parse, a full
+disk, a killed run. Each case runs a tool as a subprocess and must fail cleanly (see tests/faults.py)."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from faults import (
+    REPO,
+    Case,
+    assert_clean_failure,
+    bomb_png,
+    case_table,
+    copy_tree,
+    folder_digest,
+    full_disk_available,
+    run_cases,
+    run_on_full_disk,
+    subprocess_env,
+    truncate,
+)
+
+from tools._common import MAX_IMAGE_PIXELS
+from tools._tiling import GEOMETRY_FILE
+from tools.make_synthetic_data import make_synthetic
+from tools.prepare_dataset import prepare
+from utils.atomic import PARTIAL_MARK
+
+PREPARE = "tools/prepare_dataset.py"
+POTSDAM_IMAGE = "2_Ortho_RGB/top_potsdam_{}_RGB.tif"
+POTSDAM_LABEL = "5_Labels_all/top_potsdam_{}_label.tif"
+
+
+def isprs_split_source(root: Path, mask_ids: np.ndarray | None = None, tile: str = "a") -> Path:
+    """``root/train/images`` for split_isprs.py: tile ``{tile}.tif`` (64 x 64) and the gray mask a_gray_mask.png
+    (ids ``mask_ids``, default all 0)."""
+    folder = root / "train" / "images"
+    folder.mkdir(parents=True)
+    cv2.imwrite(str(folder / f"{tile}.tif"), np.full((64, 64, 3), 90, np.uint8))
+    ids = np.zeros((64, 64), np.uint8) if mask_ids is None else mask_ids
+    cv2.imwrite(str(folder / "a_gray_mask.png"), ids)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """Clean raw trees, one damaged copy per fault, and a prepared output folder."""
+    base = tmp_path_factory.mktemp("tool_faults")
+    potsdam = make_synthetic("potsdam", base / "potsdam_raw", seed=1, num_images=3, size=128)
+    isaid = make_synthetic("isaid", base / "isaid_raw", seed=1, num_images=3, size=128)
+    prepared = base / "prepared"
+    prepare("potsdam", potsdam, prepared, patch_size=64, stride=64, workers=1, progress=False)
+
+    orphan_label = copy_tree(potsdam, base / "orphan_label")
+    (orphan_label / POTSDAM_IMAGE.format("2_11")).unlink()
+    unparsable_tile = copy_tree(potsdam, base / "unparsable_tile")
+    (unparsable_tile / "2_Ortho_RGB" / "top_potsdam_2_10_RGB_copy.tif").write_bytes(
+        (potsdam / POTSDAM_IMAGE.format("2_10")).read_bytes())
+    truncated_tile = copy_tree(potsdam, base / "truncated_tile")
+    truncate(truncated_tile / POTSDAM_IMAGE.format("2_10"))
+    bomb = copy_tree(isaid, base / "bomb")
+    bomb_png(bomb / "train" / "images" / "P0001.png")
+    underscore = copy_tree(isaid, base / "underscore")
+    shutil.copy(isaid / "train" / "images" / "P0001.png", underscore / "train" / "images" / "P0001_b.png")
+    orphan_mask = copy_tree(isaid, base / "orphan_mask")
+    (orphan_mask / "val" / "images" / "P0002.png").rename(orphan_mask / "val" / "images" / "P0003.png")
+    transparent, opaque = copy_tree(isaid, base / "transparent"), copy_tree(isaid, base / "opaque")
+    for root, alpha in ((transparent, 0), (opaque, 255)):
+        mask_path = root / "train" / "images" / "P0000_instance_color_RGB.png"
+        colours = cv2.imread(str(mask_path))
+        rgba = np.dstack([colours, np.full(colours.shape[:2], 255, np.uint8)])
+        rgba[:5, :5, 3] = alpha
+        cv2.imwrite(str(mask_path), rgba)
+    zeroed = copy_tree(prepared, base / "zeroed")
+    damaged_patch = sorted((zeroed / "train" / "images").iterdir())[0]
+    damaged_patch.write_bytes(bytes(damaged_patch.stat().st_size))
+
+    bad_ids = np.zeros((64, 64), np.uint8)
+    bad_ids[:4, :4] = 9
+    (base / "empty_set" / "train" / "images").mkdir(parents=True)
+    (base / "empty_masks" / "train" / "masks").mkdir(parents=True)
+    garbage_masks = base / "garbage_masks" / "train" / "masks"
+    garbage_masks.mkdir(parents=True)
+    (garbage_masks / "top_potsdam_2_10_label.tif").write_bytes(b"not a tiff")
+    return {
+        "base": base, "potsdam": potsdam, "isaid": isaid, "prepared": prepared, "orphan_label": orphan_label,
+        "unparsable_tile": unparsable_tile, "truncated_tile": truncated_tile, "bomb": bomb, "underscore": underscore,
+        "orphan_mask": orphan_mask, "transparent": transparent, "opaque": opaque, "zeroed": zeroed,
+        "damaged_patch": damaged_patch, "bad_ids": isprs_split_source(base / "bad_ids", bad_ids),
+        "orphan_gray": isprs_split_source(base / "orphan_gray", tile="b"), "empty_set": base / "empty_set",
+        "empty_masks": base / "empty_masks", "garbage_masks": base / "garbage_masks",
+    }
+
+
+def prepare_case(dataset: str, raw: Path, out: Path, *flags: str, code: int, names: tuple[str, ...],
+                 unchanged: tuple[Path, ...] = ()) -> Case:
+    """A prepare_dataset.py run with 64 px patches into ``out`` (which must not be left behind on a failure)."""
+    argv = [PREPARE, dataset, "--raw", str(raw), "--out", str(out), "--workers", "1", *flags]
+    if "--patch-size" not in flags:
+        argv += ["--patch-size", "64", "--stride", "64"]
+    return Case(argv, code, names, unchanged=(raw, *unchanged))
+
+
+def out(d: dict, name: str) -> Path:
+    return d["base"] / "out" / name
+
+
+CASES = {
+    "workers_0": lambda d: Case([PREPARE, "potsdam", "--raw", str(d["potsdam"]), "--out", str(out(d, "w0")),
+                                 "--workers", "0"], 2, ("--workers", "at least 1"), absent=(out(d, "w0"),)),
+    "stride_0": lambda d: Case([PREPARE, "potsdam", "--raw", str(d["potsdam"]), "--out", str(out(d, "s0")),
+                                "--stride", "0"], 2, ("--stride",), absent=(out(d, "s0"),)),
+    "patch_size_negative": lambda d: Case([PREPARE, "potsdam", "--raw", str(d["potsdam"]), "--out",
+                                           str(out(d, "p")), "--patch-size", "-64"], 2, ("--patch-size",),
+                                          absent=(out(d, "p"),)),
+    "stride_above_patch": lambda d: Case([PREPARE, "potsdam", "--raw", str(d["potsdam"]), "--out",
+                                          str(out(d, "sp")), "--patch-size", "64", "--stride", "100"], 1,
+                                         ("--stride 100",), absent=(out(d, "sp"),)),
+    "synthetic_size_0": lambda d: Case(["tools/make_synthetic_data.py", "potsdam", "--out", str(out(d, "syn0")),
+                                        "--size", "0"], 2, ("--size",), absent=(out(d, "syn0"),)),
+    "synthetic_one_image": lambda d: Case(["tools/make_synthetic_data.py", "isaid", "--out", str(out(d, "syn1")),
+                                           "--num-images", "1"], 2, ("--num-images",), absent=(out(d, "syn1"),)),
+    "missing_raw": lambda d: Case([PREPARE, "isaid", "--raw", str(d["base"] / "nothing"), "--out",
+                                   str(out(d, "m"))], 1, (str(d["base"] / "nothing"),), absent=(out(d, "m"),)),
+    "out_inside_raw": lambda d: Case([PREPARE, "isaid", "--raw", str(d["isaid"]), "--out",
+                                      str(d["isaid"] / "patches")], 1, (str(d["isaid"] / "patches"), "inside"),
+                                     unchanged=(d["isaid"],)),
+    "orphan_label": lambda d: prepare_case("potsdam", d["orphan_label"], out(d, "ol"), code=1,
+                                           names=("1 label tile(s) without their image", "top_potsdam_2_11_label.tif",
+                                                  "--on-error skip")),
+    "orphan_label_skipped": lambda d: prepare_case("potsdam", d["orphan_label"], out(d, "ols"), "--on-error", "skip",
+                                                   code=0, names=("top_potsdam_2_11_label.tif", "left out")),
+    "unparsable_tile_name": lambda d: prepare_case("potsdam", d["unparsable_tile"], out(d, "ut"), code=1,
+                                                   names=("top_potsdam_2_10_RGB_copy.tif", "not potsdam tile names")),
+    "truncated_tile": lambda d: prepare_case("potsdam", d["truncated_tile"], out(d, "tt"), code=1,
+                                             names=("top_potsdam_2_10_RGB.tif", "cannot be decoded")),
+    "decompression_bomb": lambda d: prepare_case("isaid", d["bomb"], out(d, "bomb"), code=1,
+                                                 names=("P0001.png", "70000 x 70000", str(MAX_IMAGE_PIXELS))),
+    "isaid_name_with_underscore": lambda d: prepare_case("isaid", d["underscore"], out(d, "us"), code=1,
+                                                         names=("P0001_b.png", "not iSAID names")),
+    "isaid_mask_without_image": lambda d: prepare_case("isaid", d["orphan_mask"], out(d, "om"), code=1,
+                                                       names=("P0002_instance_color_RGB.png", "without their image")),
+    "transparent_mask_alpha": lambda d: prepare_case("isaid", d["transparent"], out(d, "ta"), code=1,
+                                                     names=("P0000_instance_color_RGB.png", "25 pixels transparent")),
+    "opaque_mask_alpha_reported": lambda d: prepare_case("isaid", d["opaque"], out(d, "oa"), code=0,
+                                                         names=("1 mask(s) (", "opaque alpha channel, ignored")),
+    "other_geometry_refused": lambda d: prepare_case("potsdam", d["potsdam"], d["prepared"], "--patch-size", "64",
+                                                     "--stride", "32", code=1,
+                                                     names=(GEOMETRY_FILE, "'stride': 64", "'stride': 32"),
+                                                     unchanged=(d["prepared"],)),
+    "zeroed_patch_rewritten": lambda d: prepare_case("potsdam", d["potsdam"], d["zeroed"], code=0,
+                                                     names=(str(d["damaged_patch"]), "written again")),
+    "split_isprs_ids_outside_classes": lambda d: Case(
+        ["tools/split_isprs.py", "--src", str(d["bad_ids"]), "--tar", str(out(d, "ids")), "--set", "train",
+         "--patch_width", "32", "--patch_height", "32", "--overlap_area", "0", "--workers", "1"], 1,
+        ("a_gray_mask.png", "9 x 16"), unchanged=(d["bad_ids"],)),
+    "split_isprs_empty_set": lambda d: Case(
+        ["tools/split_isprs.py", "--src", str(d["empty_set"]), "--tar", str(out(d, "es")), "--set", "train"], 1,
+        (str(d["empty_set"] / "train" / "images"), "empty set"), absent=(out(d, "es"),)),
+    "split_isprs_mask_without_tile": lambda d: Case(
+        ["tools/split_isprs.py", "--src", str(d["orphan_gray"]), "--tar", str(out(d, "og")), "--set", "train"], 1,
+        ("a_gray_mask.png", "without their .tif tile"), absent=(out(d, "og"),)),
+    "split_isaid_workers_0": lambda d: Case(["tools/split_iSAID.py", "--src", str(d["isaid"]), "--workers", "0"], 2,
+                                            ("--workers",)),
+    "split_isaid_negative_overlap": lambda d: Case(["tools/split_iSAID.py", "--src", str(d["isaid"]),
+                                                    "--overlap_area", "-1"], 2, ("--overlap_area",)),
+    "split_isaid_patch_width_0": lambda d: Case(["tools/split_iSAID.py", "--src", str(d["isaid"]),
+                                                 "--patch_width", "0"], 2, ("--patch_width",)),
+    "convert_empty_folder": lambda d: Case(["tools/convert_isprs_mask2graymask.py", "--root_path",
+                                            str(d["empty_masks"]), "--save_file_name", "gray", "--phase", "train"],
+                                           1, (str(d["empty_masks"] / "train" / "masks"), "no colour masks")),
+    "convert_unreadable_mask": lambda d: Case(["tools/convert_isprs_mask2graymask.py", "--root_path",
+                                               str(d["garbage_masks"]), "--save_file_name", "gray", "--phase",
+                                               "train", "--workers", "1"], 1,
+                                              ("top_potsdam_2_10_label.tif", "cannot be decoded")),
+}
+
+
+@pytest.fixture(scope="module")
+def outcomes(data):
+    return run_cases(case_table(CASES, data))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_tool_fault_is_reported_cleanly(outcomes, name):
+    assert_clean_failure(outcomes[name])
+
+
+def test_failed_runs_leave_no_temporary_file(outcomes, data):
+    assert not [path for path in data["base"].rglob(f"*{PARTIAL_MARK}*")]
+
+
+def test_zeroed_patch_is_written_again(outcomes, data):
+    assert cv2.imread(str(data["damaged_patch"])).shape == (64, 64, 3)
+
+
+@pytest.mark.skipif(not full_disk_available(), reason="no private mount namespace with tmpfs here (unshare)")
+def test_full_disk_fails_with_the_path_and_the_reason(data):
+    keep = data["base"] / "full_disk_after"
+    target = data["base"] / "full_disk"
+    result = run_on_full_disk(target, [PREPARE, "potsdam", "--raw", str(data["potsdam"]), "--out",
+                                       str(target / "out"), "--workers", "1", "--patch-size", "64", "--stride", "64"],
+                              keep)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: could not write {target / 'out'}") and "No space left on device" in last_line
+    assert not [name for name in folder_digest(keep) if PARTIAL_MARK in name]
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_the_tool_is_killed(data):
+    raw = make_synthetic("potsdam", data["base"] / "large_raw", seed=2, num_images=3, size=768)
+    target = data["base"] / "killed"
+    tool = subprocess.Popen([sys.executable, PREPARE, "potsdam", "--raw", str(raw), "--out", str(target),
+                             "--workers", "2", "--patch-size", "64", "--stride", "16"], cwd=REPO,
+                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers = []
+    while time.monotonic() < deadline and not (len(workers) >= 2 and any(target.rglob("*.png"))):
+        time.sleep(0.2)
+        workers = child_pids(tool.pid)
+    assert len(workers) >= 2, "the pool started"
+    os.kill(tool.pid, signal.SIGKILL)
+    tool.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(running(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if running(pid)], "worker processes outlived the killed tool"
