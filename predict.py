@@ -54,6 +54,7 @@ from evaluation.cli import (
 )
 from evaluation.dataset_split import dataset_table
 from evaluation.inference import NODATA_CLASS, predict_large_image
+from evaluation.onnx_backend import add_backend_flags, check_backend_flags, onnx_backend_model
 from evaluation.restore import add_speed_flags, restore_model, speed_options
 from network.options import add_model_flags
 from utils.atomic import atomic_write_bytes, exit_on_write_error, remove_stale_partial_files
@@ -72,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+",
                         help="image files, folders of images (not searched recursively) and/or .txt files listing "
                              "one image path per line")
-    parser.add_argument("--snapshot", required=True, help="checkpoint (.pth) to load, e.g. an official PFSegNets one")
+    parser.add_argument("--snapshot", default=None,
+                        help="checkpoint (.pth) to load, e.g. an official PFSegNets one (not with --backend "
+                             "onnxruntime)")
     parser.add_argument("--dataset", default=None,
                         help=f"{names_text()}: gives the class count and the colour palette; without it both "
                              "are read from the checkpoint (train.py saves the class names and palette; for other "
@@ -104,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(parser)
     add_speed_flags(parser)
     add_config_flags(parser, "predict.py")
+    add_backend_flags(parser)
     return parser
 
 
@@ -321,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = parse_with_config(parser, argv)
     start = time.perf_counter()
     try:
+        check_backend_flags(args)
         stride = window_stride(args.window, args.stride, args.overlap)
         scales = parse_scales(args.scales)
         read_options = band_options(args)
@@ -346,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(out_dir)
         class_names, palette = dataset_table(args.dataset, args.dataset_spec) if args.dataset else ([], None)
         model = None
-        if todo:  # nothing to do (all finished): no model to load
+        if todo and args.backend == "onnxruntime":
+            model, class_names, palette = onnx_backend_model(args, class_names, palette)
+        elif todo:  # nothing to do (all finished): no model to load
             restored = restore_model(args, args.snapshot, len(class_names) if args.dataset else None,
                                      device=args.device, trusted_pickle=args.trusted_pickle, **speed_options(args))
             model = restored.model

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from network.adaptive_pool import adaptive_avg_pool2d, adaptive_max_pool2d_with_indices
+
 
 class PointMatcher(nn.Module):
     """Matching ("certainty") map between a coarse and a fine embedding, on the coarse grid.
@@ -36,7 +38,17 @@ class PointMatcher(nn.Module):
         return torch.sigmoid(self.match_conv(torch.cat([coarse_embed, fine_resized], dim=1)))
 
 
-def coarse_to_fine_index(coarse_index: torch.Tensor, coarse_width: int, ratio: float, fine_width: int) -> torch.Tensor:
+def column_and_row(flat_index: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(i % width, i // width)`` of flat indices into a grid ``width`` cells wide: (N, P) -> two (N, P).
+
+    The width is made a tensor first: the ONNX exporter cannot take the remainder by a symbolic Python int.
+    """
+    width = torch.full((), width, dtype=flat_index.dtype, device=flat_index.device)
+    return flat_index % width, torch.div(flat_index, width, rounding_mode="floor")
+
+
+def coarse_to_fine_index(coarse_index: torch.Tensor, coarse_width: int, ratio: float | torch.Tensor,
+                         fine_width: int) -> torch.Tensor:
     """Map flat indices on the coarse grid to flat indices on the fine grid, as the original does.
 
     ``long(x * ratio + y * ratio * fine_width)`` with ``x = i % w``, ``y = i // w`` and ``ratio = H / h``
@@ -45,9 +57,8 @@ def coarse_to_fine_index(coarse_index: torch.Tensor, coarse_width: int, ratio: f
     fine width and points land elsewhere. Released checkpoints were trained with exactly this mapping,
     so it is kept for parity.
     """
-    column = (coarse_index % coarse_width).float() * ratio
-    row = (coarse_index // coarse_width).float() * ratio
-    return (column + row * fine_width).long()
+    column, row = column_and_row(coarse_index, coarse_width)
+    return (column.float() * ratio + row.float() * ratio * fine_width).long()
 
 
 def cell_centre_grid(coarse_index: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -55,10 +66,13 @@ def cell_centre_grid(coarse_index: torch.Tensor, height: int, width: int) -> tor
 
     Shapes: (N, P) flat indices -> (N, P, 1, 2) (x, y) grid.
     """
-    step_x = 1.0 / float(width)
-    step_y = 1.0 / float(height)
-    x = step_x / 2.0 + (coarse_index % width).float() * step_x
-    y = step_y / 2.0 + (coarse_index // width).float() * step_y
+    # The steps are float32 tensors rather than Python floats so that export keeps the sizes symbolic; the
+    # values are the same (1 / n rounded once to float32, as a Python scalar is when it meets a float32 tensor).
+    step_x = 1.0 / torch.full((), width, dtype=torch.float32, device=coarse_index.device)
+    step_y = 1.0 / torch.full((), height, dtype=torch.float32, device=coarse_index.device)
+    column, row = column_and_row(coarse_index, width)
+    x = step_x / 2.0 + column.float() * step_x
+    y = step_y / 2.0 + row.float() * step_y
     return (2.0 * torch.stack([x, y], dim=-1) - 1.0).unsqueeze(2)
 
 
@@ -113,16 +127,22 @@ class PointFlowModule(nn.Module):
         return flat.topk(min(flat.shape[1], self.edge_points), dim=1).indices
 
     def select_salient_points(self, certainty: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Adaptive max-pool of the matching map: (N, 1, h, w) -> values and flat coarse indices, both (N, 1, m, m)."""
-        return F.adaptive_max_pool2d(certainty, self.maxpool_size, return_indices=True)
+        """Adaptive max-pool of the matching map: (N, 1, h, w) -> values and flat coarse indices, both (N, 1, m, m).
+
+        Equal to ``F.adaptive_max_pool2d(certainty, maxpool_size, return_indices=True)``, ties included, in a
+        form that exports to ONNX (see :mod:`network.adaptive_pool`).
+        """
+        return adaptive_max_pool2d_with_indices(certainty, self.maxpool_size)
 
     def forward(self, coarse_feats: torch.Tensor, fine_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, channels, fine_height, fine_width = fine_feats.shape
         coarse_height, coarse_width = coarse_feats.shape[2:]
-        ratio = fine_height / coarse_height
+        # H / h as a float32 tensor rather than a Python float, so that export keeps the sizes symbolic; the value
+        # is the same (the quotient rounded once to float32, as the Python float is when it meets float32 tensors).
+        ratio = torch.full((), fine_height, dtype=torch.float32, device=fine_feats.device) / coarse_height
 
         certainty = self.point_matcher(self.down_h(coarse_feats), self.down_l(fine_feats))
-        mean_certainty = F.interpolate(F.adaptive_avg_pool2d(certainty, self.avgpool_size),
+        mean_certainty = F.interpolate(adaptive_avg_pool2d(certainty, self.avgpool_size),
                                        size=(coarse_height, coarse_width), mode="bilinear", align_corners=True)
         edge_logits = self.edge_final(coarse_feats - coarse_feats * mean_certainty)
 

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from network.adaptive_pool import AdaptiveAvgPool2d
+
 
 class PSPModule(nn.Module):
     """Pyramid pooling: pooled context at several bin sizes, concatenated with the input, then fused.
@@ -30,7 +32,7 @@ class PSPModule(nn.Module):
         super().__init__()
         self.stages = nn.ModuleList(
             nn.Sequential(
-                nn.AdaptiveAvgPool2d((size, size)),
+                AdaptiveAvgPool2d(size),
                 nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
                 norm_layer(out_channels),
             )

@@ -15,14 +15,15 @@ def blocky_image(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return np.clip(pixels + rng.normal(0, 10, pixels.shape), 0, 255).astype(np.uint8)
 
 
-def calibrated_pfnet(num_classes: int, seed: int = 0) -> torch.nn.Module:
-    """PFNet-R50 with random weights whose BatchNorm statistics were set on blocky images (eval mode).
+def calibrated_pfnet(num_classes: int, seed: int = 0, **options) -> torch.nn.Module:
+    """PFNet-R50 (``options`` for ``network.get_model``) with random weights whose BatchNorm statistics were
+    set on blocky images (eval mode).
 
     With the default statistics (mean 0, variance 1) a random PFNet predicts one class almost everywhere,
     which would make comparisons of predictions weak.
     """
     torch.manual_seed(seed)
-    model = network.get_model("pfnet_r50", num_classes)
+    model = network.get_model("pfnet_r50", num_classes, **options)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None  # cumulative average over the calibration batches

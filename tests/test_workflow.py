@@ -5,25 +5,14 @@ configuration train.py saved in the checkpoint (before, eval.py rebuilt the mode
 and reported the mIoU of another model without a word).
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from script_run import run_script as run
 from train_data import make_tiny_potsdam
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_OPTIONS = {"maxpool_size": 2, "avgpool_size": 3, "edge_points": 8, "match_dim": 16}
-
-
-def run(script: str, *flags: str) -> subprocess.CompletedProcess:
-    """``python script flags`` from the repository root, one intra-op thread."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, script, *flags], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
 
 
 @pytest.fixture(scope="module")
