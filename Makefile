@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-smoke clean-venv gpu-check
+.PHONY: demo test test-all lint bench bench-smoke clean-venv gpu-check
 
 $(STAMP): requirements.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m ""
 
 bench: $(STAMP)
 	$(PY) -m bench
