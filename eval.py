@@ -346,14 +346,16 @@ def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         cli.parse_scales(args.scales)
     except ValueError as error:
         parser.error(str(error))
-    minimum = {"resize_scale": 1, "crop_size": 1, "batch_size": 1, "num_workers": 0, "boundary_ignore": 0,
+    minimum = {"resize_scale": 1, "window": 1, "batch_size": 1, "num_workers": 0, "boundary_ignore": 0,
                "report_samples": 0, "stride": 1}
+    flag_names = {"window": "--window (--crop_size)"}
     for name, lowest in minimum.items():
         value = getattr(args, name)
         if value is not None and value < lowest:
-            parser.error(f"--{name} must be at least {lowest}, got {value}")
-    if args.sliding_overlap < 0:
-        parser.error(f"--sliding_overlap must be 0 or more (a fraction, or pixels), got {args.sliding_overlap}")
+            parser.error(f"{flag_names.get(name, '--' + name)} must be at least {lowest}, got {value}")
+    if args.overlap < 0:
+        parser.error(f"--overlap (alias --sliding_overlap) must be 0 or more (a fraction, or pixels), got "
+                     f"{args.overlap}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,7 +106,7 @@ def truncated_image_case(d: dict, workers: str, tag: str = "") -> Case:
     out = d["base"] / "eval_out" / f"truncated-{workers}{tag}"
     argv = ["eval.py", *EVAL_FLAGS, "--dataset_dir", str(d["truncated_image"]), "--snapshot", str(d["checkpoint"]),
             "--out_dir", str(out), "--num_workers", workers]
-    return Case(argv, 2, (f"{TEST_IMAGE}.png", "cannot be read"), unchanged=(d["truncated_image"],),
+    return Case(argv, 2, (f"{TEST_IMAGE}.png", "truncated"), unchanged=(d["truncated_image"],),
                 forbidden=("DataLoader worker",))
 
 
@@ -199,7 +199,7 @@ def test_predict_removes_the_partial_file_of_a_killed_run(data, one_thread):
     stale.write_bytes(b"half a mask")
     assert predict.main([str(data["images"]), "--snapshot", str(data["checkpoint"]), "--out_dir", str(out),
                          "--window", "64", "--device", "cpu", *MODEL_FLAGS]) == 0
-    assert sorted(path.name for path in out.iterdir()) == ["scene_pred.png"]
+    assert sorted(path.name for path in out.iterdir()) == ["predict_summary.json", "scene_pred.png"]
 
 
 @pytest.mark.skipif(not full_disk_available(), reason="no private mount namespace with tmpfs here (unshare)")
