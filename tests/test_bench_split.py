@@ -29,5 +29,5 @@ def test_smoke_run_prints_and_writes_the_speedup(tmp_path):
     assert float(printed.group(3)) == round(report["speedup"], 2)
     assert float(printed.group(1)) == round(report["seconds_1_worker"], 2)
     one, two = tree_digest(tmp_path / "work" / "out_w1"), tree_digest(tmp_path / "work" / "out_w2")
-    assert len(one) == 2 * 16, "16 image patches and 16 mask patches"
+    assert len(one) == 2 * 16 + 1, "16 image patches, 16 mask patches and the recorded patch geometry"
     assert one == two

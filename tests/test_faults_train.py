@@ -138,4 +138,4 @@ def test_damaged_training_image_names_the_file_with_and_without_workers(data, tm
     with pytest.raises(DataFileError) as caught:
         for _ in loader:
             pass
-    assert str(caught.value) == f"{damaged}: cannot be read (missing, truncated or not an image)"
+    assert str(caught.value) == f"{damaged}: cannot be decoded (truncated, corrupt or not an image)"
