@@ -41,11 +41,14 @@ def _max_and_first_position(values: torch.Tensor, positions: torch.Tensor) -> tu
 
     Shapes: values (..., L), positions (M, K) from :func:`adaptive_window_positions` -> maxima and
     positions, both (..., M). A window of ``-inf`` only gives its first position, as torch's kernel does
-    (it starts from ``-inf`` at the window's first cell and moves only on a strictly larger value).
+    (it starts from ``-inf`` at the window's first cell and moves only on a strictly larger value). A window
+    holding a NaN gives NaN and the position of its first NaN (torch's kernel takes the last one), so the
+    index always lies inside the window.
     """
     windowed = values.index_select(-1, positions.flatten()).unflatten(-1, positions.shape)
     maxima = windowed.amax(dim=-1)
-    first = torch.where(windowed == maxima.unsqueeze(-1), positions, values.shape[-1]).amin(dim=-1)
+    holds_maximum = (windowed == maxima.unsqueeze(-1)) | windowed.isnan()
+    first = torch.where(holds_maximum, positions, values.shape[-1]).amin(dim=-1)
     return maxima, first
 
 
@@ -55,8 +58,8 @@ def adaptive_max_pool2d_with_indices(x: torch.Tensor, output_size: int) -> tuple
     The window maximum is found separably: first along each row inside every column window, then along
     the rows of every row window. Ties go to the first cell in row-major order, as in torch's kernels: the
     first row holding the maximum, and in it the first column. Identical to torch's op for finite and
-    infinite values (``tests/test_adaptive_pool.py``); a NaN is not propagated as torch does (the
-    sigmoid matching map it pools holds none).
+    infinite values (``tests/test_adaptive_pool.py``); a NaN propagates to its window's maximum, with
+    the index of a NaN in that window (a diverged model's map can hold them).
 
     Args:
         x: (N, C, H, W) float tensor.

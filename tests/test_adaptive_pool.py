@@ -89,3 +89,16 @@ def test_avg_pool_is_torchs_op_in_eager_and_matrix_means_under_export():
         x = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(height))
         torch.testing.assert_close(exported.module()(x), F.adaptive_avg_pool2d(x, 9), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(adaptive_avg_pool2d(x.double(), 4), F.adaptive_avg_pool2d(x.double(), 4))
+
+
+def test_a_nan_propagates_and_its_index_stays_inside_the_window():
+    """A diverged model's matching map can hold NaN: the pool gives NaN there, with an index inside the window
+    (before, the index ran past the window and the gather that follows failed)."""
+    values = torch.randn(2, 3, 5, 7)
+    values[0, 1, 2, 3] = float("nan")
+    for size in (2, 3, 8):
+        maxima, indices = adaptive_max_pool2d_with_indices(values, size)
+        expected, _ = F.adaptive_max_pool2d(values, size, return_indices=True)
+        assert torch.equal(maxima.isnan(), expected.isnan())
+        assert torch.equal(maxima.nan_to_num(0.0), expected.nan_to_num(0.0))
+        assert torch.equal(values.flatten(2).gather(2, indices.flatten(2)).isnan(), maxima.flatten(2).isnan())
