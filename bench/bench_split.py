@@ -7,7 +7,7 @@ for later runs), then runs ``split_isaid`` (800 x 800, overlap 200, the tool's d
 kept), checks that both wrote identical files and prints the wall times and the speed-up, next to a
 control: the speed-up of a pure CPU loop with as many processes, i.e. the parallelism the machine offers
 at that moment.  Timings on a shared machine are noisy: compare ratios from one run, not across runs.
-The issue's target is a speed-up of at least 1.8x with 2 workers on 2 idle cores.
+The goal is a speed-up of at least 1.8x with 2 workers on 2 idle cores.
 
     python bench/bench_split.py                 # 20 images of 4000 x 4000, 1 vs 2 workers
     python bench/bench_split.py --smoke         # 4 images of 900 x 900: checks the script (seconds)
