@@ -72,7 +72,7 @@ class SegmentationFolder:
       (``patch_size = None``: whole images);
     * ``train_pipeline``: one of ``TRAIN_PIPELINES`` (see ``transforms.build_train_transform``).
 
-    A subclass that sets ``name`` is registered (``datasets.registry``); intermediate classes do not.
+    A subclass that declares ``aliases`` is registered (``datasets.registry``); intermediate classes do not.
     Masks hold label ids ``0..K-1`` and ``255`` (ignore) in a single 8-bit channel, as written by
     ``tools/prepare_dataset.py``.
 
@@ -110,7 +110,7 @@ class SegmentationFolder:
     palette: ClassVar[np.ndarray]
     mask_suffix: ClassVar[str]
     patch_size: ClassVar[int | None]
-    patch_stride: ClassVar[int]
+    patch_stride: ClassVar[int | None]
     train_pipeline: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs) -> None:

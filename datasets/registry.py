@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 from datasets.base import JointTransform, SegmentationFolder
 
-_NOT_DATASET_MODULES = frozenset({"base", "classes", "edges", "registry", "uniform"})
+_NOT_DATASET_MODULES = frozenset({"base", "classes", "edges", "file_check", "registry", "uniform"})
 """Modules of the package that hold machinery, not datasets (``uniform`` needs torch at import)."""
 
 

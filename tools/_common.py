@@ -215,8 +215,11 @@ def header_size(path: Path) -> tuple[int, int] | None:
     return height, width
 
 
-def check_pixel_count(path: Path) -> None:
+def check_pixel_count(path: Path) -> tuple[int, int] | None:
     """Refuse an image whose header claims more than MAX_IMAGE_PIXELS pixels, before decoding it.
+
+    Returns:
+        The header's (height, width), as :func:`header_size` gives it (None if unknown).
 
     Raises:
         InputError: naming the file, the size in its header and the limit.
@@ -226,25 +229,33 @@ def check_pixel_count(path: Path) -> None:
         raise InputError(f"{path}: its header claims {size[1]} x {size[0]} = {size[0] * size[1]} pixels, more than "
                          f"the limit of {MAX_IMAGE_PIXELS} (a decompression bomb or a corrupt header); "
                          "re-download it, or run with --on-error skip")
+    return size
 
 
-def read_image(path: Path, flags: int = cv2.IMREAD_COLOR, bands: tuple[int, ...] | None = None,
+def read_image(path: Path, bands: tuple[int, ...] | None = None,
                scaling: image_io.ImageScaling | None = None) -> np.ndarray:
-    """Read a colour image (BGR order, (H, W, 3) uint8) through ``utils.image_io`` (``bands``: 1-based band
-    choice, ``scaling``: the rule for non-8-bit data), or with other ``flags`` a label image as stored
-    (``cv2.imread``).
+    """Read an image as (H, W, 3) uint8, BGR order, through ``utils.image_io`` (``bands``: 1-based band choice,
+    ``scaling``: the rule for non-8-bit data); only the channel order and the error type are the tools' own.
 
     Raises:
         InputError: if the file is missing, truncated, corrupt or not an image, lacks a chosen band, or is
             larger than MAX_IMAGE_PIXELS.
     """
     check_pixel_count(path)
-    if flags == cv2.IMREAD_COLOR:
-        try:
-            return np.ascontiguousarray(image_io.read_image(path, bands, scaling)[..., ::-1])
-        except image_io.ImageReadError as error:
-            raise InputError(f"{error}; re-download or re-extract it, or run with --on-error skip") from None
-    image = cv2.imread(str(path), flags)
+    try:
+        return np.ascontiguousarray(image_io.read_image(path, bands, scaling)[..., ::-1])
+    except image_io.ImageReadError as error:
+        raise InputError(f"{error}; re-download or re-extract it, or run with --on-error skip") from None
+
+
+def _read_mask_as_stored(path: Path) -> np.ndarray:
+    """A mask's pixels as stored (``cv2.IMREAD_UNCHANGED``: any channel count and bit depth).
+
+    Raises:
+        InputError: if the file is missing, truncated, corrupt or not an image, or is larger than MAX_IMAGE_PIXELS.
+    """
+    check_pixel_count(path)
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         state = ("cannot be decoded (truncated, corrupt or not an image)" if Path(path).exists()
                  else "does not exist")
@@ -277,7 +288,7 @@ def read_colour_mask(path: Path) -> tuple[np.ndarray, bool]:
     Raises:
         InputError: unreadable, not 8-bit, or with transparent pixels (see :func:`drop_opaque_alpha`).
     """
-    image, had_alpha = drop_opaque_alpha(path, read_image(path, cv2.IMREAD_UNCHANGED))
+    image, had_alpha = drop_opaque_alpha(path, _read_mask_as_stored(path))
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     return image, had_alpha
@@ -290,7 +301,7 @@ def read_label_image(path: Path) -> tuple[np.ndarray, bool]:
     Raises:
         InputError: if unreadable, not a gray 8-bit image, or with transparent pixels.
     """
-    image, had_alpha = drop_opaque_alpha(path, read_image(path, cv2.IMREAD_UNCHANGED))
+    image, had_alpha = drop_opaque_alpha(path, _read_mask_as_stored(path))
     if image.ndim == 3:
         if not ((image == image[..., :1]).all()):
             raise InputError(f"{path}: expected a gray label-id image but its channels differ; "
@@ -307,10 +318,11 @@ def output_is_complete(path: Path, height: int | None, width: int | None) -> boo
     """
     if not path.is_file():
         return False
-    size = header_size(path)
+    png = png_size(path)
+    size = png if png is not None else header_size(path)
     if size is None or (height is not None and size != (height, width)):
         return False
-    if png_size(path) is None:
+    if png is None:
         return True
     try:
         with Image.open(path) as image:

@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from datasets.file_check import describe_invalid_ids, invalid_label_ids
@@ -24,7 +23,6 @@ from tools._common import (
     atomic_copy,
     atomic_write_image,
     check_pixel_count,
-    header_size,
     output_is_complete,
     read_colour_mask,
     read_image,
@@ -222,17 +220,17 @@ def split_one(job: SplitJob) -> JobResult:
     if job.mask_path is not None and not job.mask_path.is_file():
         raise InputError(f"{job.image_path}: its mask {job.mask_path} does not exist; add it, or run with "
                          "--on-error skip to leave this image out")
-    check_pixel_count(job.image_path)  # before a bomb header's size makes millions of output names
+    # Checked before a bomb header's size makes millions of output names.
+    size = check_pixel_count(job.image_path)
     # Resume: the output names follow from the image size, which the header gives without decoding.
-    size = None if job.overwrite else header_size(job.image_path)
-    if size is not None:
+    if size is not None and not job.overwrite:
         windows = _windows_for(job, *size)
         pairs = _output_names(job, windows)
         if _all_complete(pairs, _crops(windows, *size)):
             result.existing = sum(1 + (mask is not None) for _, mask in pairs)
             result.patches = len(pairs)
             return result
-    image = read_image(job.image_path, cv2.IMREAD_COLOR, job.bands, job.scaling)
+    image = read_image(job.image_path, job.bands, job.scaling)
     mask = None
     if job.mask_path is not None:
         mask, result.warnings, had_alpha = read_job_mask(job)

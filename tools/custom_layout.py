@@ -165,10 +165,10 @@ def dataset_scaling(spec: DatasetSpec, train_images: list[Path]) -> ImageScaling
         with image_io.open_raster(train_images[0], spec.bands) as first:
             if first.dtype == "uint8" or spec.scaling == "per_image":
                 return None
+            ranges = [(first.scaling.low, first.scaling.high)]
         if isinstance(spec.scaling, tuple):
             return ImageScaling(low=(spec.scaling[0],) * 3, high=(spec.scaling[1],) * 3)
-        ranges = []
-        for path in train_images:
+        for path in train_images[1:]:
             with image_io.open_raster(path, spec.bands) as source:
                 ranges.append((source.scaling.low, source.scaling.high))
     except image_io.ImageReadError as error:

@@ -135,14 +135,20 @@ def _isprs_tiles(dataset: str, image_dir: Path, product: str) -> dict[str, Path]
     return tiles
 
 
+def _isprs_folders(dataset: str, raw: Path, image_dir: Path | None, label_dir: Path | None, label_variant: str,
+                   product: str) -> tuple[Path, Path, str]:
+    """(image folder, label folder, ``isprs_file_names`` label key): the given folders, else the official layout's."""
+    folders = ISPRS_FOLDERS[dataset]
+    image_dir = image_dir or raw / (POTSDAM_PRODUCTS[product][0] if dataset == "potsdam" else folders["image"])
+    label_key = "label" if label_variant == "full" else "eroded"
+    return image_dir, label_dir or raw / folders[label_key], label_key
+
+
 def _isprs_jobs(dataset: str, raw: Path, out: Path, coding: ColourCoding, patch: int, overlap: int,
                 label_variant: str, image_dir: Path | None, label_dir: Path | None,
                 split_tiles: dict[str, tuple[str, ...]], whole_held_out: bool, overwrite: bool, product: str,
                 bands: tuple[int, ...] | None) -> tuple[list[SplitJob], list[str]]:
-    folders = ISPRS_FOLDERS[dataset]
-    image_dir = image_dir or raw / (POTSDAM_PRODUCTS[product][0] if dataset == "potsdam" else folders["image"])
-    label_key = "label" if label_variant == "full" else "eroded"
-    label_dir = label_dir or raw / folders[label_key]
+    image_dir, label_dir, label_key = _isprs_folders(dataset, raw, image_dir, label_dir, label_variant, product)
     for folder, what in ((image_dir, "images"), (label_dir, f"{label_variant} labels")):
         if not folder.is_dir():
             raise ToolError(f"{folder} does not exist; expected the {dataset} {what} there (official layout, "
@@ -213,10 +219,7 @@ def _report_name_problems(dataset: str, raw: Path, image_dir: Path | None, label
                 if (raw / split / folder).is_dir():
                     report_isaid_name_problems(notes, images, raw / split / folder, on_error)
         return
-    image_dir = image_dir or raw / (POTSDAM_PRODUCTS[product][0] if dataset == "potsdam"
-                                    else ISPRS_FOLDERS[dataset]["image"])
-    label_key = "label" if label_variant == "full" else "eroded"
-    label_dir = label_dir or raw / ISPRS_FOLDERS[dataset][label_key]
+    image_dir, label_dir, label_key = _isprs_folders(dataset, raw, image_dir, label_dir, label_variant, product)
     tiles = _isprs_tiles(dataset, image_dir, product)
     pattern = _TILE_PATTERN[dataset][product]
     unparsable = [str(path) for path in sorted(image_dir.glob("*.tif")) if not pattern.match(path.name)]
