@@ -250,7 +250,13 @@ def dump_prediction(out_dir: Path, name: str, pixels: np.ndarray, truth: np.ndar
 
 def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     """Run the evaluation described by ``args`` (dataset roots from ``config``); return the metrics summary
-    (see ``metrics_summary``)."""
+    (see ``metrics_summary``).
+
+    Raises:
+        ValueError: an out-of-range flag value (:func:`check_flags`), before any file is read; and the
+            errors of the dataset, checkpoint and files named by the flags.
+    """
+    check_flags(args)
     args.split = args.split or default_split(args.dataset)
     root = args.dataset_dir or dataset_root(config, args.dataset)
     items, class_names, palette = load_split(args.dataset, args.split, root, args.dataset_spec)
@@ -258,7 +264,6 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
         items = replace_masks(items, args.eroded_masks)
     exclude = parse_class_list(args.exclude_classes, class_names)
     scales = (1.0,) if args.single_scale else cli.parse_scales(args.scales)
-    cli.check_batch_size(args.batch_size)
     read_options = cli.band_options(args)
     sliding = args.inference_mode == "sliding"
     if args.batch_size > 1 and not sliding and not args.resize_scale:
@@ -340,29 +345,29 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     return summary
 
 
-def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse out-of-range flag values with a usage error naming the flag, before any file is read."""
-    try:
-        cli.parse_scales(args.scales)
-    except ValueError as error:
-        parser.error(str(error))
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse out-of-range flag values (``--scales`` even with ``--single_scale``, which ignores it).
+
+    Raises:
+        ValueError: naming the flag and the value.
+    """
+    cli.parse_scales(args.scales)
     minimum = {"resize_scale": 1, "window": 1, "batch_size": 1, "num_workers": 0, "boundary_ignore": 0,
                "report_samples": 0, "stride": 1}
     flag_names = {"window": "--window (--crop_size)"}
     for name, lowest in minimum.items():
         value = getattr(args, name)
         if value is not None and value < lowest:
-            parser.error(f"{flag_names.get(name, '--' + name)} must be at least {lowest}, got {value}")
+            raise ValueError(f"{flag_names.get(name, '--' + name)} must be at least {lowest}, got {value}")
     if args.overlap < 0:
-        parser.error(f"--overlap (alias --sliding_overlap) must be 0 or more (a fraction, or pixels), got "
-                     f"{args.overlap}")
+        raise ValueError(f"--overlap (alias --sliding_overlap) must be 0 or more (a fraction, or pixels), got "
+                         f"{args.overlap}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: evaluate as the flags say; problems end in a usage error (exit status 2)."""
     parser = build_parser()
     args, config = parse_with_config(parser, argv)
-    check_flags(parser, args)
     try:
         evaluate(args, config)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:

@@ -320,7 +320,8 @@ def predict_large_image(
         blend: ``"mean"`` (uniform average, the original) or ``"gaussian"`` window weights.
         valid_region: ``(top, left, height, width) -> bool (height, width)``; None = every pixel valid.
         write_probabilities: receives ``(top, left, uint8 (K, h, w))`` per finished block: the softmax of the
-            blended logits times 255, rounded (0 under nodata); None = not computed.
+            blended logits times 255, rounded (0 under nodata); None = not computed. Blocks without a valid
+            pixel before the first window ran wait until K is known (a tile without any gets none).
         band_windows: windows per band across the tile.
 
     Returns:
@@ -338,6 +339,7 @@ def predict_large_image(
     total = len(outer_starts) * sum(len(band_starts) for _, _, band_starts in bands)
     progress = tqdm(total=total, desc="windows", unit="win", disable=not show_progress)
     buffer_shape = ()
+    num_classes, waiting = None, []  # all-nodata probability blocks met before the first forward pass
     for band_begin, band_end, band_starts in bands:
         span_begin, span_end = band_starts[0], band_starts[-1] + inner_window
         logit_buffer = weight_buffer = None
@@ -359,10 +361,15 @@ def predict_large_image(
                 crop_logits = infer_logits(model, crops, scales=scales, flip=flip, vflip=vflip, rot90=rot90)
                 if orient.transposed:
                     crop_logits = crop_logits.transpose(2, 3)
+                if num_classes is None:
+                    num_classes = crop_logits.shape[1]
+                    if num_classes > 256:
+                        raise ValueError(f"{num_classes} classes do not fit a uint8 class-id mask")
+                    for block_outer, block_inner, shape in waiting:
+                        zeros = np.zeros((num_classes, *shape), np.uint8)
+                        orient.block(write_probabilities, block_outer, block_inner, zeros)
                 if logit_buffer is None:
-                    if crop_logits.shape[1] > 256:
-                        raise ValueError(f"{crop_logits.shape[1]} classes do not fit a uint8 class-id mask")
-                    logit_buffer = torch.zeros((crop_logits.shape[1], outer_window, span_end - span_begin),
+                    logit_buffer = torch.zeros((num_classes, outer_window, span_end - span_begin),
                                                dtype=torch.float32, device=device)
                     weight_buffer = torch.zeros((outer_window, span_end - span_begin), dtype=torch.float32,
                                                 device=device)
@@ -379,6 +386,12 @@ def predict_large_image(
             finished = outer_window if is_last else outer_starts[strip_index + 1] - outer
             _write_finished(orient, write_block, write_probabilities, logit_buffer, weight_buffer, valid,
                             outer, finished, band_begin - span_begin, band_end - span_begin, band_begin)
+            if logit_buffer is None and write_probabilities is not None:  # no valid pixel yet in this band
+                if num_classes is None:
+                    waiting.append((outer, band_begin, (finished, band_end - band_begin)))
+                else:
+                    orient.block(write_probabilities, outer, band_begin,
+                                 np.zeros((num_classes, finished, band_end - band_begin), np.uint8))
             if logit_buffer is not None:
                 buffer_shape = tuple(logit_buffer.shape)
                 kept = outer_window - finished
@@ -396,7 +409,7 @@ def _write_finished(orient: _Oriented, write_block: WriteBlock, write_probabilit
                     inner: int) -> None:
     """Write the first ``rows`` buffer rows of the band's columns: class ids (and probabilities)."""
     shape = (rows, column_end - column_begin)
-    if logit_buffer is None:  # no valid pixel yet in this band: all nodata
+    if logit_buffer is None:  # no valid pixel yet in this band: all nodata (probabilities: the caller's)
         orient.block(write_block, outer, inner, np.full(shape, NODATA_CLASS, np.uint8))
         return
     logits = logit_buffer[:, :rows, column_begin:column_end]

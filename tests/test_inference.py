@@ -341,3 +341,27 @@ def test_nodata_pixels_get_nodata_and_empty_windows_are_skipped():
                         valid_region=region(valid), show_progress=False)
     assert (output[:, 20:] == 255).all() and (output[:, :20] < 2).all()
     assert len(calls) == 2  # windows at columns 0 and 10 of 0, 10, 20
+
+
+@pytest.mark.parametrize("height, width", [(60, 20), (20, 60)])
+def test_probabilities_cover_strips_without_valid_pixels_before_the_first_window(height, width):
+    """Orthomosaics often start with nodata: those blocks too get (zero) probabilities, once each."""
+    pixels = np.random.default_rng(4).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    valid = np.zeros((height, width), bool)
+    valid[-15:, -15:] = True  # only the last strips of the last band see data
+    probabilities = np.full((2, height, width), 7, np.uint8)
+    writes = np.zeros((height, width), int)
+
+    def write_probabilities(top, left, values):
+        probabilities[:, top : top + values.shape[1], left : left + values.shape[2]] = values
+        writes[top : top + values.shape[1], left : left + values.shape[2]] += 1
+
+    def region(array):
+        return lambda top, left, h, w: array[top : top + h, left : left + w]
+
+    predict_large_image(lambda images: torch.stack([images[:, 0], -images[:, 0]], dim=1), region(pixels),
+                        (height, width), lambda *block: None, window=10, stride=10, band_windows=1,
+                        valid_region=region(valid), write_probabilities=write_probabilities, show_progress=False)
+    assert (writes == 1).all()
+    assert (probabilities[:, ~valid] == 0).all()
+    assert (probabilities[:, valid].astype(int).sum(0) >= 250).all()

@@ -128,8 +128,10 @@ def publish(temp_name: str | os.PathLike, path: str | os.PathLike, verify: Verif
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, verify: Verify | None = None, allow_empty: bool = False) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; when the block succeeds, :func:`publish` it onto ``path``.
+def atomic_path(path: str | os.PathLike, verify: Verify | None = None, allow_empty: bool = False,
+                expected_size: int | None = None) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; when the block succeeds, :func:`publish` it onto ``path``
+    (``verify``, ``allow_empty`` and ``expected_size`` as there).
 
     An ``OSError`` raised in the block (a full disk while writing) becomes a :class:`WriteError` naming
     ``path``. On any error the temporary file is removed and ``path`` is left as it was.
@@ -147,7 +149,7 @@ def atomic_path(path: str | os.PathLike, verify: Verify | None = None, allow_emp
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp_name)
         raise
-    publish(temp_name, path, verify=verify, allow_empty=allow_empty)
+    publish(temp_name, path, verify=verify, expected_size=expected_size, allow_empty=allow_empty)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -156,23 +158,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     Raises:
         WriteError: naming ``path`` and the OS reason; ``path`` is left as it was.
     """
-    temp_name = temporary_path_beside(path)
-    try:
-        with open(temp_name, "wb") as handle:
-            handle.write(data)
-    except OSError as error:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp_name)
-        raise WriteError(path, _reason(error)) from error
-    publish(temp_name, path, expected_size=len(data), allow_empty=True)
+    with atomic_path(path, allow_empty=True, expected_size=len(data)) as temp_name, open(temp_name, "wb") as handle:
+        handle.write(data)
+
+
+def _partial_files(folder: str | os.PathLike) -> list[Path]:
+    """The temporary files of :func:`temporary_path_beside` in ``folder`` (none if it is not a folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [path for path in folder.iterdir() if path.name.startswith(".") and PARTIAL_MARK in path.name]
 
 
 def remove_partial_files(folder: str | os.PathLike) -> int:
     """Delete temporary files an interrupted run left in ``folder``; returns how many."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    stale = [path for path in folder.iterdir() if path.name.startswith(".") and PARTIAL_MARK in path.name]
+    stale = _partial_files(folder)
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
@@ -199,13 +199,8 @@ def remove_stale_partial_files(folder: str | os.PathLike) -> int:
 
     Files of a process still running (another run writing into the same folder, or this one) are kept.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
     removed = 0
-    for path in folder.iterdir():
-        if not (path.name.startswith(".") and PARTIAL_MARK in path.name):
-            continue
+    for path in _partial_files(folder):
         pid = _writer_pid(path.name)
         if pid is not None and _process_alive(pid):
             continue
