@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -27,17 +26,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import network  # noqa: E402
+from bench.run import NUM_CLASSES, build_model, timed  # noqa: E402
 from evaluation.onnx_backend import OnnxModel  # noqa: E402
 from evaluation.onnx_export import export_onnx, onnx_metadata  # noqa: E402
 from utils.atomic import atomic_write_bytes  # noqa: E402
 
-NUM_CLASSES = 16
-
 
 def exported_model(arch: str, work_dir: Path) -> tuple[torch.nn.Module, Path]:
     """(the eval-mode model of seed 0, its ONNX file in ``work_dir``), exporting only when the file is missing."""
-    torch.manual_seed(0)
-    model = network.get_model(arch, NUM_CLASSES, pretrained=None).eval()
+    model = build_model(arch, torch.device("cpu")).eval()
     path = work_dir / f"{network.model_entry(arch).name}_{NUM_CLASSES}cls_seed0.onnx"
     if not path.is_file():
         print(f"exporting {arch} to {path} (minutes on a 2-core CPU; reused by later runs)", flush=True)
@@ -52,10 +49,9 @@ def time_alternating(runners: dict[str, Callable[[], torch.Tensor]], warmup: int
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     for round_index in range(warmup + repeats):
         for name, runner in runners.items():
-            start = time.perf_counter()
-            runner()
+            elapsed = timed(runner, torch.device("cpu"))
             if round_index >= warmup:
-                seconds[name].append(time.perf_counter() - start)
+                seconds[name].append(elapsed)
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 

@@ -17,7 +17,7 @@ from multiprocessing import get_context
 import torch
 
 import network
-from bench.run import NUM_CLASSES, count_flops, peak_memory_bytes, timed
+from bench.run import build_model, count_flops, peak_memory_bytes, timed
 
 
 @dataclass
@@ -48,8 +48,7 @@ def measure_model(arch: str, size: int, device_name: str, warmup: int, repeats: 
     """
     torch.set_num_threads(threads)
     device = torch.device(device_name)
-    torch.manual_seed(0)
-    model = network.get_model(arch, NUM_CLASSES).to(device).eval()
+    model = build_model(arch, device).eval()
     images = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         flops = count_flops(lambda: model(images))

@@ -11,10 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from network.resnet_d import NormLayer
+from network.resnet_d import STAGE_PLANES, STAGE_STRIDES, NormLayer, make_stage, shortcut_projection
 
-STAGE_PLANES = (64, 128, 256, 512)
-STAGE_STRIDES = (1, 2, 2, 2)
 BLOCKS_PER_STAGE = (2, 2, 2, 2)
 STEM_CHANNELS = 64
 
@@ -42,12 +40,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or in_channels != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, planes, kernel_size=1, stride=stride, bias=False),
-                norm_layer(planes),
-            )
+        self.downsample = shortcut_projection(in_channels, planes, stride, norm_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -82,8 +75,6 @@ def make_resnet18_layers(norm_layer: NormLayer,
     layers: list[nn.Module] = [make_plain_stem(norm_layer)]
     in_channels = STEM_CHANNELS
     for planes, blocks, stride, dilation in zip(STAGE_PLANES, BLOCKS_PER_STAGE, STAGE_STRIDES, dilations):
-        stage = [BasicBlock(in_channels, planes, stride, dilation, norm_layer)]
-        stage += [BasicBlock(planes, planes, 1, dilation, norm_layer) for _ in range(1, blocks)]
-        layers.append(nn.Sequential(*stage))
-        in_channels = planes
+        layers.append(make_stage(in_channels, planes, blocks, stride, dilation, norm_layer, block=BasicBlock))
+        in_channels = planes * BasicBlock.expansion
     return layers

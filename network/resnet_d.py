@@ -31,6 +31,18 @@ IMAGENET_WEIGHTS_HELP = (
 )
 
 
+def shortcut_projection(in_channels: int, out_channels: int, stride: int,
+                        norm_layer: NormLayer) -> nn.Sequential | None:
+    """A residual block's shortcut: None (identity) where the shapes already agree, else 1x1 (stride) conv + norm.
+
+    Shapes: (N, in_channels, H, W) -> (N, out_channels, ceil(H / stride), ceil(W / stride)).
+    """
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                         norm_layer(out_channels))
+
+
 class Bottleneck(nn.Module):
     """ResNet bottleneck 1x1 -> 3x3 (stride, dilation) -> 1x1 with expansion 4.
 
@@ -57,12 +69,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, out_channels, kernel_size=1, bias=False)
         self.bn3 = norm_layer(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                norm_layer(out_channels),
-            )
+        self.downsample = shortcut_projection(in_channels, out_channels, stride, norm_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -88,11 +95,12 @@ def make_stem(norm_layer: NormLayer) -> nn.Sequential:
 
 
 def make_stage(in_channels: int, planes: int, blocks: int, stride: int, dilation: int,
-               norm_layer: NormLayer) -> nn.Sequential:
-    """One residual stage of ``blocks`` bottlenecks; only the first one strides."""
-    layers = [Bottleneck(in_channels, planes, stride, dilation, norm_layer)]
+               norm_layer: NormLayer, block: type[nn.Module] = Bottleneck) -> nn.Sequential:
+    """One residual stage of ``blocks`` residual blocks (``Bottleneck``, or ResNet-18's ``BasicBlock``);
+    only the first one strides."""
+    layers = [block(in_channels, planes, stride, dilation, norm_layer)]
     for _ in range(1, blocks):
-        layers.append(Bottleneck(planes * Bottleneck.expansion, planes, 1, dilation, norm_layer))
+        layers.append(block(planes * block.expansion, planes, 1, dilation, norm_layer))
     return nn.Sequential(*layers)
 
 

@@ -47,7 +47,7 @@ EVAL_PROTOCOL = {
     "--resize_scale": "896", "--mode": "semantic", "--no_flip": None,
 }
 # --smoke: the same recipe on 64 px synthetic iSAID patches, one epoch on the CPU, no ImageNet file.
-SMOKE_TRAIN = {"--pretrained": None, "--max_epoch": "1", "--crop_size": "64", "--bs_mult": "4", "--device": "cpu",
+SMOKE_TRAIN = {"--max_epoch": "1", "--crop_size": "64", "--bs_mult": "4", "--device": "cpu",
                "--num_workers": "0", "--print_freq": "1"}
 SMOKE_EVAL = {"--resize_scale": "64", "--device": "cpu", "--num_workers": "0", "--report_samples": "0"}
 SMOKE_SIZE = 64
@@ -62,8 +62,8 @@ def train_command(args: argparse.Namespace, arch: str) -> list[str]:
     """train.py command line of ``arch``: one process, or ``--gpus`` processes under torchrun."""
     recipe = dict(TRAIN_RECIPE)
     if args.smoke:
+        del recipe["--pretrained"]  # no ImageNet file: random initialisation
         recipe.update(SMOKE_TRAIN)
-        del recipe["--pretrained"]
     if args.data:
         recipe["--set"] = f"DATASET.ISAID_DIR={args.data}"
     launcher = [sys.executable]
@@ -128,6 +128,7 @@ def format_table(results: dict[str, dict], size: int, device: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The script's flags, checked (``--smoke`` excludes ``--data``; ``--data`` must be a folder)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs, evaluations and the table")

@@ -31,6 +31,15 @@ def load_case_a() -> tuple[PFNet, torch.Tensor, dict[str, np.ndarray]]:
     return model, images, reference
 
 
+def read_key_table(file_name: str) -> list[tuple[str, tuple[int, ...], str]]:
+    """The original model's ``state_dict()`` layout stored in ``PARITY_DIR / file_name``: (key, shape, dtype) rows."""
+    rows = []
+    for line in (PARITY_DIR / file_name).read_text().splitlines():
+        key, shape, dtype = line.split("\t")
+        rows.append((key, tuple(int(s) for s in shape.split(",")) if shape else (), dtype))
+    return rows
+
+
 def parity_bound(reference: dict[str, np.ndarray]) -> float:
     """The parity tolerance: 1e-4 times the largest reference logit magnitude."""
     return 1e-4 * float(np.abs(reference["logits_every4"]).max())

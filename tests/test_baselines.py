@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 import pytest
 import torch
-from parity_case import BASELINE_CASES, PARITY_DIR, load_baseline_case, parity_bound
+from parity_case import BASELINE_CASES, load_baseline_case, parity_bound, read_key_table
 from parity_weights import imagenet_file_state, parity_state_dict
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -19,14 +19,6 @@ from network.pspnet import PSPNet
 from network.upernet import UperNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def read_key_table(case: str) -> list[tuple[str, tuple[int, ...], str]]:
-    rows = []
-    for line in (PARITY_DIR / f"{case}_keys.tsv").read_text().splitlines():
-        key, shape, dtype = line.split("\t")
-        rows.append((key, tuple(int(s) for s in shape.split(",")) if shape else (), dtype))
-    return rows
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -44,7 +36,7 @@ def baseline_case(request):
 def test_keys_order_shapes_and_counts_equal_original(baseline_case):
     state = baseline_case["model"].state_dict()
     ours = [(key, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for key, t in state.items()]
-    assert ours == read_key_table(baseline_case["name"])
+    assert ours == read_key_table(f"{baseline_case['name']}_keys.tsv")
     assert len(state) == baseline_case["config"]["num_keys"]
     assert count_parameters(baseline_case["model"]) == baseline_case["config"]["num_params"]
 

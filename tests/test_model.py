@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from parity_case import PARITY_DIR, load_case_a, parity_bound
+from parity_case import PARITY_DIR, load_case_a, parity_bound, read_key_table
 from parity_weights import imagenet_file_state
 
 import network
@@ -13,19 +13,11 @@ from network.point_flow import coarse_to_fine_index
 from network.resnet_d import load_imagenet_weights
 
 
-def read_key_table(num_classes: int) -> list[tuple[str, tuple[int, ...], str]]:
-    rows = []
-    for line in (PARITY_DIR / f"pfnet_r50_keys_{num_classes}cls.tsv").read_text().splitlines():
-        key, shape, dtype = line.split("\t")
-        rows.append((key, tuple(int(s) for s in shape.split(",")) if shape else (), dtype))
-    return rows
-
-
 @pytest.mark.parametrize("num_classes", [16, 6])
 def test_state_dict_keys_order_and_shapes_equal_original(num_classes):
     state = network.get_model("pfnet_r50", num_classes).state_dict()
     ours = [(key, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for key, t in state.items()]
-    assert ours == read_key_table(num_classes)
+    assert ours == read_key_table(f"pfnet_r50_keys_{num_classes}cls.tsv")
 
 
 def test_parameter_counts_match_original():
