@@ -35,7 +35,26 @@ class PointMatcher(nn.Module):
 
     def forward(self, coarse_embed: torch.Tensor, fine_embed: torch.Tensor) -> torch.Tensor:
         fine_resized = F.interpolate(fine_embed, size=coarse_embed.shape[2:], mode="bilinear", align_corners=True)
-        return torch.sigmoid(self.match_conv(torch.cat([coarse_embed, fine_resized], dim=1)))
+        return exportable_sigmoid(self.match_conv(torch.cat([coarse_embed, fine_resized], dim=1)))
+
+
+def exportable_sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    """``torch.sigmoid`` in eager mode; while exporting, ``1 / (1 + exp(-x))`` spelled out in float32.
+
+    The salient points are the arg-max cells of this map, so every value counts, the tiny ones too: a trained
+    matcher gives certainties down to 1e-37. onnxruntime's ``Sigmoid`` returns exactly 0 below about 1e-8,
+    which turns a window of distinct tiny values into a tie that goes to its first cell, and moves the point.
+    Spelled out, the exponential keeps float32's whole range (the result is 0 only where torch's is, below
+    x = -88.7), and the float32 rounding of ``1 + exp(-x)`` gives the ties torch's float32 result has (every
+    x above 16.6 gives exactly 1.0). The values agree with torch's to a few ulp, so only windows whose two
+    largest values are that close could choose differently (tests/test_cross_backend.py measures it on
+    trained models). A float16 graph evaluates it in float32 too and rounds the result once.
+
+    Shapes: any -> the same shape and dtype.
+    """
+    if not torch.compiler.is_exporting():
+        return torch.sigmoid(logits)
+    return torch.reciprocal(1.0 + torch.exp(-logits.float())).to(logits.dtype)
 
 
 def column_and_row(flat_index: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
