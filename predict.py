@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from config import add_config_flags, parse_with_config
 from datasets.registry import names_text
+from engine.cpu_precision import emulated_precision_note
 from evaluation.cli import (
     add_band_arguments,
     add_run_arguments,
@@ -333,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = Path(args.out_dir)
         jobs = plan_jobs(collect_inputs(args.inputs), out_dir, args.format, args.probabilities, args.polygons)
         rank, world, args.device = distributed_context(args.device)
+        note = emulated_precision_note(args.precision, args.device) if args.backend == "pytorch" else None
+        if note and rank == 0:
+            print(f"warning: {note}", file=sys.stderr)
         my_jobs = jobs[rank::world]
         results = {"written": [], "kept": [], "failed": []}
         todo = []

@@ -10,6 +10,7 @@ import pytest
 
 import network
 from bench.run import parse_args
+from engine.cpu_precision import cpu_capability
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,6 +21,7 @@ def test_smoke_run_writes_table_and_json(tmp_path):
                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert "| task | input | config | median ms |" in completed.stdout
+    assert "| speed-up | peak memory MB | CPU | threads |" in completed.stdout
     report = json.loads(json_path.read_text())
     rows = {(r["task"], r["config"]): r for r in report["results"]}
     assert set(rows) == {("eval", "original"), ("eval", "optimized"), ("train", "fp32")}
@@ -28,6 +30,7 @@ def test_smoke_run_writes_table_and_json(tmp_path):
     for (task, config), row in rows.items():
         assert len(row["seconds"]) == 2 and min(row["seconds"]) > 0
         assert row["flops"] > 0
+        assert (row["cpu"], row["threads"]) == (cpu_capability(), 1)  # the kernels and threads that ran the row
         # Each row ran in its own process holding the model's float32 weights (at least once more for the
         # optimised copy, and with gradients and momentum buffers when training).
         copies = {"original": 1, "optimized": 2, "fp32": 3}[config]
