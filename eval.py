@@ -39,6 +39,7 @@ from config import add_config_flags, dataset_root, parse_with_config
 from datasets import normalize_image
 from datasets.file_check import DataFileError, find_mask_problems, summarize_mask_problems
 from datasets.registry import names_text, val_splits_text
+from engine.cpu_precision import emulated_precision_note
 from evaluation import cli
 from evaluation.dataset_split import DATASET_NAMES, default_split, load_split
 from evaluation.inference import infer_logits
@@ -257,6 +258,9 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
             errors of the dataset, checkpoint and files named by the flags.
     """
     check_flags(args)
+    note = emulated_precision_note(args.precision, args.device)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     args.split = args.split or default_split(args.dataset)
     root = args.dataset_dir or dataset_root(config, args.dataset)
     items, class_names, palette = load_split(args.dataset, args.split, root, args.dataset_spec)

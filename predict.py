@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from config import add_config_flags, parse_with_config
 from datasets.registry import names_text
+from engine.cpu_precision import emulated_precision_note
 from evaluation.cli import (
     add_band_arguments,
     add_run_arguments,
@@ -55,10 +56,10 @@ from evaluation.cli import (
 from evaluation.dataset_split import dataset_table
 from evaluation.inference import NODATA_CLASS, predict_large_image
 from evaluation.onnx_backend import add_backend_flags, check_backend_flags, onnx_backend_model
-from evaluation.restore import add_speed_flags, restore_model, speed_options
+from evaluation.restore import add_speed_flags, restore_model, saved_class_table, speed_options
 from network.options import add_model_flags
 from utils.atomic import atomic_write_bytes, exit_on_write_error, remove_stale_partial_files
-from utils.checkpoint import CheckpointMismatchError, read_class_table
+from utils.checkpoint import CheckpointMismatchError
 from utils.image_io import IMAGE_SUFFIXES, RASTER_SUFFIXES, ImageReadError, image_size, open_raster
 from utils.palette import default_palette
 from utils.raster_io import CogSink, PaletteMaskSink, write_polygons
@@ -333,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = Path(args.out_dir)
         jobs = plan_jobs(collect_inputs(args.inputs), out_dir, args.format, args.probabilities, args.polygons)
         rank, world, args.device = distributed_context(args.device)
+        note = emulated_precision_note(args.precision, args.device) if args.backend == "pytorch" else None
+        if note and rank == 0:
+            print(f"warning: {note}", file=sys.stderr)
         my_jobs = jobs[rank::world]
         results = {"written": [], "kept": [], "failed": []}
         todo = []
@@ -360,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             for warning in restored.resolved.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
             print(f"model: {restored.resolved.describe()}")
-            if palette is None:  # the classes train.py saved in the checkpoint, else generic ones
-                class_names, palette = read_class_table(restored.extras) or (
+            if palette is None:  # the classes the checkpoint was trained for, else generic ones
+                class_names, palette = saved_class_table(restored.extras) or (
                     [f"class_{index}" for index in range(restored.num_classes)],
                     default_palette(restored.num_classes))
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError, OSError,

@@ -43,6 +43,7 @@ from config import add_config_flags, dataset_root, effective_config, parse_with_
 from datasets.file_check import DataFileError, find_mask_problems, summarize_mask_problems
 from datasets.registry import names_text, val_splits_text
 from datasets.uniform import ClassUniformSampler
+from engine.cpu_precision import emulated_precision_note
 from engine.distributed import (
     DistContext,
     all_gather_objects,
@@ -716,6 +717,9 @@ def start(run: Run, resolved: ResolvedModel, notes: list[str], resume_checkpoint
     ctx, log = run.ctx, run.log
     for note in notes:
         log.info(note)
+    precision_note = emulated_precision_note(run.args.amp, ctx.device)
+    if precision_note:
+        log.warning(precision_note)
     for warning in resolved.warnings:
         log.warning(warning)
     log.info(f"{ctx.world_size} process(es) on {ctx.device.type}; run folder {run.run_dir}")

@@ -18,11 +18,13 @@ import torch
 
 import network
 from bench.run import build_model, count_flops, peak_memory_bytes, timed
+from engine.cpu_precision import cpu_capability
 
 
 @dataclass
 class ModelRow:
-    """One model's figures; ``size`` is the side of the square input in pixels, times in seconds."""
+    """One model's figures; ``size`` is the side of the square input in pixels, times in seconds; ``cpu`` and
+    ``threads``: the CPU kernels (:func:`engine.cpu_precision.cpu_capability`) and torch threads that ran it."""
     arch: str
     parameters: int
     size: int
@@ -30,6 +32,8 @@ class ModelRow:
     fp32_seconds: float
     bf16_seconds: float
     peak_bytes: int
+    cpu: str
+    threads: int
 
 
 def latency(model: torch.nn.Module, images: torch.Tensor, warmup: int, repeats: int) -> float:
@@ -55,7 +59,8 @@ def measure_model(arch: str, size: int, device_name: str, warmup: int, repeats: 
     fp32_seconds = latency(network.optimize_for_inference(model), images, warmup, repeats)
     peak = peak_memory_bytes(device)
     bf16_seconds = latency(network.optimize_for_inference(model, dtype=torch.bfloat16), images, warmup, repeats)
-    return ModelRow(arch, sum(p.numel() for p in model.parameters()), size, flops, fp32_seconds, bf16_seconds, peak)
+    return ModelRow(arch, sum(p.numel() for p in model.parameters()), size, flops, fp32_seconds, bf16_seconds, peak,
+                    cpu_capability(), torch.get_num_threads())
 
 
 def measure_models(archs: list[str], size: int, device: torch.device, warmup: int, repeats: int) -> list[ModelRow]:
@@ -70,13 +75,15 @@ def measure_models(archs: list[str], size: int, device: torch.device, warmup: in
 def format_model_table(rows: list[ModelRow], machine: str) -> str:
     """A Markdown table of the rows, with the machine they were measured on."""
     lines = [f"Machine: {machine}", "",
-             "| model | original name | parameters (M) | input | GFLOPs | fp32 ms | bf16 ms | peak memory MB |",
-             "|---|---|---:|---|---:|---:|---:|---:|"]
+             "| model | original name | parameters (M) | input | GFLOPs | fp32 ms | bf16 ms | peak memory MB | CPU "
+             "| threads |",
+             "|---|---|---:|---|---:|---:|---:|---:|---|---:|"]
     for row in rows:
         aliases = network.model_entry(row.arch).aliases
         original = aliases[0] if aliases else "-"
         lines.append(f"| {row.arch} | {original} | {row.parameters / 1e6:.1f} | {row.size}² | {row.flops / 1e9:.1f} | "
-                     f"{1e3 * row.fp32_seconds:.0f} | {1e3 * row.bf16_seconds:.0f} | {row.peak_bytes / 2**20:.0f} |")
+                     f"{1e3 * row.fp32_seconds:.0f} | {1e3 * row.bf16_seconds:.0f} | {row.peak_bytes / 2**20:.0f} | "
+                     f"{row.cpu} | {row.threads} |")
     lines += ["", "GFLOPs: one float32 forward (torch.utils.flop_counter; a multiply-add counts 2). Latency: median "
               "of one image through network.optimize_for_inference; peak memory: the process after the float32 runs."]
     return "\n".join(lines)

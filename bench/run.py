@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import network
+from engine.cpu_precision import cpu_capability
 from utils.atomic import atomic_write_bytes
 
 EVAL_CONFIGS = ("original", "channels_last", "fold_bn", "fold_bn+channels_last", "optimized", "bf16", "fp16",
@@ -57,7 +58,8 @@ NUM_CLASSES = 16
 
 @dataclass
 class Result:
-    """One row of the table: a task ("eval" or "train") in one configuration at one size."""
+    """One row of the table: a task ("eval" or "train") in one configuration at one size, and the CPU
+    kernels (:func:`engine.cpu_precision.cpu_capability`) and torch threads of the process that ran it."""
     task: str
     config: str
     batch: int
@@ -65,6 +67,8 @@ class Result:
     seconds: list[float]
     flops: int
     peak_bytes: int
+    cpu: str
+    threads: int
 
     @property
     def median(self) -> float:
@@ -190,7 +194,8 @@ def config_worker(connection: Connection, task: str, arch: str, config: str, dev
                   size: int, threads: int) -> None:
     """Worker process of one row: builds its runner, then answers the parent's requests until "stop".
 
-    Requests: "time" (seconds of one call), "flops" (FLOPs of one call), "peak" (peak bytes so far).
+    Requests: "time" (seconds of one call), "flops" (FLOPs of one call), "peak" (peak bytes so far),
+    "cpu" (the CPU capability and the torch threads of this process).
     Every answer is ``(ok, value)``; a failure answers ``(False, traceback text)`` and ends the worker.
     """
     try:
@@ -200,7 +205,8 @@ def config_worker(connection: Connection, task: str, arch: str, config: str, dev
         torch.backends.cudnn.benchmark = device.type == "cuda"
         run = make_runner(task, arch, config, device, batch, size)
         requests = {"time": lambda: timed(run, device), "flops": lambda: count_flops(run),
-                    "peak": lambda: peak_memory_bytes(device)}
+                    "peak": lambda: peak_memory_bytes(device),
+                    "cpu": lambda: (cpu_capability(), torch.get_num_threads())}
         connection.send((True, None))
         while (request := connection.recv()) != "stop":
             connection.send((True, requests[request]()))
@@ -262,15 +268,15 @@ def measure_group(task: str, arch: str, configs: list[str], device: torch.device
                     seconds[config].append(elapsed)
             if round_index >= warmup:
                 probe()
-        return [Result(task, config, batch, size, seconds[config], flops, workers[config].ask("peak"))
-                for config in configs]
+        return [Result(task, config, batch, size, seconds[config], flops, workers[config].ask("peak"),
+                       *workers[config].ask("cpu")) for config in configs]
     finally:
         for worker in workers.values():
             worker.close()
 
 
 def machine_description(device: torch.device) -> str:
-    """CPU model, cores and threads used, torch version, and the GPU's name on CUDA."""
+    """CPU model, cores and threads used, torch version, CPU capability, and the GPU's name on CUDA."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -278,7 +284,7 @@ def machine_description(device: torch.device) -> str:
     except (OSError, StopIteration):
         pass
     text = (f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}")
+            f"torch {torch.__version__}, {cpu_capability()}")
     if device.type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(device)}"
     return text
@@ -321,12 +327,13 @@ def compute_dtype(config: str, device_type: str) -> str:
 
 def format_table(peaks: dict[str, float], results: list[Result], machine: str, device_type: str) -> str:
     """A Markdown table of the rows: achieved GFLOP/s as a fraction of the float32 matmul rate and of the
-    matmul rate in the row's own compute dtype, both measured in the same run."""
+    matmul rate in the row's own compute dtype, both measured in the same run; each row says which CPU kernels
+    (and native bf16/fp16 instructions) and how many torch threads ran it."""
     lines = [f"Machine: {machine}",
              "Matmul rate: " + ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in peaks.items()), "",
              "| task | input | config | median ms | images/s | GFLOP/s | % fp32 matmul | % own-dtype matmul "
-             "| speed-up | peak memory MB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| speed-up | peak memory MB | CPU | threads |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     baselines: dict[tuple[str, int], float] = {}
     for row in results:
         baseline = baselines.setdefault((row.task, row.size), row.median)
@@ -335,7 +342,7 @@ def format_table(peaks: dict[str, float], results: list[Result], machine: str, d
         own = f"{100 * rate / own_peak:.0f}%" if own_peak else "-"
         lines.append(f"| {row.task} | {row.batch}x{row.size}² | {row.config} | {1e3 * row.median:.0f} | "
                      f"{row.batch / row.median:.2f} | {rate:.0f} | {100 * rate / peaks['float32']:.0f}% | {own} | "
-                     f"{baseline / row.median:.2f}x | {row.peak_bytes / 2**20:.0f} |")
+                     f"{baseline / row.median:.2f}x | {row.peak_bytes / 2**20:.0f} | {row.cpu} | {row.threads} |")
     flops = sorted({f"{r.task} {r.batch}x{r.size}² {r.flops / 1e9:.1f}" for r in results})
     lines += ["", "speed-up: against the first row of the same task and input. GFLOP per call: " + ", ".join(flops)]
     return "\n".join(lines)

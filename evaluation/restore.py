@@ -10,12 +10,15 @@ import argparse
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 import network
+from datasets.registry import DATASETS
+from evaluation.dataset_split import dataset_table
 from network.options import ResolvedModel, resolve_model_options
-from utils.checkpoint import CheckpointMismatchError, fill_model, read_checkpoint
+from utils.checkpoint import CheckpointMismatchError, fill_model, read_checkpoint, read_class_table
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -86,6 +89,24 @@ def restore_model(
     if optimize or precision != "fp32":
         model = network.optimize_for_inference(model, dtype=PRECISIONS[precision])
     return RestoredModel(model, found, resolved, extras)
+
+
+def saved_class_table(extras: dict) -> tuple[list[str], np.ndarray] | None:
+    """The classes a checkpoint was trained for, from its entries (``RestoredModel.extras``).
+
+    Returns:
+        (class names, (K, 3) uint8 RGB palette): those train.py saved in the checkpoint, else the table of
+        the built-in dataset its saved configuration names; None when it says neither (an official
+        snapshot, or a dataset described by a file whose classes were not saved).
+    """
+    saved = read_class_table(extras)
+    if saved is not None:
+        return saved
+    name = (extras.get("config") or {}).get("dataset")
+    cls = DATASETS.get(str(name).lower())
+    if cls is None or hasattr(cls, "from_spec"):
+        return None
+    return dataset_table(name)
 
 
 def add_speed_flags(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 import network
 from bench.run import parse_args
+from engine.cpu_precision import cpu_capability
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,6 +21,7 @@ def test_smoke_run_writes_table_and_json(tmp_path):
                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert "| task | input | config | median ms |" in completed.stdout
+    assert "| speed-up | peak memory MB | CPU | threads |" in completed.stdout
     report = json.loads(json_path.read_text())
     rows = {(r["task"], r["config"]): r for r in report["results"]}
     assert set(rows) == {("eval", "original"), ("eval", "optimized"), ("train", "fp32")}
@@ -28,6 +30,7 @@ def test_smoke_run_writes_table_and_json(tmp_path):
     for (task, config), row in rows.items():
         assert len(row["seconds"]) == 2 and min(row["seconds"]) > 0
         assert row["flops"] > 0
+        assert (row["cpu"], row["threads"]) == (cpu_capability(), 1)  # the kernels and threads that ran the row
         # Each row ran in its own process holding the model's float32 weights (at least once more for the
         # optimised copy, and with gradients and momentum buffers when training).
         copies = {"original": 1, "optimized": 2, "fp32": 3}[config]
@@ -55,3 +58,17 @@ def test_memory_bench_smoke_is_flat_and_complete(tmp_path):
     # noise of the 300² one (the real figures, 2000² to 30000², are in bench/RESULTS.md)
     assert large["peak_rss_mib"] - small["peak_rss_mib"] < 20
     assert large["windows"] > 10 * small["windows"]
+
+
+def test_parity_variation_measures_this_cpu_within_the_tests_bound(tmp_path):
+    json_path = tmp_path / "variation.json"
+    completed = subprocess.run([sys.executable, "bench/parity_variation.py", "--kernels", "default", "--threads", "1",
+                                "--json", str(json_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    assert "| default, OMP_NUM_THREADS=1 | " + cpu_capability() + " | 1 |" in completed.stdout
+    [row] = json.loads(json_path.read_text())
+    deviations = [row[column] for column in ("a_logits", "u_logits", "p_logits", "a_edge_logits", "a_certainty",
+                                             "a_point_flow", "a_trunk")]
+    assert all(0 <= deviation <= 1e-4 for deviation in deviations)  # the parity tests' bound (parity_case.py)
+    # within the bound no point of case A can move: its closest calls are further apart (test_model.py)
+    assert row["run_to_run"] == 0 and row["points_moved"] == 0

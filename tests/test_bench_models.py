@@ -11,6 +11,7 @@ import torch
 
 import network
 from bench.run import parse_args
+from engine.cpu_precision import cpu_capability
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +24,7 @@ def test_smoke_model_table_rows(tmp_path):
     assert "| model | original name | parameters (M) | input | GFLOPs | fp32 ms | bf16 ms | peak memory MB |" in (
         completed.stdout)
     assert "| upernet_r18 | network.uper_resnet.UperNetDeepR18_deeply | 12.7 | 64² |" in completed.stdout
+    assert f"| {cpu_capability()} | 1 |" in completed.stdout
     [row] = json.loads(json_path.read_text())["models"]
     model = network.get_model("upernet_r18", 16).eval()
     assert row["parameters"] == sum(p.numel() for p in model.parameters()) and row["size"] == 64
@@ -30,6 +32,7 @@ def test_smoke_model_table_rows(tmp_path):
         model(torch.zeros(1, 3, 64, 64))
     assert row["flops"] == counter.get_total_flops()
     assert row["fp32_seconds"] > 0 and row["bf16_seconds"] > 0
+    assert (row["cpu"], row["threads"]) == (cpu_capability(), 1)
     assert row["peak_bytes"] > 2 * 4 * row["parameters"]  # the model and its optimised copy, float32
 
 

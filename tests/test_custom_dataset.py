@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -198,6 +199,37 @@ def test_workflow_raw_prepare_train_eval_predict(raw, tmp_path):
         assert mask.size == (SIZE, SIZE)
         palette = np.asarray(mask.getpalette()[: 6 * 3]).reshape(6, 3)
     np.testing.assert_array_equal(palette, [item["color"] for item in CLASSES])
+
+
+def test_export_of_a_custom_dataset_checkpoint_needs_no_dataset_flag(raw, tmp_path):
+    onnx = pytest.importorskip("onnx", reason="onnx is in requirements.txt")
+    import network
+    from datasets import dataset_class
+    from utils.checkpoint import checkpoint_class_table
+
+    classes = [{"name": name, "color": colour} for name, colour in
+               (("road", [128, 64, 128]), ("roof", [70, 70, 70]), ("lawn", [107, 142, 35]))]
+    spec = _spec(tmp_path, raw, name="my_tiles", classes=classes)
+    # a checkpoint as train.py writes it for --dataset custom: DataParallel prefixes, the run's configuration,
+    # the spec's class names and palette
+    model = network.get_model("upernet_r18", len(classes), pretrained=None)
+    checkpoint = tmp_path / "last.pth"
+    torch.save({"state_dict": {f"module.{key}": value for key, value in model.state_dict().items()}, "epoch": 0,
+                "config": {"dataset": "custom", "dataset_spec": str(spec), "arch": "upernet_r18"},
+                **checkpoint_class_table(dataset_class("custom", spec))}, checkpoint)
+    (tmp_path / "six").mkdir()
+    six_classes = _spec(tmp_path / "six", raw)  # --dataset_spec is read, and its 6 classes checked
+    mismatch = _run([str(REPO / "tools" / "export_onnx.py"), "--snapshot", str(checkpoint), "--out",
+                     str(tmp_path / "m.onnx"), "--dataset", "custom", "--dataset_spec", str(six_classes)],
+                    tmp_path, code=2)
+    assert "trained for 3 classes but 6 are expected" in mismatch.stderr and "Traceback" not in mismatch.stderr
+    spec.unlink()  # the checkpoint alone says what its classes are
+    _run([str(REPO / "tools" / "export_onnx.py"), "--snapshot", str(checkpoint), "--out", str(tmp_path / "m.onnx")],
+         tmp_path)
+    metadata = {entry.key: entry.value for entry in onnx.load(tmp_path / "m.onnx").metadata_props}
+    assert json.loads(metadata["class_names"]) == ["road", "roof", "lawn"]
+    assert json.loads(metadata["palette"]) == [item["color"] for item in classes]
+    assert metadata["arch"] == "upernet_r18" and metadata["num_classes"] == "3"
 
 
 def test_sixteen_bit_four_band_geotiffs_use_the_band_choice_and_one_saved_scaling(tmp_path):

@@ -4,7 +4,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from parity_case import PARITY_DIR, load_case_a, parity_bound, read_key_table
+import torch.nn.functional as F
+from parity_case import (
+    PARITY_DIR,
+    assert_same_top_k,
+    assert_same_window_maxima,
+    load_case_a,
+    near_tie_tolerance,
+    parity_bound,
+    read_key_table,
+    scaled_bound,
+)
 from parity_weights import imagenet_file_state
 
 import network
@@ -145,18 +155,61 @@ def test_parity_trunk_stages(case_a):
 
 
 def test_parity_selected_points(case_a):
-    captured, intermediates = case_a["captured"], case_a["intermediates"]
-    # Modules run coarsest first, the order of the fixture's index J.
+    captured, intermediates, reference = case_a["captured"], case_a["intermediates"], case_a["reference"]
+    # Modules run coarsest first, the order of the fixture's index J. Points are compared up to near-ties
+    # (none in this fixture: test_case_a_points_are_clear_of_rounding).
     for j in range(3):
-        assert max_abs_error(captured["certainty"][j], intermediates[f"certainty_{j}"]) <= 1e-5
-        ours_edge = captured["edge_index"][j].numpy()
-        assert ours_edge.shape == intermediates[f"edge_topk_idx_{j}"].shape
-        assert set(ours_edge[0].tolist()) == set(intermediates[f"edge_topk_idx_{j}"][0].tolist())
+        certainty = intermediates[f"certainty_{j}"]
+        assert max_abs_error(captured["certainty"][j], certainty) <= scaled_bound(certainty)
+        assert_same_top_k(captured["edge_index"][j][0].numpy(), intermediates[f"edge_topk_idx_{j}"][0],
+                          reference[f"edge_pred_{j}"].reshape(-1))
         salient_index = captured["salient_index"][j][1]
-        assert np.array_equal(salient_index[:, 0].numpy(), intermediates[f"maxpool_idx_{j}"])
-        pf_out = captured["pf_out"][j]
-        scale = float(np.abs(intermediates[f"pf_out_{j}_first16"]).max())
-        assert max_abs_error(pf_out[:, :16], intermediates[f"pf_out_{j}_first16"]) <= 1e-4 * scale
+        assert_same_window_maxima(salient_index[:, 0].numpy(), intermediates[f"maxpool_idx_{j}"], certainty.reshape(-1))
+        pf_out = intermediates[f"pf_out_{j}_first16"]
+        assert max_abs_error(captured["pf_out"][j][:, :16], pf_out) <= scaled_bound(pf_out)
+
+
+def test_point_comparisons_allow_only_near_ties():
+    scores = np.array([5.0, 4.0, 3.0, 3.0 - 1e-4, 1.0])  # near-tie tolerance 2 * 1e-4 * 5 = 1e-3
+    assert_same_top_k(np.array([1, 0, 3]), np.array([0, 1, 2]), scores)  # 2 and 3 within 1e-4 of the cut
+    with pytest.raises(AssertionError, match="no near-tie"):
+        assert_same_top_k(np.array([0, 1, 4]), np.array([0, 1, 2]), scores)
+    assert_same_window_maxima(np.array([[0, 3]]), np.array([[0, 2]]), scores)
+    with pytest.raises(AssertionError, match="1 windows chose another point"):
+        assert_same_window_maxima(np.array([[1, 2]]), np.array([[0, 2]]), scores)
+
+
+def window_runner_up_gaps(certainty: np.ndarray, maxpool_size: int) -> np.ndarray:
+    """Each adaptive max-pool window's largest value minus its second largest: (1, 1, h, w) -> (m, m)."""
+    scores = torch.from_numpy(certainty)
+    best, index = F.adaptive_max_pool2d(scores, maxpool_size, return_indices=True)
+    gaps = np.empty((maxpool_size, maxpool_size))
+    for y in range(maxpool_size):
+        for x in range(maxpool_size):
+            without_best = scores.clone().flatten()
+            without_best[index[0, 0, y, x]] = -float("inf")
+            runner_up = F.adaptive_max_pool2d(without_best.view_as(scores), maxpool_size)[0, 0, y, x]
+            gaps[y, x] = float(best[0, 0, y, x] - runner_up)
+    return gaps
+
+
+def test_case_a_points_are_clear_of_rounding():
+    # The stored logits can hold on every CPU only if no point choice of the fixture is a near-tie that rounding
+    # elsewhere could flip (then rows of points move, as on the original's R101 run on AVX2 against AVX-512:
+    # 0.82 x max|logit|). Case A's closest calls: the edge top-k cut 1.4e-2 (module 1) and 1.7e-3 (module 2)
+    # against near-tie tolerances of 9.2e-4 and 4.2e-4 (module 0 takes all 96 cells: no cut); the max-pool
+    # windows' top-2 gaps 2.5e-4, 1.0e-3 and 3.6e-4 against 1.1e-4, 1.9e-4 and 2.0e-4.
+    intermediates = dict(np.load(PARITY_DIR / "case_a_isaid16_intermediates.npz"))
+    reference = dict(np.load(PARITY_DIR / "case_a_isaid16_compact.npz"))
+    for j in range(3):
+        edge_scores = np.sort(reference[f"edge_pred_{j}"].reshape(-1))[::-1]
+        k = intermediates[f"edge_topk_idx_{j}"].shape[1]
+        if k < edge_scores.size:
+            assert edge_scores[k - 1] - edge_scores[k] > near_tie_tolerance(edge_scores)
+        certainty = intermediates[f"certainty_{j}"]
+        gaps = window_runner_up_gaps(certainty, intermediates[f"maxpool_idx_{j}"].shape[-1])
+        windows_of_one_cell = np.isinf(gaps)
+        assert (gaps[~windows_of_one_cell] > near_tie_tolerance(certainty)).all()
 
 
 def test_bf16_autocast_agrees_with_fp32(case_a):

@@ -88,15 +88,18 @@ def test_export_tool_writes_a_dynamic_float32_file_with_the_checkpoints_facts(pf
     assert json.loads(metadata["input_std"]) == [0.229, 0.224, 0.225]
 
 
-def test_class_names_come_from_the_flag_else_the_checkpoints_saved_dataset():
-    from tools.export_onnx import class_table
+def test_saved_classes_come_from_the_checkpoint_else_its_saved_dataset():
+    from evaluation.restore import saved_class_table
 
-    names, palette = class_table(None, {"dataset": "Vaihingen"})
+    names, palette = saved_class_table({"config": {"dataset": "Vaihingen"}})
     # the ISPRS classes and colours (ISPRS 2D semantic labeling benchmark), written out independently
     assert names == ["impervious_surfaces", "building", "low_vegetation", "tree", "car", "clutter"]
     assert palette.tolist() == [[255, 255, 255], [0, 0, 255], [0, 255, 255], [0, 255, 0], [255, 255, 0], [255, 0, 0]]
-    assert class_table("iSAID", {"dataset": "Vaihingen"})[0][1] == "ship"
-    assert class_table(None, {}) == (None, None)
+    names, palette = saved_class_table({"class_names": ["road", "roof"], "palette": [[1, 2, 3], [4, 5, 6]],
+                                        "config": {"dataset": "custom"}})
+    assert names == ["road", "roof"] and palette.tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert saved_class_table({"config": {"dataset": "custom"}}) is None  # a spec's classes live in the spec
+    assert saved_class_table({}) is None
 
 
 def test_pfnet_onnxruntime_parity_at_two_sizes(pfnet_export):

@@ -5,8 +5,10 @@ The model is rebuilt as eval.py and predict.py rebuild it: ``--arch`` and the mo
 else from the configuration saved in the checkpoint, else the arch's recommended values; the class count
 from the checkpoint's classifier. The file takes ``images`` (N, 3, H, W) float32, RGB scaled to [0, 1] minus
 the ImageNet mean over its std, with N, H and W dynamic, and returns ``logits`` (N, K, H, W) float32. Class
-names and palette (from ``--dataset``, else the dataset the checkpoint was trained on, when it says) go into
-the ONNX metadata; see docs/deployment.md.
+names and palette go into the ONNX metadata, chosen as predict.py chooses them: from ``--dataset`` (with
+``--dataset_spec`` for ``custom``), else the class names and palette train.py saved in the checkpoint (custom
+datasets included: no dataset flag needed), else the built-in dataset its saved configuration names; see
+docs/deployment.md.
 
 Example::
 
@@ -23,9 +25,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datasets.registry import names_text  # noqa: E402
 from evaluation.dataset_split import dataset_table  # noqa: E402
 from evaluation.onnx_export import DEFAULT_OPSET, export_onnx, onnx_metadata  # noqa: E402
-from evaluation.restore import restore_model  # noqa: E402
+from evaluation.restore import restore_model, saved_class_table  # noqa: E402
 from network.options import add_model_flags  # noqa: E402
 from utils.checkpoint import CheckpointMismatchError  # noqa: E402
 
@@ -36,8 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--snapshot", required=True, help="checkpoint (.pth) to export, e.g. an official PFSegNets one")
     parser.add_argument("--out", required=True, help="ONNX file to write (.onnx)")
     parser.add_argument("--dataset", default=None,
-                        help="iSAID, Posdam (or potsdam) or Vaihingen: class names and palette stored in the file "
-                             "(default: the dataset saved in the checkpoint; none for an official snapshot)")
+                        help=f"{names_text()}: class names and palette stored in the file (default: those saved "
+                             "in the checkpoint by train.py, else its saved dataset's; none for an official "
+                             "snapshot)")
+    parser.add_argument("--dataset_spec", default=None,
+                        help="with --dataset custom: its YAML description (not needed: the checkpoint carries "
+                             "the classes)")
     parser.add_argument("--fp16", action="store_true",
                         help="float16 weights and computation behind a float32 input and output (half the file "
                              "size; for GPU runtimes: onnxruntime's CPU provider runs float32 faster)")
@@ -68,14 +75,6 @@ def check_flags(args: argparse.Namespace) -> None:
             raise ImportError(f"exporting needs {package}: pip install onnx onnxscript")
 
 
-def class_table(dataset: str | None, saved_config: dict) -> tuple[list[str] | None, object]:
-    """(class names, palette) of ``dataset``, else of the checkpoint's saved ``dataset``, else (None, None)."""
-    name = dataset or saved_config.get("dataset")
-    if not name:
-        return None, None
-    return dataset_table(name)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: check the flags, rebuild the model from the checkpoint, write the ONNX file.
 
@@ -85,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_flags(args)
-        expected_classes = len(dataset_table(args.dataset)[0]) if args.dataset else None
-        restored = restore_model(args, args.snapshot, expected_classes, device="cpu",
+        named = dataset_table(args.dataset, args.dataset_spec) if args.dataset else None
+        restored = restore_model(args, args.snapshot, len(named[0]) if named else None, device="cpu",
                                  trusted_pickle=args.trusted_pickle, optimize=False)
-        class_names, palette = class_table(args.dataset, restored.extras.get("config") or {})
+        class_names, palette = named or saved_class_table(restored.extras) or (None, None)
         metadata = onnx_metadata(num_classes=restored.num_classes, arch=restored.resolved.arch,
                                  options=restored.resolved.options, snapshot=args.snapshot,
                                  class_names=class_names, palette=palette)
