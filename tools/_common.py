@@ -31,12 +31,11 @@ from tqdm import tqdm
 
 from utils import image_io
 from utils.atomic import WriteError, atomic_write_bytes
+from utils.image_io import MAX_IMAGE_PIXELS
+from utils.source_policy import STRICT_SOURCES, SourcePolicy
 
 ON_ERROR_CHOICES = ("error", "skip")
 _EXIF_ORIENTATION = 0x0112
-MAX_IMAGE_PIXELS = 2**30
-"""Largest image (pixels) the tools decode: OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS); iSAID's largest
-scenes have ~0.06e9 pixels. A header claiming more is a decompression bomb or a corrupt file."""
 EXAMPLES_SHOWN = 3
 _PR_SET_PDEATHSIG = 1
 _PARENT_POLL_SECONDS = 1.0
@@ -232,18 +231,21 @@ def check_pixel_count(path: Path) -> tuple[int, int] | None:
     return size
 
 
-def read_image(path: Path, bands: tuple[int, ...] | None = None,
-               scaling: image_io.ImageScaling | None = None) -> np.ndarray:
+def read_image(path: Path, bands: tuple[int, ...] | None = None, scaling: image_io.ImageScaling | None = None,
+               policy: SourcePolicy = STRICT_SOURCES) -> np.ndarray:
     """Read an image as (H, W, 3) uint8, BGR order, through ``utils.image_io`` (``bands``: 1-based band choice,
-    ``scaling``: the rule for non-8-bit data); only the channel order and the error type are the tools' own.
+    ``scaling``: the rule for non-8-bit data, ``policy``: what a GDAL input may read); only the channel order
+    and the error type are the tools' own.
 
     Raises:
-        InputError: if the file is missing, truncated, corrupt or not an image, lacks a chosen band, or is
-            larger than MAX_IMAGE_PIXELS.
+        InputError: if the file is missing, truncated, corrupt or not an image, lacks a chosen band, is
+            larger than MAX_IMAGE_PIXELS, or is refused by ``policy``.
     """
     check_pixel_count(path)
     try:
-        return np.ascontiguousarray(image_io.read_image(path, bands, scaling)[..., ::-1])
+        return np.ascontiguousarray(image_io.read_image(path, bands, scaling, policy)[..., ::-1])
+    except image_io.SourcePolicyError as error:
+        raise InputError(str(error)) from None
     except image_io.ImageReadError as error:
         raise InputError(f"{error}; re-download or re-extract it, or run with --on-error skip") from None
 

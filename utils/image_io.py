@@ -413,12 +413,14 @@ def _decode_with_opencv(path: str | os.PathLike) -> tuple[np.ndarray, int | None
     """(H, W, C) pixels in the file's band order (RGB(A)) and the alpha band's number, or None."""
     suffix = Path(path).suffix.lower()
     flags = cv2.IMREAD_UNCHANGED if suffix in PNG_SUFFIXES else cv2.IMREAD_COLOR
-    if Path(path).is_file():
+    try:
         height, width = image_size(path)
-        if height * width > MAX_IMAGE_PIXELS:
-            raise ImageReadError(f"{path}: its header claims {width} x {height} = {height * width} pixels, more than "
-                                 f"the limit of {MAX_IMAGE_PIXELS} (a decompression bomb or a corrupt header); "
-                                 "re-download it, or cut it into tiles")
+    except ImageReadError:  # OpenCV says what is wrong with the file
+        height = width = 0
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ImageReadError(f"{path}: its header claims {width} x {height} = {height * width} pixels, more than "
+                             f"the limit of {MAX_IMAGE_PIXELS} (a decompression bomb or a corrupt header); "
+                             "re-download it, or cut it into tiles")
     try:
         decoded = cv2.imread(str(path), flags)
     except cv2.error as error:
@@ -488,6 +490,58 @@ def image_size(path: str | os.PathLike, policy: SourcePolicy = STRICT_SOURCES) -
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     return (width, height) if turned else (height, width)
+
+
+def is_eight_bit(path: str | os.PathLike, bands: tuple[int, ...] | None = None,
+                 policy: SourcePolicy = STRICT_SOURCES) -> bool:
+    """Whether an image stores 8-bit samples in the chosen ``bands`` (all bands when None), from its header
+    only: PNG bit depth, JPEG/BMP/WebP always, a raster's band data types (a palette counts as 8-bit).
+    A header that cannot be read counts as 8-bit (reading the image reports it).
+
+    Raises:
+        SourcePolicyError: a raster refused by ``policy``.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix in PNG_SUFFIXES:
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(25)
+        except OSError:
+            return True
+        return len(header) < 25 or header[24] <= 8  # IHDR bit depth per sample
+    if suffix not in RASTER_SUFFIXES:
+        return True
+    try:
+        with gdal_env(policy), open_raster_header(path, policy) as dataset:
+            chosen = [band for band in (bands or range(1, dataset.count + 1)) if band <= dataset.count]
+            return all(dataset.dtypes[band - 1] == "uint8" for band in chosen)
+    except SourcePolicyError:
+        raise
+    except ImageReadError:
+        return True
+
+
+def dataset_scaling(paths: list[str | os.PathLike], bands: tuple[int, ...] | None = None,
+                    policy: SourcePolicy = STRICT_SOURCES) -> ImageScaling | None:
+    """One scaling for every non-8-bit image of a dataset (the data tools never stretch image by image).
+
+    None when every image is 8-bit. Else, per band, the lowest ``low`` and the highest ``high`` of the
+    default rule over the non-8-bit images: ``0..255`` (values as they are) when all their values fit in
+    8 bits, otherwise the lowest 2nd and the highest 98th percentile (each image estimated on its sample).
+
+    Raises:
+        ImageReadError: an image cannot be opened or lacks a chosen band (SourcePolicyError: refused).
+    """
+    ranges = []
+    for path in paths:
+        if is_eight_bit(path, bands, policy):
+            continue
+        with open_raster(path, bands, None, policy) as source:
+            ranges.append((source.scaling.low, source.scaling.high))
+    if not ranges:
+        return None
+    lows, highs = zip(*ranges)
+    return ImageScaling(low=tuple(map(float, np.min(lows, axis=0))), high=tuple(map(float, np.max(highs, axis=0))))
 
 
 def gdal_env(policy: SourcePolicy = STRICT_SOURCES):
