@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from tools._common import (  # noqa: E402
     report_input_problems,
     run_jobs,
     run_tool,
+    unpack_zip,
 )
 from tools._masks import (  # noqa: E402
     ColourCoding,
@@ -219,23 +221,68 @@ def loveda_coding(unknown: str = "error") -> IdCoding:
     return IdCoding((no_data, *(k + 1 for k in classes)), (LoveDADataset.ignore_label, *classes), unknown)
 
 
+def _unpack_loveda_zips(raw: Path, notes: list[str]) -> None:
+    """Unpack ``Train.zip`` / ``Val.zip`` / ``Test.zip`` found in ``raw`` in place of their folders, beside them.
+
+    A zip holding ``Train/...`` (as distributed) or ``Urban/``, ``Rural/`` directly gives ``raw/Train``.
+
+    Raises:
+        ToolError: an unsafe member, or a zip that holds neither layout (naming docs/data_custom.md).
+    """
+    for split_folder in LOVEDA_SPLIT_FOLDERS.values():
+        archive, target = raw / f"{split_folder}.zip", raw / split_folder
+        if target.exists() or not archive.is_file():
+            continue
+        unpacked = raw / f".{split_folder}.zip.contents"
+        shutil.rmtree(unpacked, ignore_errors=True)
+        unpack_zip(archive, unpacked)
+        inner = unpacked / split_folder
+        source = inner if inner.is_dir() else unpacked
+        if not any((source / folder).is_dir() for folder in LOVEDA_DOMAIN_FOLDERS.values()):
+            shutil.rmtree(unpacked)
+            raise ToolError(f"{archive} holds neither {split_folder}/Urban, {split_folder}/Rural nor Urban, Rural; "
+                            "it is not a LoveDA zip (layout in docs/data_custom.md, LoveDA)")
+        source.rename(target)
+        shutil.rmtree(unpacked, ignore_errors=True)
+        notes.append(f"{archive}: unpacked into {target}")
+
+
+def _loveda_problems(image_dir: Path, images: list[Path], mask_dir: Path | None, on_error: str,
+                     notes: list[str]) -> None:
+    """Stop at (or note, with ``on_error="skip"``) files the LoveDA jobs would drop: images not saved as PNG and
+    masks without their image."""
+    others = [str(path) for path in sorted(image_dir.iterdir())
+              if path.is_file() and not path.name.startswith(".") and path.suffix != ".png"]
+    report_input_problems(notes, "LoveDA image(s) not saved as .png", others,
+                          "convert them to PNG (LoveDA images and masks are PNG files)", on_error)
+    if mask_dir is None or not mask_dir.is_dir():
+        return
+    names = {path.name for path in images}
+    orphans = [str(path) for path in sorted(mask_dir.iterdir())
+               if path.is_file() and not path.name.startswith(".") and path.name not in names]
+    report_input_problems(notes, f"LoveDA mask(s) without their image in {image_dir}", orphans,
+                          "add the images as PNG, or remove the masks", on_error)
+
+
 def _loveda_jobs(raw: Path, out: Path, coding: IdCoding, patch: int, overlap: int, whole_only: bool, domain: str,
-                 overwrite: bool) -> tuple[list[SplitJob], list[str]]:
+                 overwrite: bool, on_error: str) -> tuple[list[SplitJob], list[str]]:
     domains = LOVEDA_DOMAIN_FOLDERS if domain == "all" else {domain: LOVEDA_DOMAIN_FOLDERS[domain]}
     jobs, notes = [], []
+    _unpack_loveda_zips(raw, notes)
     for split, split_folder in LOVEDA_SPLIT_FOLDERS.items():
         with_masks = split in LoveDADataset.splits
         image_dirs = {name: raw / split_folder / folder / LOVEDA_IMAGE_FOLDER for name, folder in domains.items()}
         present = {name: folder for name, folder in image_dirs.items() if folder.is_dir()}
         if not present and with_masks:
             expected = " or ".join(str(folder) for folder in image_dirs.values())
-            raise ToolError(f"{expected} does not exist; expected the unpacked LoveDA {split_folder}.zip there "
-                            "(see tools/raw_layout.py)")
+            raise ToolError(f"{expected} does not exist; expected LoveDA's {split_folder}.zip or its unpacked "
+                            f"{split_folder} folder in {raw} (layout in docs/data_custom.md, LoveDA)")
         for domain_name, image_dir in present.items():
             images = sorted(image_dir.glob("*.png"), key=lambda path: natural_key(path.name))
+            mask_dir = image_dir.parent / LOVEDA_MASK_FOLDER
+            _loveda_problems(image_dir, images, mask_dir if with_masks else None, on_error, notes)
             if not images:
                 raise ToolError(f"{image_dir} holds no LoveDA images (*.png)")
-            mask_dir = image_dir.parent / LOVEDA_MASK_FOLDER
             notes.append(f"loveda {split}/{domain_name}: {len(images)} images")
             for image_path in images:
                 mask_path = mask_dir / image_path.name if with_masks else None
@@ -357,7 +404,7 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
         jobs, notes = _isaid_jobs(raw, out, isaid_coding(unknown_color), patch, overlap, whole_held_out, overwrite)
     elif dataset == "loveda":
         jobs, notes = _loveda_jobs(raw, out, loveda_coding(unknown_color), patch, overlap, whole_only, domain,
-                                   overwrite)
+                                   overwrite, on_error)
     else:
         coding = isprs_coding(unknown_color, eroded=label_variant == "eroded")
         jobs, notes = _isprs_jobs(dataset, raw, out, coding, patch, overlap, label_variant,
