@@ -7,7 +7,16 @@ import pytest
 from faults import bomb_png
 from PIL import Image
 
-from utils.image_io import ImageReadError, ImageScaling, open_raster, parse_bands, parse_scaling, read_image
+from datasets.file_check import find_mask_problems
+from utils.image_io import (
+    ImageReadError,
+    ImageScaling,
+    open_raster,
+    parse_bands,
+    parse_scaling,
+    read_as_stored,
+    read_image,
+)
 
 rasterio = pytest.importorskip("rasterio")
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -93,6 +102,10 @@ def test_header_claiming_too_many_pixels_names_the_file_before_decoding(tmp_path
     bomb = bomb_png(tmp_path / "bomb.png", 40_000, 40_000)
     with pytest.raises(ImageReadError, match=r"bomb.png: its header claims 40000 x 40000 = 1600000000 pixels"):
         read_image(bomb)
+    with pytest.raises(ImageReadError, match=r"bomb.png: its header claims 40000 x 40000"):
+        read_as_stored(bomb)  # masks: the datasets and the mask check read them so
+    (problem,) = find_mask_problems([bomb], num_classes=6, workers=1)
+    assert problem.startswith(f"{bomb}: its header claims 40000 x 40000")
 
 
 def test_explicit_scaling_and_float_tiff_with_nan_as_invalid(tmp_path):

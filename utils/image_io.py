@@ -409,10 +409,12 @@ class GdalSource(RasterSource):
         self.gdal_env.__exit__(None, None, None)
 
 
-def _decode_with_opencv(path: str | os.PathLike) -> tuple[np.ndarray, int | None]:
-    """(H, W, C) pixels in the file's band order (RGB(A)) and the alpha band's number, or None."""
-    suffix = Path(path).suffix.lower()
-    flags = cv2.IMREAD_UNCHANGED if suffix in PNG_SUFFIXES else cv2.IMREAD_COLOR
+def _opencv_read(path: str | os.PathLike, flags: int) -> np.ndarray | None:
+    """``cv2.imread(path, flags)`` after checking the header's pixel count; None if OpenCV cannot decode it.
+
+    Raises:
+        ImageReadError: the header claims more than ``MAX_IMAGE_PIXELS`` pixels, or OpenCV fails; names the file.
+    """
     try:
         height, width = image_size(path)
     except ImageReadError:  # OpenCV says what is wrong with the file
@@ -422,9 +424,25 @@ def _decode_with_opencv(path: str | os.PathLike) -> tuple[np.ndarray, int | None
                              f"the limit of {MAX_IMAGE_PIXELS} (a decompression bomb or a corrupt header); "
                              "re-download it, or cut it into tiles")
     try:
-        decoded = cv2.imread(str(path), flags)
+        return cv2.imread(str(path), flags)
     except cv2.error as error:
         raise ImageReadError(f"{path}: cannot be decoded ({str(error).strip().splitlines()[-1]})") from None
+
+
+def read_as_stored(path: str | os.PathLike) -> np.ndarray | None:
+    """A file's pixels exactly as stored (``cv2.IMREAD_UNCHANGED``: any bit depth and channel count; label
+    masks), or None if it cannot be decoded.
+
+    Raises:
+        ImageReadError: the header claims more than ``MAX_IMAGE_PIXELS`` pixels; the message names the file.
+    """
+    return _opencv_read(path, cv2.IMREAD_UNCHANGED)
+
+
+def _decode_with_opencv(path: str | os.PathLike) -> tuple[np.ndarray, int | None]:
+    """(H, W, C) pixels in the file's band order (RGB(A)) and the alpha band's number, or None."""
+    suffix = Path(path).suffix.lower()
+    decoded = _opencv_read(path, cv2.IMREAD_UNCHANGED if suffix in PNG_SUFFIXES else cv2.IMREAD_COLOR)
     if decoded is None:
         state = "cannot be decoded (truncated, corrupt or not an image)" if Path(path).exists() else "does not exist"
         raise ImageReadError(f"{path}: {state}")
