@@ -381,6 +381,9 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
     if raw is None:
         raise ToolError(f"{dataset} needs --raw DIR, the root of the unpacked official download")
     raw = Path(raw)
+    if raw.is_file() and raw.suffix.lower() == ".zip":
+        raise ToolError(f"--raw {raw} is a zip file: pass the folder that holds it, --raw {raw.parent} (LoveDA's zips "
+                        "are unpacked there; layouts in tools/raw_layout.py, LoveDA in docs/data_custom.md)")
     if not raw.is_dir():
         raise ToolError(f"raw folder {raw} does not exist")
     for source in (raw, image_dir, label_dir):
