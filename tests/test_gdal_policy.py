@@ -169,3 +169,12 @@ def test_allow_source_root_must_be_a_folder(files, capsys, tmp_path):
     case = predict_case(files, files["inside"], "--allow-source-root", str(tmp_path / "nothing"),
                         names=("--allow-source-root", str(tmp_path / "nothing")))
     assert_clean_failure(run_in_process(predict.main, case, capsys))
+
+
+def test_prepare_custom_reads_a_vrt_whose_sources_lie_in_its_folder(files, tmp_path):
+    spec = custom_vrt_dataset(tmp_path / "data", vrt_text("sources/tile.png"))
+    (tmp_path / "data" / "images" / "sources").mkdir()
+    cv2.imwrite(str(tmp_path / "data" / "images" / "sources" / "tile.png"), files["photo_rgb"][..., ::-1])
+    prepare_dataset.main(["custom", "--spec", str(spec), "--out", str(tmp_path / "out"), "--workers", "1"])
+    (written,) = (tmp_path / "out").glob("*/images/b.png")
+    np.testing.assert_array_equal(cv2.imread(str(written))[..., ::-1], files["photo_rgb"])
