@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar
 
-import cv2
 import numpy as np
 
 from datasets.classes import IGNORE_LABEL
 from datasets.edges import boundary_target
 from datasets.file_check import DataFileError
-from utils.image_io import ImageReadError, read_image
+from utils.image_io import ImageReadError, read_as_stored, read_image
 
 if TYPE_CHECKING:
     import torch
@@ -170,9 +169,9 @@ class SegmentationFolder:
         image_path, mask_path = self.items[index]
         try:
             image = read_image(image_path)
+            mask = read_as_stored(mask_path)
         except ImageReadError as error:
             raise DataFileError(str(error)) from None
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
         if mask is None:
             raise DataFileError(f"{mask_path}: cannot be read (missing, truncated or not an image)")
         if mask.ndim != 2 or mask.dtype != np.uint8:

@@ -28,9 +28,9 @@ MASK_FORMATS = ("colour", "ids")
 SPLIT_MODES = ("folders", "lists", "fraction")
 """How images are assigned to splits: sub-folders of ``images``/``masks``, list files of stems, or a seeded
 random share of the images."""
-SCALING_RULES = ("dataset", "per_image")
+SCALING_RULES = ("dataset",)
 """Scaling of non-8-bit images: one per-band range for the whole dataset (from the training images, saved as
-``{out}/scaling.json``), or each image's own range (``utils.image_io``'s default rule)."""
+``{out}/scaling.json``; values within 0..255 are kept). The data tools never stretch image by image."""
 _KNOWN_KEYS = {"name", "images", "masks", "image_suffix", "mask_suffix", "mask_format", "classes", "ignore",
                "split_by", "splits", "seed", "patch_size", "stride", "bands", "scaling"}
 

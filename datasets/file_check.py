@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from datasets.classes import IGNORE_LABEL
+from utils.image_io import ImageReadError, read_as_stored
 
 IDS_LISTED = 8
 FILES_LISTED = 3
@@ -56,7 +56,10 @@ def describe_invalid_ids(path: str | Path, invalid: dict[int, int], num_classes:
 
 
 def _mask_problem(path: Path, num_classes: int) -> str | None:
-    ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    try:
+        ids = read_as_stored(path)
+    except ImageReadError as error:
+        return str(error)
     if ids is None:
         state = "cannot be decoded (truncated, corrupt or not an image)" if path.exists() else "does not exist"
         return f"{path}: {state}"

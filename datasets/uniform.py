@@ -30,12 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import cv2
 import numpy as np
 from torch.utils.data import Sampler
 
 from datasets.base import SegmentationFolder
 from utils.atomic import atomic_write_bytes
+from utils.image_io import read_as_stored
 
 Centroid = tuple[int, int]
 """(x, y) pixel position in the untransformed image."""
@@ -80,7 +80,7 @@ def data_fingerprint(mask_paths: Sequence[Path], num_classes: int, tile_size: in
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    mask = read_as_stored(path)
     if mask is None or mask.ndim != 2:
         raise ValueError(f"{path}: not a single-channel label-id mask")
     return mask

@@ -15,6 +15,8 @@ windows per pass       ``--batch_size``                                    windo
 device                 ``--device``                                        torch device
 checkpoint trust       ``--trusted-pickle`` (``--trusted_pickle``)          may run code from the checkpoint
 bands / scaling        ``--bands``, ``--scaling``                          see ``utils.image_io``
+GDAL sources           ``--allow-source-root DIR`` (repeatable),            what a VRT may make GDAL read, see
+                       ``--allow-network-sources``                          ``utils.source_policy``
 =====================  ==================================================  ==================================
 
 Model options and ``--precision`` are defined in ``evaluation.restore``. The defaults differ where the
@@ -30,6 +32,7 @@ import torch
 
 from evaluation.inference import BLENDS
 from utils.image_io import parse_bands, parse_scaling
+from utils.source_policy import add_source_arguments, source_policy
 
 TRUSTED_PICKLE_HELP = ("allow arbitrary pickled objects in the checkpoint: this can run code from the file, so "
                        "only for checkpoints you trust")
@@ -75,14 +78,17 @@ def add_run_arguments(parser: argparse._ActionsContainer) -> None:
 
 
 def add_band_arguments(parser: argparse._ActionsContainer) -> None:
-    """``--bands`` and ``--scaling`` (the reader's band choice and 16-bit/float rule, ``utils.image_io``)."""
+    """``--bands`` and ``--scaling`` (the reader's band choice and 16-bit/float rule, ``utils.image_io``) and the
+    source policy's flags (:func:`add_source_arguments`)."""
     parser.add_argument("--bands", default=None,
                         help="three 1-based bands fed as the model's channels, e.g. 4,1,2 for IR-R-G from RGB+IR "
                              "(default 1,2,3; a gray image is repeated)")
     parser.add_argument("--scaling", default="auto",
-                        help="16-bit/float inputs: auto = per-band 2nd-98th percentile stretch of each image, "
+                        help="16-bit/float inputs: auto = integers within 0..255 as they are, else a per-band 2nd-98th "
+                             "percentile stretch of each image, "
                              "LOW,HIGH = that range to 0..255 for every band, or a scaling.json saved beside a "
                              "prepared dataset (8-bit inputs are used as they are; default auto)")
+    add_source_arguments(parser)
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -125,12 +131,13 @@ def window_stride(window: int, stride: int | None, overlap: float) -> int:
 
 
 def band_options(args: argparse.Namespace) -> dict:
-    """``bands`` and ``scaling`` keyword arguments of ``utils.image_io`` readers from the parsed flags.
+    """``bands``, ``scaling`` and ``policy`` keyword arguments of ``utils.image_io`` readers from the parsed flags.
 
     Raises:
-        ValueError: a malformed ``--bands`` or ``--scaling``; the message names the flag.
+        ValueError: a malformed ``--bands``, ``--scaling`` or ``--allow-source-root``; the message names the flag.
     """
-    return {"bands": None if args.bands is None else parse_bands(args.bands), "scaling": parse_scaling(args.scaling)}
+    return {"bands": None if args.bands is None else parse_bands(args.bands), "scaling": parse_scaling(args.scaling),
+            "policy": source_policy(args)}
 
 
 def tta_options(args: argparse.Namespace) -> dict:

@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import cv2
+import numpy as np
+import yaml
+
 from utils.atomic import PARTIAL_MARK
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,3 +193,37 @@ def run_on_full_disk(folder: Path, argv: list[str], keep: Path) -> subprocess.Co
 def case_table(builders: dict[str, Callable[[dict], Case]], data: dict) -> dict[str, Case]:
     """Build every case from the shared bad inputs ``data``."""
     return {name: build(data) for name, build in builders.items()}
+
+
+def vrt_text(source: str, size: int = 64, relative: bool = True, raw: bool = False) -> str:
+    """A GDAL VRT of ``size`` x ``size`` pixels reading ``source``: its three bands (a simple source), or its
+    bytes as one 8-bit band (``raw``: a raw raster band, which reads any file)."""
+    flag = int(relative)
+    if raw:
+        return (f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><VRTRasterBand dataType="Byte" band="1" '
+                f'subClass="VRTRawRasterBand"><SourceFilename relativeToVRT="{flag}">{source}</SourceFilename>'
+                f'<ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>{size}</LineOffset>'
+                '</VRTRasterBand></VRTDataset>\n')
+    window = f'xOff="0" yOff="0" xSize="{size}" ySize="{size}"'
+    bands = "".join(f'<VRTRasterBand dataType="Byte" band="{band}"><SimpleSource><SourceFilename '
+                    f'relativeToVRT="{flag}">{source}</SourceFilename><SourceBand>{band}</SourceBand>'
+                    f'<SrcRect {window}/><DstRect {window}/></SimpleSource></VRTRasterBand>' for band in (1, 2, 3))
+    return f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}">{bands}</VRTDataset>\n'
+
+
+def id_mask_dataset(root: Path, images: dict[str, Callable[[Path], None]]) -> Path:
+    """A custom dataset at ``root``: ``images/{name}`` written by ``images[name](path)``, ``masks/{stem}.png``
+    (64 x 64, ids 0 and 1) for each, and ``spec.yaml`` (id masks, classes 0 and 1, half for train and half for
+    val); returns the spec's path."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name, write in images.items():
+        write(root / "images" / name)
+        ids = np.zeros((64, 64), np.uint8)
+        ids[32:] = 1
+        cv2.imwrite(str(root / "masks" / f"{Path(name).stem}.png"), ids)
+    spec = root / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "toy", "images": "images", "masks": "masks", "mask_format": "ids",
+                                    "classes": [{"name": "ground", "id": 0}, {"name": "roof", "id": 1}],
+                                    "split_by": "fraction", "seed": 0, "splits": {"train": 0.5, "val": 0.5}}))
+    return spec

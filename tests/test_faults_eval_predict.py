@@ -12,6 +12,7 @@ import torch
 from faults import (
     Case,
     assert_clean_failure,
+    bomb_png,
     case_table,
     copy_tree,
     folder_digest,
@@ -77,9 +78,11 @@ def data(tmp_path_factory) -> dict:
     existing_masks = base / "existing_masks"
     existing_masks.mkdir()
     (existing_masks / "scene_pred.png").write_bytes(b"previous mask")
+    (base / "bomb").mkdir()
+    bomb = bomb_png(base / "bomb" / "scene.png", 40_000, 40_000)
     return {"base": base, "root": root, "checkpoint": checkpoint, "broken": broken_checkpoints(base / "broken"),
             "bad_masks": bad_ids, "truncated_image": truncated_image, "images": images, "damaged_input": damaged_input,
-            "finished": finished, "existing_masks": existing_masks}
+            "finished": finished, "existing_masks": existing_masks, "bomb": bomb}
 
 
 def eval_case(d: dict, *flags: str, code: int = 2, names: tuple[str, ...], snapshot=None, root=None,
@@ -158,6 +161,8 @@ IN_PROCESS_CASES = {
                                                                            "not a PyTorch checkpoint"),
                                                                  snapshot=d["broken"]["pickle"],
                                                                  forbidden=("--trusted-pickle",)),
+    "predict_png_header_too_large": lambda d: predict_case(d, names=(str(d["bomb"]), "40000 x 40000"),
+                                                           inputs=d["bomb"]),
     "predict_mask_exists": lambda d: predict_case(d, names=("scene_pred.png", "--overwrite"),
                                                   out=d["existing_masks"]),
 }

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -20,17 +21,18 @@ from faults import (
     copy_tree,
     folder_digest,
     full_disk_available,
+    id_mask_dataset,
     run_cases,
     run_on_full_disk,
     subprocess_env,
     truncate,
 )
 
-from tools._common import MAX_IMAGE_PIXELS
 from tools._tiling import GEOMETRY_FILE
 from tools.make_synthetic_data import make_synthetic
 from tools.prepare_dataset import prepare
 from utils.atomic import PARTIAL_MARK
+from utils.image_io import MAX_IMAGE_PIXELS, SCALING_FILE
 
 PREPARE = "tools/prepare_dataset.py"
 POTSDAM_IMAGE = "2_Ortho_RGB/top_potsdam_{}_RGB.tif"
@@ -88,7 +90,23 @@ def data(tmp_path_factory) -> dict:
     garbage_masks = base / "garbage_masks" / "train" / "masks"
     garbage_masks.mkdir(parents=True)
     (garbage_masks / "top_potsdam_2_10_label.tif").write_bytes(b"not a tiff")
+    loveda = make_synthetic("loveda", base / "loveda_raw", seed=1, num_images=4, size=64)
+    loveda_jpg = copy_tree(loveda, base / "loveda_jpg")
+    png = loveda_jpg / "Train" / "Urban" / "images_png" / "2.png"
+    cv2.imwrite(str(png.with_suffix(".jpg")), cv2.imread(str(png)))
+    png.unlink()
+    loveda_zips = base / "loveda_zips"
+    for split in ("Train", "Val"):
+        zip_folder(loveda, split, loveda_zips / f"{split}.zip")
+    unsafe_zip = copy_tree(loveda_zips, base / "unsafe_zip")
+    with zipfile.ZipFile(unsafe_zip / "Train.zip", "a") as archive:
+        archive.writestr("../escaped.png", b"outside the folder")
+    plain = np.full((64, 64, 3), 90, np.uint8)
+    custom_orphan = id_mask_dataset(base / "custom_orphan", {"a.png": write_png(plain), "b.png": write_png(plain)})
+    cv2.imwrite(str(custom_orphan.parent / "masks" / "c.png"), np.zeros((64, 64), np.uint8))
     return {
+        "loveda": loveda, "loveda_jpg": loveda_jpg, "loveda_zips": loveda_zips, "unsafe_zip": unsafe_zip,
+        "custom_orphan": custom_orphan,
         "base": base, "potsdam": potsdam, "isaid": isaid, "prepared": prepared, "orphan_label": orphan_label,
         "unparsable_tile": unparsable_tile, "truncated_tile": truncated_tile, "bomb": bomb, "underscore": underscore,
         "orphan_mask": orphan_mask, "transparent": transparent, "opaque": opaque, "zeroed": zeroed,
@@ -96,6 +114,25 @@ def data(tmp_path_factory) -> dict:
         "orphan_gray": isprs_split_source(base / "orphan_gray", tile="b"), "empty_set": base / "empty_set",
         "empty_masks": base / "empty_masks", "garbage_masks": base / "garbage_masks",
     }
+
+
+def zip_folder(raw: Path, split: str, archive: Path) -> Path:
+    """``archive`` holding ``raw/split`` as ``split/...`` (the layout of LoveDA's own zips)."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w") as opened:
+        for path in sorted((raw / split).rglob("*")):
+            opened.write(path, str(path.relative_to(raw)))
+    return archive
+
+
+def write_png(pixels: np.ndarray):
+    return lambda path: cv2.imwrite(str(path), pixels)
+
+
+def custom_case(spec: Path, out: Path, *flags: str, code: int, names: tuple[str, ...]) -> Case:
+    """A prepare_dataset.py custom run of ``spec`` into ``out``; the spec's folder must stay as it was."""
+    argv = [PREPARE, "custom", "--spec", str(spec), "--out", str(out), "--workers", "1", *flags]
+    return Case(argv, code, names, unchanged=(spec.parent,))
 
 
 def prepare_case(dataset: str, raw: Path, out: Path, *flags: str, code: int, names: tuple[str, ...],
@@ -156,6 +193,28 @@ CASES = {
                                                      unchanged=(d["prepared"],)),
     "zeroed_patch_rewritten": lambda d: prepare_case("potsdam", d["potsdam"], d["zeroed"], code=0,
                                                      names=(str(d["damaged_patch"]), "written again")),
+    "loveda_image_saved_as_jpg": lambda d: prepare_case("loveda", d["loveda_jpg"], out(d, "lj"), code=1,
+                                                        names=("1 LoveDA image(s) not saved as .png", "2.jpg",
+                                                               "--on-error skip")),
+    "loveda_image_saved_as_jpg_skipped": lambda d: prepare_case("loveda", d["loveda_jpg"], out(d, "ljs"), "--on-error",
+                                                                "skip", code=0,
+                                                                names=("2.jpg", "masks_png/2.png", "left out")),
+    "loveda_zips_unpacked": lambda d: Case([PREPARE, "loveda", "--raw", str(d["loveda_zips"]), "--out",
+                                            str(out(d, "lz")), "--workers", "1"], 0,
+                                           ("Train.zip: unpacked into", "Val.zip: unpacked into", "4 inputs")),
+    "loveda_zip_member_outside": lambda d: Case([PREPARE, "loveda", "--raw", str(d["unsafe_zip"]), "--out",
+                                                 str(out(d, "uz")), "--workers", "1"], 1,
+                                                ("Train.zip", "'../escaped.png'", "outside"),
+                                                absent=(d["unsafe_zip"] / "Train", d["base"] / "escaped.png",
+                                                        out(d, "uz"))),
+    "raw_is_a_zip": lambda d: Case([PREPARE, "loveda", "--raw", str(d["loveda_zips"] / "Val.zip"), "--out",
+                                    str(out(d, "rz"))], 1, ("is a zip file", f"--raw {d['loveda_zips']}"),
+                                   absent=(out(d, "rz"),)),
+    "custom_mask_without_image": lambda d: custom_case(d["custom_orphan"], out(d, "co"), code=1,
+                                                       names=("1 mask(s) without their image", "masks/c.png",
+                                                              "--on-error skip")),
+    "custom_mask_without_image_skipped": lambda d: custom_case(d["custom_orphan"], out(d, "cos"), "--on-error", "skip",
+                                                               code=0, names=("masks/c.png", "left out")),
     "split_isprs_ids_outside_classes": lambda d: Case(
         ["tools/split_isprs.py", "--src", str(d["bad_ids"]), "--tar", str(out(d, "ids")), "--set", "train",
          "--patch_width", "32", "--patch_height", "32", "--overlap_area", "0", "--workers", "1"], 1,
@@ -246,3 +305,40 @@ def test_workers_exit_when_the_tool_is_killed(data):
     while time.monotonic() < deadline and any(running(pid) for pid in workers):
         time.sleep(0.1)
     assert not [pid for pid in workers if running(pid)], "worker processes outlived the killed tool"
+
+
+def sixteen_bit(pixels: np.ndarray):
+    return lambda path: cv2.imwrite(str(path), pixels.astype(np.uint16))
+
+
+def test_sixteen_bit_png_within_8_bits_is_prepared_unchanged(data):
+    """16-bit images holding 0..255 keep their values (mean 127 stays 127), for a custom dataset and LoveDA."""
+    pixels = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    pixels[0, 0] = 255
+    spec = id_mask_dataset(data["base"] / "sixteen", {"a.png": sixteen_bit(pixels), "b.png": sixteen_bit(pixels)})
+    summary = prepare("custom", None, data["base"] / "sixteen_out", spec=spec, workers=1, progress=False)
+    for written in (data["base"] / "sixteen_out").glob("*/images/*.png"):
+        np.testing.assert_array_equal(cv2.imread(str(written)), pixels)
+    assert "values all lie in 0..255 and are used as they are" in str(summary)
+    loveda = copy_tree(data["loveda"], data["base"] / "loveda_sixteen")
+    for image in loveda.rglob("images_png/*.png"):
+        cv2.imwrite(str(image), pixels.astype(np.uint16))
+    prepare("loveda", loveda, data["base"] / "loveda_sixteen_out", workers=1, progress=False)
+    written = list((data["base"] / "loveda_sixteen_out").glob("*/images/*.png"))
+    assert len(written) == 4
+    for path in written:
+        np.testing.assert_array_equal(cv2.imread(str(path)), pixels)
+
+
+def test_wider_sixteen_bit_images_share_one_dataset_scaling(data):
+    """LoveDA images in 16 bits, one twice as bright: one range for all (recorded, reported), no per-image stretch."""
+    dark = np.tile(np.arange(64, dtype=np.uint16) * 20, (64, 1))[..., None].repeat(3, axis=2)
+    loveda = copy_tree(data["loveda"], data["base"] / "loveda_wide")
+    for image in loveda.rglob("images_png/*.png"):
+        cv2.imwrite(str(image), dark * (2 if image.name == "2.png" else 1))
+    out = data["base"] / "loveda_wide_out"
+    summary = str(prepare("loveda", loveda, out, workers=1, progress=False))
+    assert "scaled per band" in summary and str(out / SCALING_FILE) in summary
+    assert '"low"' in (out / SCALING_FILE).read_text()
+    darker, brighter = (cv2.imread(str(out / "train" / "images" / f"urban_{stem}.png")).astype(int) for stem in "02")
+    assert brighter.mean() > darker.mean() + 40, "the brighter image stays brighter (stretched per image: equal)"

@@ -4,9 +4,19 @@ import warnings
 import cv2
 import numpy as np
 import pytest
+from faults import bomb_png
 from PIL import Image
 
-from utils.image_io import ImageReadError, ImageScaling, open_raster, parse_bands, parse_scaling, read_image
+from datasets.file_check import find_mask_problems
+from utils.image_io import (
+    ImageReadError,
+    ImageScaling,
+    open_raster,
+    parse_bands,
+    parse_scaling,
+    read_as_stored,
+    read_image,
+)
 
 rasterio = pytest.importorskip("rasterio")
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -76,6 +86,26 @@ def test_sixteen_bit_png_follows_the_percentile_rule_never_the_high_byte(tmp_pat
     expected = np.rint(np.clip((deep - low) / (high - low), 0, 1) * 255).astype(np.uint8)
     np.testing.assert_array_equal(image, expected)
     assert image.max() == 255 and image.min() == 0
+
+
+def test_sixteen_bit_within_8_bits_is_read_as_stored_and_8_bit_ignores_a_scaling(tmp_path):
+    pixels = np.random.default_rng(5).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "sixteen.png"), pixels[..., ::-1].astype(np.uint16))
+    write_tiff(tmp_path / "sixteen.tif", pixels.transpose(2, 0, 1).astype(np.uint16))
+    for name in ("sixteen.png", "sixteen.tif"):
+        np.testing.assert_array_equal(read_image(tmp_path / name), pixels)
+    cv2.imwrite(str(tmp_path / "eight.png"), pixels[..., ::-1])
+    np.testing.assert_array_equal(read_image(tmp_path / "eight.png", scaling=parse_scaling("0,10000")), pixels)
+
+
+def test_header_claiming_too_many_pixels_names_the_file_before_decoding(tmp_path):
+    bomb = bomb_png(tmp_path / "bomb.png", 40_000, 40_000)
+    with pytest.raises(ImageReadError, match=r"bomb.png: its header claims 40000 x 40000 = 1600000000 pixels"):
+        read_image(bomb)
+    with pytest.raises(ImageReadError, match=r"bomb.png: its header claims 40000 x 40000"):
+        read_as_stored(bomb)  # masks: the datasets and the mask check read them so
+    (problem,) = find_mask_problems([bomb], num_classes=6, workers=1)
+    assert problem.startswith(f"{bomb}: its header claims 40000 x 40000")
 
 
 def test_explicit_scaling_and_float_tiff_with_nan_as_invalid(tmp_path):

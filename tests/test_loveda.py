@@ -88,7 +88,7 @@ def test_unknown_mask_values_and_missing_splits_are_refused(raw, tmp_path):
     with pytest.raises(ToolError, match=r"6.png: 4 of 4096 pixels hold values outside \[0, 1, 2, 3, 4, 5, 6, 7\]"):
         prepare("loveda", broken, tmp_path / "out", workers=1, progress=False)
     shutil.rmtree(broken / "Val")
-    with pytest.raises(ToolError, match=r"Val/Urban/images_png does not exist.*LoveDA Val.zip"):
+    with pytest.raises(ToolError, match=r"Val/Urban/images_png does not exist.*LoveDA.s Val.zip.*docs/data_custom.md"):
         prepare("loveda", broken, tmp_path / "out2", domain="urban", workers=1, progress=False)
 
 

@@ -13,11 +13,13 @@ import ctypes
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import struct
 import sys
 import threading
 import time
+import zipfile
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -31,12 +33,11 @@ from tqdm import tqdm
 
 from utils import image_io
 from utils.atomic import WriteError, atomic_write_bytes
+from utils.image_io import MAX_IMAGE_PIXELS
+from utils.source_policy import STRICT_SOURCES, SourcePolicy
 
 ON_ERROR_CHOICES = ("error", "skip")
 _EXIF_ORIENTATION = 0x0112
-MAX_IMAGE_PIXELS = 2**30
-"""Largest image (pixels) the tools decode: OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS); iSAID's largest
-scenes have ~0.06e9 pixels. A header claiming more is a decompression bomb or a corrupt file."""
 EXAMPLES_SHOWN = 3
 _PR_SET_PDEATHSIG = 1
 _PARENT_POLL_SECONDS = 1.0
@@ -165,6 +166,31 @@ def check_output_outside_input(source: Path, output: Path) -> None:
                         "into the source tree. Choose an output folder outside it.")
 
 
+def unpack_zip(archive: Path, folder: Path) -> None:
+    """Unpack ``archive`` into ``folder`` (created; must not exist), refusing any member that would land outside
+    it (an absolute path, ``..``, a drive or a symbolic link). Members go to a hidden folder beside ``folder``
+    first, renamed to ``folder`` when complete, so an interrupted unpack leaves no half folder under its name.
+
+    Raises:
+        ToolError: not a zip file, or an unsafe member; the message names the archive and the member.
+    """
+    staging = folder.with_name(f".{folder.name}.unpacking")
+    try:
+        with zipfile.ZipFile(archive) as opened:
+            for member in opened.infolist():
+                name = member.filename.replace("\\", "/")
+                is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
+                if name.startswith("/") or ":" in name or ".." in name.split("/") or is_link:
+                    raise ToolError(f"{archive}: member {member.filename!r} would be written outside {folder}; "
+                                    "unpack the archive yourself after checking where its files go")
+            shutil.rmtree(staging, ignore_errors=True)
+            opened.extractall(staging)
+    except (zipfile.BadZipFile, OSError) as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ToolError(f"{archive}: cannot be unpacked ({error}); re-download it") from None
+    staging.rename(folder)
+
+
 def atomic_write_image(path: Path, image: np.ndarray) -> None:
     """Encode ``image`` (H, W) or (H, W, 3) uint8, BGR order, in the format of ``path``'s suffix; write atomically."""
     ok, encoded = cv2.imencode(path.suffix, image)
@@ -232,18 +258,21 @@ def check_pixel_count(path: Path) -> tuple[int, int] | None:
     return size
 
 
-def read_image(path: Path, bands: tuple[int, ...] | None = None,
-               scaling: image_io.ImageScaling | None = None) -> np.ndarray:
+def read_image(path: Path, bands: tuple[int, ...] | None = None, scaling: image_io.ImageScaling | None = None,
+               policy: SourcePolicy = STRICT_SOURCES) -> np.ndarray:
     """Read an image as (H, W, 3) uint8, BGR order, through ``utils.image_io`` (``bands``: 1-based band choice,
-    ``scaling``: the rule for non-8-bit data); only the channel order and the error type are the tools' own.
+    ``scaling``: the rule for non-8-bit data, ``policy``: what a GDAL input may read); only the channel order
+    and the error type are the tools' own.
 
     Raises:
-        InputError: if the file is missing, truncated, corrupt or not an image, lacks a chosen band, or is
-            larger than MAX_IMAGE_PIXELS.
+        InputError: if the file is missing, truncated, corrupt or not an image, lacks a chosen band, is
+            larger than MAX_IMAGE_PIXELS, or is refused by ``policy``.
     """
     check_pixel_count(path)
     try:
-        return np.ascontiguousarray(image_io.read_image(path, bands, scaling)[..., ::-1])
+        return np.ascontiguousarray(image_io.read_image(path, bands, scaling, policy)[..., ::-1])
+    except image_io.SourcePolicyError as error:
+        raise InputError(str(error)) from None
     except image_io.ImageReadError as error:
         raise InputError(f"{error}; re-download or re-extract it, or run with --on-error skip") from None
 

@@ -31,6 +31,7 @@ from tools._common import (
 from tools._masks import ColourCoding, IdCoding, colours_to_ids, ids_to_labels
 from utils.atomic import atomic_write_bytes
 from utils.image_io import ImageScaling
+from utils.source_policy import STRICT_SOURCES, SourcePolicy
 
 MASK_READ_MODES = ("colour", "gray", "convert", "remap")
 GEOMETRY_FILE = "patch_geometry.json"
@@ -118,8 +119,10 @@ class SplitJob:
         overwrite: rewrite outputs that exist.
         bands: 1-based bands of the image written as its three channels (None: ``utils.image_io``'s default,
             1, 2, 3), e.g. ``(4, 1, 2)`` for IR-R-G from an RGB+IR tile.
-        scaling: ``utils.image_io.ImageScaling`` of non-8-bit images (None: per-image percentiles).
+        scaling: ``utils.image_io.ImageScaling`` of non-8-bit images, one for the dataset
+            (``utils.image_io.dataset_scaling``; None: 8-bit images, used as they are).
         num_classes: for ``gray`` masks: K, refuse ids other than 0..K-1 and 255 (None: not checked).
+        policy: what a GDAL image (a VRT) may make GDAL read (``utils.source_policy``).
     """
 
     name: str
@@ -140,6 +143,7 @@ class SplitJob:
     bands: tuple[int, ...] | None = None
     scaling: ImageScaling | None = None
     num_classes: int | None = None
+    policy: SourcePolicy = STRICT_SOURCES
 
 
 def largest_first(jobs: list[SplitJob]) -> list[SplitJob]:
@@ -230,7 +234,7 @@ def split_one(job: SplitJob) -> JobResult:
             result.existing = sum(1 + (mask is not None) for _, mask in pairs)
             result.patches = len(pairs)
             return result
-    image = read_image(job.image_path, job.bands, job.scaling)
+    image = read_image(job.image_path, job.bands, job.scaling, job.policy)
     mask = None
     if job.mask_path is not None:
         mask, result.warnings, had_alpha = read_job_mask(job)

@@ -22,12 +22,14 @@ from tools._common import (
     ToolError,
     check_output_outside_input,
     natural_key,
+    report_input_problems,
     run_jobs,
 )
 from tools._masks import ColourCoding, IdCoding, palette_coding
 from tools._tiling import SplitJob, check_geometry, read_job_mask
 from utils import image_io
 from utils.image_io import IMAGE_SUFFIXES, ImageScaling
+from utils.source_policy import STRICT_SOURCES, SourcePolicy
 
 CUSTOM_NAME = CustomDataset.prepare_name
 _LISTED = 3
@@ -78,8 +80,10 @@ def _by_stem(spec: DatasetSpec, key: str, files: list[Path]) -> dict[str, Path]:
     return found
 
 
-def _pairs(spec: DatasetSpec, images_key: str, images: str, masks_key: str, masks: str) -> dict[str, tuple[Path, Path]]:
-    """key -> (image, mask) of one image folder and its mask folder, by the spec's suffix rule."""
+def _pairs(spec: DatasetSpec, images_key: str, images: str, masks_key: str,
+           masks: str) -> tuple[dict[str, tuple[Path, Path]], list[Path]]:
+    """key -> (image, mask) of one image folder and its mask folder, by the spec's suffix rule; and the masks
+    that no image claims."""
     image_files = _by_stem(spec, images_key, _list_files(spec, images_key, images))
     mask_files = _by_stem(spec, masks_key, _list_files(spec, masks_key, masks))
     pairs, unpaired, foreign = {}, [], []
@@ -100,22 +104,28 @@ def _pairs(spec: DatasetSpec, images_key: str, images: str, masks_key: str, mask
         listed = ", ".join(f"{image.name} (expected {stem}.* in {masks})" for image, stem in unpaired[:_LISTED])
         raise ToolError(f"{spec.path}: {masks_key}: {len(unpaired)} of {len(image_files)} images have no mask: "
                         f"{listed}; add the masks, or fix mask_suffix / image_suffix")
-    return pairs
+    paired = {mask for _, mask in pairs.values()}
+    return pairs, [mask for mask in mask_files.values() if mask not in paired]
 
 
-def _assign_splits(spec: DatasetSpec) -> dict[str, dict[str, tuple[Path, Path]]]:
-    """split -> {key: (image, mask)} as the spec's ``split_by`` says; every split non-empty."""
+def _assign_splits(spec: DatasetSpec) -> tuple[dict[str, dict[str, tuple[Path, Path]]], list[Path]]:
+    """split -> {key: (image, mask)} as the spec's ``split_by`` says, every split non-empty; and the masks
+    without their image."""
+    orphans = []
     if spec.split_by == "folders":
-        assigned = {split: _pairs(spec, f"splits.{split}", str(Path(spec.images) / folder), f"splits.{split}",
-                                  str(Path(spec.masks) / folder)) for split, folder in spec.splits.items()}
+        assigned = {}
+        for split, folder in spec.splits.items():
+            assigned[split], unclaimed = _pairs(spec, f"splits.{split}", str(Path(spec.images) / folder),
+                                                f"splits.{split}", str(Path(spec.masks) / folder))
+            orphans += unclaimed
     else:
-        pairs = _pairs(spec, "images", spec.images, "masks", spec.masks)
+        pairs, orphans = _pairs(spec, "images", spec.images, "masks", spec.masks)
         assigned = _listed_splits(spec, pairs) if spec.split_by == "lists" else _fraction_splits(spec, pairs)
     for split, members in assigned.items():
         if not members:
             raise ToolError(f"{spec.path}: splits.{split}: no image falls into this split; give it images "
                             "(a larger share, entries in its list, files in its folder) or remove it")
-    return assigned
+    return assigned, orphans
 
 
 def _listed_splits(spec: DatasetSpec, pairs: dict[str, tuple[Path, Path]]) -> dict[str, dict]:
@@ -153,28 +163,21 @@ def _fraction_splits(spec: DatasetSpec, pairs: dict[str, tuple[Path, Path]]) -> 
     return assigned
 
 
-def dataset_scaling(spec: DatasetSpec, train_images: list[Path]) -> ImageScaling | None:
-    """The scaling of a spec's images: None for 8-bit images (used as they are) and for ``per_image``; the
-    spec's ``[low, high]``; or, for ``dataset``, per band the lowest 2nd and the highest 98th percentile of
-    the training images (each estimated by ``utils.image_io`` on a regular sample of the image).
+def spec_scaling(spec: DatasetSpec, train_images: list[Path], policy: SourcePolicy) -> ImageScaling | None:
+    """The scaling of a spec's non-8-bit images: the spec's ``[low, high]``, or for ``dataset`` the one of
+    ``utils.image_io.dataset_scaling`` over the training images (None when they are all 8-bit).
 
     Raises:
-        ToolError: an image cannot be opened or lacks a chosen band.
+        ToolError: an image cannot be opened, lacks a chosen band or is refused by ``policy``.
     """
     try:
-        with image_io.open_raster(train_images[0], spec.bands) as first:
-            if first.dtype == "uint8" or spec.scaling == "per_image":
-                return None
-            ranges = [(first.scaling.low, first.scaling.high)]
         if isinstance(spec.scaling, tuple):
+            if all(image_io.is_eight_bit(path, spec.bands, policy) for path in train_images):
+                return None
             return ImageScaling(low=(spec.scaling[0],) * 3, high=(spec.scaling[1],) * 3)
-        for path in train_images[1:]:
-            with image_io.open_raster(path, spec.bands) as source:
-                ranges.append((source.scaling.low, source.scaling.high))
+        return image_io.dataset_scaling(train_images, spec.bands, policy)
     except image_io.ImageReadError as error:
         raise ToolError(f"{error} (spec {spec.path}: images, bands)") from None
-    lows, highs = zip(*ranges)
-    return ImageScaling(low=tuple(map(float, np.min(lows, axis=0))), high=tuple(map(float, np.max(highs, axis=0))))
 
 
 def check_pair(job: SplitJob) -> JobResult:
@@ -185,7 +188,9 @@ def check_pair(job: SplitJob) -> JobResult:
     """
     mask, _, _ = read_job_mask(job)
     try:
-        size = image_io.image_size(job.image_path)
+        size = image_io.image_size(job.image_path, job.policy)
+    except image_io.SourcePolicyError as error:
+        raise InputError(str(error)) from None
     except image_io.ImageReadError as error:
         raise InputError(f"{error}; convert it to PNG or GeoTIFF, or remove it") from None
     if mask.shape[:2] != size:
@@ -196,7 +201,8 @@ def check_pair(job: SplitJob) -> JobResult:
 
 def custom_jobs(spec_path: str | Path, out: Path, patch_size: int | None, stride: int | None, unknown_color: str,
                 overwrite: bool, workers: int | None = None, progress: bool = True,
-                bands: tuple[int, ...] | None = None) -> tuple[list[SplitJob], list[str]]:
+                bands: tuple[int, ...] | None = None, on_error: str = "error",
+                policy: SourcePolicy = STRICT_SOURCES) -> tuple[list[SplitJob], list[str]]:
     """Preparation jobs of a custom dataset, every input checked first (nothing is written here).
 
     Args:
@@ -209,12 +215,15 @@ def custom_jobs(spec_path: str | Path, out: Path, patch_size: int | None, stride
         workers: processes of the check pass (None: all cores).
         progress: show the check pass's progress bar.
         bands: three 1-based image bands, overriding the spec's ``bands``.
+        on_error: ``"error"`` stops at masks without their image, ``"skip"`` notes them and leaves them out.
+        policy: what a GDAL image (a VRT) may make GDAL read (``utils.source_policy``).
 
     Raises:
-        ToolError: a bad spec, a missing folder, an image without a mask, a mask colour or value not in the
-            spec (policy ``error``), a size mismatch, an empty split; each names the file or key and the fix.
+        ToolError: a bad spec, a missing folder, an image without a mask, a mask without its image (with
+            ``on_error="error"``), a mask colour or value not in the spec (policy ``error``), a size mismatch,
+            an image refused by ``policy``, an empty split; each names the file or key and the fix.
 
-    The jobs carry the spec's bands and the images' scaling (``dataset_scaling``); ``prepare`` saves a
+    The jobs carry the spec's bands and the images' scaling (``spec_scaling``); ``prepare`` saves a
     dataset scaling as ``{out}/scaling.json`` once every check has passed.
     """
     try:
@@ -231,12 +240,11 @@ def custom_jobs(spec_path: str | Path, out: Path, patch_size: int | None, stride
         check_geometry(patch, patch, patch - step)
     coding = spec_coding(spec, unknown_color)
     mode = "convert" if spec.mask_format == "colour" else "remap"
-    assigned = _assign_splits(spec)
-    scaling = dataset_scaling(spec, [image for image, _ in assigned["train"].values()])
+    assigned, orphans = _assign_splits(spec)
     jobs, notes = [], []
-    if scaling is not None:
-        notes.append(f"{spec.name}: images scaled per band from {list(scaling.low)} .. {list(scaling.high)} to "
-                     f"0..255 ({image_io.SCALING_FILE}; pass --scaling {out / image_io.SCALING_FILE} to predict.py)")
+    report_input_problems(notes, "mask(s) without their image", [str(path) for path in orphans],
+                          "add the images, or remove the masks", on_error)
+    scaling = spec_scaling(spec, [image for image, _ in assigned["train"].values()], policy)
     for split, members in assigned.items():
         notes.append(f"{spec.name} {split}: {len(members)} images")
         for pair_key, (image, mask) in members.items():
@@ -245,6 +253,6 @@ def custom_jobs(spec_path: str | Path, out: Path, patch_size: int | None, stride
                                  mask_suffix=CustomDataset.mask_suffix, mask_mode=mode, coding=coding,
                                  patch_height=patch or 1, patch_width=patch or 1,
                                  overlap=(patch - step) if patch else 0, whole_only=patch is None,
-                                 overwrite=overwrite, bands=spec.bands, scaling=scaling))
+                                 overwrite=overwrite, bands=spec.bands, scaling=scaling, policy=policy))
     run_jobs(f"check {spec.name}", check_pair, jobs, workers, "error", progress)
     return jobs, notes

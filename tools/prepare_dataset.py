@@ -28,7 +28,9 @@ window settings.  Raw data is only read; re-running resumes an interrupted run. 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,6 +51,7 @@ from tools._common import (  # noqa: E402
     report_input_problems,
     run_jobs,
     run_tool,
+    unpack_zip,
 )
 from tools._masks import (  # noqa: E402
     ColourCoding,
@@ -73,7 +76,15 @@ from tools.raw_layout import (  # noqa: E402
 )
 from tools.split_iSAID import EXCLUDED_IMAGES, isaid_base_images, report_isaid_name_problems  # noqa: E402
 from utils.atomic import remove_partial_files  # noqa: E402
-from utils.image_io import SCALING_FILE, parse_bands  # noqa: E402
+from utils.image_io import (  # noqa: E402
+    IDENTITY,
+    SCALING_FILE,
+    ImageReadError,
+    ImageScaling,
+    dataset_scaling,
+    parse_bands,
+)
+from utils.source_policy import STRICT_SOURCES, SourcePolicy, add_source_arguments, source_policy  # noqa: E402
 
 PREPARED = {cls.prepare_name: cls for cls in DATASET_CLASSES if cls.prepare_name != CUSTOM_NAME}
 """``prepare_dataset.py`` sub-command -> dataset class (its window, mask suffix and splits)."""
@@ -93,6 +104,33 @@ def _job(image_path: Path, mask_path: Path | None, out_split: Path, base: str, m
                     mask_path=mask_path, mask_out=out_split / "masks", mask_suffix=mask_suffix,
                     mask_mode=mask_mode, coding=coding, patch_height=patch, patch_width=patch, overlap=overlap,
                     whole_only=whole_only, overwrite=overwrite, bands=bands)
+
+
+def _with_dataset_scaling(jobs: list[SplitJob], out: Path, policy: SourcePolicy, notes: list[str]) -> list[SplitJob]:
+    """The jobs with the dataset's one scaling of non-8-bit images (the jobs' own, as a custom spec gives it, else
+    ``utils.image_io.dataset_scaling`` over the ``train`` images) and ``policy``; a scaling is saved as
+    ``{out}/scaling.json`` and noted for the summary.
+
+    Raises:
+        ToolError: a training image cannot be read to estimate the scaling, or is refused by ``policy``.
+    """
+    scaling = next((job.scaling for job in jobs if job.scaling is not None), None)
+    if scaling is None:
+        train_images = dict.fromkeys(job.image_path for job in jobs if job.image_out == out / "train" / "images")
+        try:
+            scaling = dataset_scaling(list(train_images), jobs[0].bands if jobs else None, policy)
+        except ImageReadError as error:
+            raise ToolError(f"{error}; the dataset's scaling of non-8-bit images is estimated on the train "
+                            "images") from None
+    if scaling is None:
+        return [dataclasses.replace(job, policy=policy) for job in jobs]
+    if scaling == ImageScaling(low=(IDENTITY[0],) * len(scaling.low), high=(IDENTITY[1],) * len(scaling.high)):
+        rule = "their values all lie in 0..255 and are used as they are"
+    else:
+        rule = f"scaled per band from {list(scaling.low)} .. {list(scaling.high)} to 0..255, one range for the dataset"
+    notes.append(f"non-8-bit images: {rule} ({out / SCALING_FILE}; pass --scaling {out / SCALING_FILE} to "
+                 "predict.py and eval.py)")
+    return [dataclasses.replace(job, scaling=scaling, policy=policy) for job in jobs]
 
 
 def _isaid_jobs(raw: Path, out: Path, coding: ColourCoding, patch: int, overlap: int, whole_held_out: bool,
@@ -183,23 +221,68 @@ def loveda_coding(unknown: str = "error") -> IdCoding:
     return IdCoding((no_data, *(k + 1 for k in classes)), (LoveDADataset.ignore_label, *classes), unknown)
 
 
+def _unpack_loveda_zips(raw: Path, notes: list[str]) -> None:
+    """Unpack ``Train.zip`` / ``Val.zip`` / ``Test.zip`` found in ``raw`` in place of their folders, beside them.
+
+    A zip holding ``Train/...`` (as distributed) or ``Urban/``, ``Rural/`` directly gives ``raw/Train``.
+
+    Raises:
+        ToolError: an unsafe member, or a zip that holds neither layout (naming docs/data_custom.md).
+    """
+    for split_folder in LOVEDA_SPLIT_FOLDERS.values():
+        archive, target = raw / f"{split_folder}.zip", raw / split_folder
+        if target.exists() or not archive.is_file():
+            continue
+        unpacked = raw / f".{split_folder}.zip.contents"
+        shutil.rmtree(unpacked, ignore_errors=True)
+        unpack_zip(archive, unpacked)
+        inner = unpacked / split_folder
+        source = inner if inner.is_dir() else unpacked
+        if not any((source / folder).is_dir() for folder in LOVEDA_DOMAIN_FOLDERS.values()):
+            shutil.rmtree(unpacked)
+            raise ToolError(f"{archive} holds neither {split_folder}/Urban, {split_folder}/Rural nor Urban, Rural; "
+                            "it is not a LoveDA zip (layout in docs/data_custom.md, LoveDA)")
+        source.rename(target)
+        shutil.rmtree(unpacked, ignore_errors=True)
+        notes.append(f"{archive}: unpacked into {target}")
+
+
+def _loveda_problems(image_dir: Path, images: list[Path], mask_dir: Path | None, on_error: str,
+                     notes: list[str]) -> None:
+    """Stop at (or note, with ``on_error="skip"``) files the LoveDA jobs would drop: images not saved as PNG and
+    masks without their image."""
+    others = [str(path) for path in sorted(image_dir.iterdir())
+              if path.is_file() and not path.name.startswith(".") and path.suffix != ".png"]
+    report_input_problems(notes, "LoveDA image(s) not saved as .png", others,
+                          "convert them to PNG (LoveDA images and masks are PNG files)", on_error)
+    if mask_dir is None or not mask_dir.is_dir():
+        return
+    names = {path.name for path in images}
+    orphans = [str(path) for path in sorted(mask_dir.iterdir())
+               if path.is_file() and not path.name.startswith(".") and path.name not in names]
+    report_input_problems(notes, f"LoveDA mask(s) without their image in {image_dir}", orphans,
+                          "add the images as PNG, or remove the masks", on_error)
+
+
 def _loveda_jobs(raw: Path, out: Path, coding: IdCoding, patch: int, overlap: int, whole_only: bool, domain: str,
-                 overwrite: bool) -> tuple[list[SplitJob], list[str]]:
+                 overwrite: bool, on_error: str) -> tuple[list[SplitJob], list[str]]:
     domains = LOVEDA_DOMAIN_FOLDERS if domain == "all" else {domain: LOVEDA_DOMAIN_FOLDERS[domain]}
     jobs, notes = [], []
+    _unpack_loveda_zips(raw, notes)
     for split, split_folder in LOVEDA_SPLIT_FOLDERS.items():
         with_masks = split in LoveDADataset.splits
         image_dirs = {name: raw / split_folder / folder / LOVEDA_IMAGE_FOLDER for name, folder in domains.items()}
         present = {name: folder for name, folder in image_dirs.items() if folder.is_dir()}
         if not present and with_masks:
             expected = " or ".join(str(folder) for folder in image_dirs.values())
-            raise ToolError(f"{expected} does not exist; expected the unpacked LoveDA {split_folder}.zip there "
-                            "(see tools/raw_layout.py)")
+            raise ToolError(f"{expected} does not exist; expected LoveDA's {split_folder}.zip or its unpacked "
+                            f"{split_folder} folder in {raw} (layout in docs/data_custom.md, LoveDA)")
         for domain_name, image_dir in present.items():
             images = sorted(image_dir.glob("*.png"), key=lambda path: natural_key(path.name))
+            mask_dir = image_dir.parent / LOVEDA_MASK_FOLDER
+            _loveda_problems(image_dir, images, mask_dir if with_masks else None, on_error, notes)
             if not images:
                 raise ToolError(f"{image_dir} holds no LoveDA images (*.png)")
-            mask_dir = image_dir.parent / LOVEDA_MASK_FOLDER
             notes.append(f"loveda {split}/{domain_name}: {len(images)} images")
             for image_path in images:
                 mask_path = mask_dir / image_path.name if with_masks else None
@@ -236,7 +319,8 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
             product: str = "RGB", bands: str | tuple[int, ...] | None = None, workers: int | None = None,
             overwrite: bool = False, on_error: str = "error", unknown_color: str = "error",
             whole_held_out: bool = False, image_dir: str | Path | None = None, label_dir: str | Path | None = None,
-            split_tiles: dict[str, tuple[str, ...]] | None = None, progress: bool = True) -> RunSummary:
+            split_tiles: dict[str, tuple[str, ...]] | None = None, progress: bool = True,
+            policy: SourcePolicy = STRICT_SOURCES) -> RunSummary:
     """Prepare one dataset from its raw download layout into ``{out}/{split}/images|masks``.
 
     Args:
@@ -265,6 +349,11 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
         image_dir, label_dir: ISPRS only: override the folders of the official layout.
         split_tiles: ISPRS only: ``{split: tile ids}`` instead of the official train/test split.
         progress: show a progress bar.
+        policy: what a GDAL image (a VRT) may make GDAL read (``utils.source_policy``; default: files in
+            its own folder, no network).
+
+    Non-8-bit images get one scaling for the whole dataset (``utils.image_io.dataset_scaling``; a custom spec
+    may fix it), saved as ``{out}/scaling.json``; 16-bit images whose values fit in 0..255 stay as they are.
 
     Returns:
         Totals of the run; ``warnings`` also carry per-split tile counts and left-out files.
@@ -286,13 +375,15 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
             raise ToolError("custom needs --spec FILE, the YAML description of the dataset (docs/data_custom.md)")
         custom_bands = None if bands in (None, "default") else _explicit_bands(bands)
         jobs, notes = custom_jobs(spec, out, patch_size, stride, unknown_color, overwrite, workers, progress,
-                                  custom_bands)
-        if jobs and jobs[0].scaling is not None:
-            jobs[0].scaling.save(out / SCALING_FILE)
-        return _run(dataset, jobs, notes, workers, on_error, progress)
+                                  custom_bands, on_error, policy)
+        return _run(dataset, _with_dataset_scaling(jobs, out, policy, notes), out, notes, workers, on_error,
+                    progress)
     if raw is None:
         raise ToolError(f"{dataset} needs --raw DIR, the root of the unpacked official download")
     raw = Path(raw)
+    if raw.is_file() and raw.suffix.lower() == ".zip":
+        raise ToolError(f"--raw {raw} is a zip file: pass the folder that holds it, --raw {raw.parent} (LoveDA's zips "
+                        "are unpacked there; layouts in tools/raw_layout.py, LoveDA in docs/data_custom.md)")
     if not raw.is_dir():
         raise ToolError(f"raw folder {raw} does not exist")
     for source in (raw, image_dir, label_dir):
@@ -316,7 +407,7 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
         jobs, notes = _isaid_jobs(raw, out, isaid_coding(unknown_color), patch, overlap, whole_held_out, overwrite)
     elif dataset == "loveda":
         jobs, notes = _loveda_jobs(raw, out, loveda_coding(unknown_color), patch, overlap, whole_only, domain,
-                                   overwrite)
+                                   overwrite, on_error)
     else:
         coding = isprs_coding(unknown_color, eroded=label_variant == "eroded")
         jobs, notes = _isprs_jobs(dataset, raw, out, coding, patch, overlap, label_variant,
@@ -326,9 +417,10 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
     if dataset != "loveda":
         _report_name_problems(dataset, raw, Path(image_dir) if image_dir else None,
                               Path(label_dir) if label_dir else None, label_variant, product, on_error, notes)
+    jobs = _with_dataset_scaling(jobs, out, policy, notes)
     record_geometry(out, {"dataset": dataset, "patch": None if whole_only else patch,
                           "stride": None if whole_only else stride, "label_variant": label_variant})
-    return _run(dataset, jobs, notes, workers, on_error, progress)
+    return _run(dataset, jobs, out, notes, workers, on_error, progress)
 
 
 def _potsdam_bands(product: str, bands: str | tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -350,9 +442,12 @@ def _explicit_bands(bands: str | tuple[int, ...]) -> tuple[int, ...]:
         raise ToolError(str(error)) from None
 
 
-def _run(dataset: str, jobs: list[SplitJob], notes: list[str], workers: int | None, on_error: str,
+def _run(dataset: str, jobs: list[SplitJob], out: Path, notes: list[str], workers: int | None, on_error: str,
          progress: bool) -> RunSummary:
-    """Clear partial files left by an interrupted run, then cut every job's image in the worker pool."""
+    """Clear partial files left by an interrupted run, save the jobs' scaling, then cut every job's image in the
+    worker pool."""
+    if jobs and jobs[0].scaling is not None:
+        jobs[0].scaling.save(out / SCALING_FILE)
     for folder in {job.image_out for job in jobs} | {job.mask_out for job in jobs if job.mask_out is not None}:
         remove_partial_files(folder)
     summary = run_jobs(f"prepare {dataset}", split_one, largest_first(jobs), workers, on_error, progress)
@@ -411,7 +506,12 @@ def main(argv: list[str] | None = None) -> None:
                                   "image/label size mismatch, or (with --unknown-color error) label colours outside "
                                   "the palette")
     add_unknown_color_argument(parser)
+    add_source_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        policy = source_policy(args)
+    except ValueError as error:
+        parser.error(str(error))
     split_tiles = None
     if args.train_tiles or args.test_tiles:
         if not (args.train_tiles and args.test_tiles):
@@ -423,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
                              workers=args.workers, overwrite=args.overwrite,
                              on_error=args.on_error, unknown_color=args.unknown_color,
                              whole_held_out=args.whole_held_out, image_dir=args.image_dir, label_dir=args.label_dir,
-                             split_tiles=split_tiles))
+                             split_tiles=split_tiles, policy=policy))
 
 
 if __name__ == "__main__":

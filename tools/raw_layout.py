@@ -23,7 +23,7 @@ Vaihingen (IR-R-G images)::
     {raw}/ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE/top_mosaic_09cm_area1.tif
     {raw}/ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE/top_mosaic_09cm_area1_noBoundary.tif
 
-LoveDA (the three zips unpacked side by side)::
+LoveDA (the three zips unpacked side by side; zips left in {raw} are unpacked there by the preparation)::
 
     {raw}/Train/Urban/images_png/1366.png     image, 1024 x 1024 RGB
     {raw}/Train/Urban/masks_png/1366.png      label values: 0 = no-data, 1..7 = classes

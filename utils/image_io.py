@@ -5,37 +5,45 @@ three 8-bit bands, RGB order, shape (H, W, 3) uint8, for the model's three input
 
 API (what other modules code against)::
 
-    read_image(path, bands=None, scaling=None) -> np.ndarray          # (H, W, 3) uint8, the whole image
-    open_raster(path, bands=None, scaling=None) -> RasterSource        # windowed, use as a context manager
+    read_image(path, bands=None, scaling=None, policy=STRICT_SOURCES) -> np.ndarray    # (H, W, 3) uint8, whole
+    open_raster(path, bands=None, scaling=None, policy=STRICT_SOURCES) -> RasterSource  # windowed, a context manager
         source.height, source.width, source.band_count, source.dtype, source.sample_valid_fraction
         source.read(top, left, height, width) -> (height, width, 3) uint8
         source.valid_mask(top, left, height, width) -> (height, width) bool (False = nodata in every chosen
             band, alpha 0, or a non-finite value)
         source.geo_profile -> {"crs", "transform"} or {"gcps", "gcps_crs"} or None (not georeferenced)
-    image_size(path) -> (H, W) from the header, without decoding the pixels
+    image_size(path, policy=STRICT_SOURCES) -> (H, W) from the header, without decoding the pixels
     parse_bands("4,1,2") -> (4, 1, 2);  parse_scaling("auto" | "LOW,HIGH" | "scaling.json") -> ImageScaling | None
     ImageScaling(low, high)  .apply(pixels)  .from_sample(pixels, valid)  .save(path)  ImageScaling.load(path)
-    ImageReadError (a ValueError): the message names the file and says what to do.
+    ImageReadError (a ValueError): the message names the file and says what to do;
+    SourcePolicyError (an ImageReadError): a GDAL input refused by the source policy (``utils.source_policy``).
 
-Formats. TIFF / GeoTIFF / GDAL VRT files go through rasterio (GDAL): any band count and data type, read
-window by window, nodata, alpha bands and internal masks turned into the valid mask, palette TIFFs
-expanded through their colour table. Alpha is never premultiplied into the colours (OpenCV's TIFF
-decoder does that; it is not used for TIFFs). PNG files are decoded whole by OpenCV exactly as stored
-(8 or 16 bit, gray, gray+alpha, RGB, RGBA; palettes expanded); an alpha channel is band 4 and its zeros
-are the invalid pixels. JPEG, BMP and WebP are 8-bit formats and are decoded with OpenCV's colour reader,
-as the data tools always did (EXIF orientation applied). For a 3-band 8-bit image the pixels are
-bit-identical to ``cv2.imread(path, cv2.IMREAD_COLOR)`` converted to RGB.
+Formats. TIFF / GeoTIFF / GDAL VRT files go through rasterio (GDAL), under the source policy of
+``utils.source_policy`` (a VRT may only name files in its own folder or under ``--allow-source-root``
+folders, no network path without ``--allow-network-sources``; checked before GDAL opens it, and the driver
+and its files after): any band count and data type, read window by window, nodata, alpha bands and
+internal masks turned into the valid mask, palette TIFFs expanded through their colour table. Alpha is
+never premultiplied into the colours (OpenCV's TIFF decoder does that; it is not used for TIFFs). PNG
+files are decoded whole by OpenCV exactly as stored (8 or 16 bit, gray, gray+alpha, RGB, RGBA; palettes
+expanded); an alpha channel is band 4 and its zeros are the invalid pixels. JPEG, BMP and WebP are 8-bit
+formats and are decoded with OpenCV's colour reader, as the data tools always did (EXIF orientation
+applied). For a 3-band 8-bit image the pixels are bit-identical to ``cv2.imread(path, cv2.IMREAD_COLOR)``
+converted to RGB. An image whose header claims more than ``MAX_IMAGE_PIXELS`` pixels is refused before
+decoding.
 
 Bands. ``bands`` are 1-based numbers of the file's bands in its own order (R, G, B, A for PNGs; the
 stored order for TIFFs), fed to the model as its channels 1, 2, 3: ``(4, 1, 2)`` makes IR-R-G from an
 RGB+IR tile. Default: ``(1, 2, 3)``, or ``(1, 1, 1)`` for a single-band (gray) image.
 
-Scaling rule (one rule for tools, training data, eval and predict). 8-bit bands are used as they are.
-Any other data type (16-bit, 32-bit, float) is mapped linearly and per band from ``[low, high]`` to
-``0..255``: ``round(clip((value - low) / (high - low), 0, 1) * 255)``. ``low``/``high`` are given
-explicitly (``ImageScaling``, the ``--scaling LOW,HIGH`` flag or a ``scaling.json`` saved beside a
-prepared dataset), or, by default, the 2nd and 98th percentiles of each band's valid pixels in the
-image, estimated on a regular sample of at most ``SAMPLE_SIDE`` x ``SAMPLE_SIDE`` pixels. A high-byte
+Scaling rule (one rule for tools, training data, eval and predict). 8-bit bands are used as they are
+(an explicit scaling does not apply to them). Any other data type (16-bit, 32-bit, float) is mapped
+linearly and per band from ``[low, high]`` to ``0..255``: ``round(clip((value - low) / (high - low), 0,
+1) * 255)``. ``low``/``high`` are given explicitly (``ImageScaling``, the ``--scaling LOW,HIGH`` flag or a
+``scaling.json`` saved beside a prepared dataset), or, by default: ``0``/``255`` (the values as they are)
+for integer data whose valid values all lie in 0..255, else the 2nd and 98th percentiles of each band's
+valid pixels in the image. Both are decided on a regular sample of at most ``SAMPLE_SIDE`` x
+``SAMPLE_SIDE`` pixels (the whole image for PNG, JPEG, ...). The data tools never use the per-image
+percentiles: they give one dataset-wide scaling (``dataset_scaling``). A high-byte
 read of 16-bit data never happens. Non-finite values (NaN, inf) count as invalid pixels.
 """
 from __future__ import annotations
@@ -51,6 +59,7 @@ import cv2
 import numpy as np
 
 from utils.atomic import atomic_write_bytes
+from utils.source_policy import STRICT_SOURCES, SourcePolicy, gdal_driver, input_problem, opened_problem
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 """Read through rasterio (GDAL), window by window."""
@@ -67,10 +76,19 @@ SCALING_FILE = "scaling.json"
 """Name of the scaling parameters saved beside a prepared dataset."""
 GDAL_CACHE_BYTES = 64 * 2**20
 """GDAL block cache limit; its default (5 % of the RAM) would grow with the tile."""
+MAX_IMAGE_PIXELS = 2**30
+"""Largest image (pixels) decoded whole: OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS); iSAID's largest scenes
+have ~0.06e9 pixels. A header claiming more is a decompression bomb or a corrupt file."""
+IDENTITY = (0.0, 255.0)
+"""``low``/``high`` that leave integer values 0..255 as they are."""
 
 
 class ImageReadError(ValueError):
     """An image that cannot be read as asked (missing, corrupt, bands out of range, no scaling rule)."""
+
+
+class SourcePolicyError(ImageReadError):
+    """A GDAL input that would read files outside the allowed folders or the network (``utils.source_policy``)."""
 
 
 def import_rasterio():
@@ -138,6 +156,23 @@ class ImageScaling:
         if len(scaling.low) != len(scaling.high) or not scaling.low:
             raise ImageReadError(f"{path}: 'low' and 'high' must be lists of the same non-zero length")
         return scaling
+
+
+def fits_in_eight_bits(pixels: np.ndarray, valid: np.ndarray | None = None) -> bool:
+    """Whether (h, w, C) pixels are integers whose valid values all lie in 0..255 (used as they are)."""
+    if pixels.dtype.kind not in "ui":
+        return False
+    values = pixels if valid is None else pixels[valid]
+    return not values.size or (int(values.min()) >= 0 and int(values.max()) <= 255)
+
+
+def default_scaling(pixels: np.ndarray, valid: np.ndarray | None = None) -> ImageScaling:
+    """The default rule for non-8-bit (h, w, C) pixels: values as they are (0..255) for integers that fit in
+    8 bits, else :meth:`ImageScaling.from_sample`'s per-band percentiles."""
+    if fits_in_eight_bits(pixels, valid):
+        channels = pixels.shape[-1]
+        return ImageScaling(low=(IDENTITY[0],) * channels, high=(IDENTITY[1],) * channels)
+    return ImageScaling.from_sample(pixels, valid)
 
 
 def parse_bands(text: str) -> tuple[int, ...]:
@@ -238,8 +273,10 @@ class RasterSource:
         if scaling is not None and len(scaling.low) != len(self.bands):
             raise ImageReadError(f"{self.path}: the scaling has {len(scaling.low)} band(s), --bands chooses "
                                  f"{len(self.bands)}")
-        if scaling is None and self.dtype != "uint8":
-            scaling = ImageScaling.from_sample(sample, valid)
+        if self.dtype == "uint8":
+            scaling = None
+        elif scaling is None:
+            scaling = default_scaling(sample, valid)
         self.scaling = scaling
         self.sample_valid_fraction = float(valid.mean()) if valid.size else 0.0
 
@@ -284,13 +321,13 @@ class ArraySource(RasterSource):
 class GdalSource(RasterSource):
     """A TIFF / GeoTIFF / VRT read through rasterio, window by window, never whole."""
 
-    def __init__(self, path: str | os.PathLike, bands: tuple[int, ...] | None, scaling: ImageScaling | None):
-        rasterio = import_rasterio()
+    def __init__(self, path: str | os.PathLike, bands: tuple[int, ...] | None, scaling: ImageScaling | None,
+                 policy: SourcePolicy):
         self.path = path
-        self.gdal_env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+        self.gdal_env = gdal_env(policy)
         self.gdal_env.__enter__()
         try:
-            self.dataset = open_raster_header(path)  # a plain (non-geo) TIFF is fine to read
+            self.dataset = open_raster_header(path, policy)  # a plain (non-geo) TIFF is fine to read
         except ImageReadError:
             self.gdal_env.__exit__(None, None, None)
             raise
@@ -372,11 +409,40 @@ class GdalSource(RasterSource):
         self.gdal_env.__exit__(None, None, None)
 
 
+def _opencv_read(path: str | os.PathLike, flags: int) -> np.ndarray | None:
+    """``cv2.imread(path, flags)`` after checking the header's pixel count; None if OpenCV cannot decode it.
+
+    Raises:
+        ImageReadError: the header claims more than ``MAX_IMAGE_PIXELS`` pixels, or OpenCV fails; names the file.
+    """
+    try:
+        height, width = image_size(path)
+    except ImageReadError:  # OpenCV says what is wrong with the file
+        height = width = 0
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ImageReadError(f"{path}: its header claims {width} x {height} = {height * width} pixels, more than "
+                             f"the limit of {MAX_IMAGE_PIXELS} (a decompression bomb or a corrupt header); "
+                             "re-download it, or cut it into tiles")
+    try:
+        return cv2.imread(str(path), flags)
+    except cv2.error as error:
+        raise ImageReadError(f"{path}: cannot be decoded ({str(error).strip().splitlines()[-1]})") from None
+
+
+def read_as_stored(path: str | os.PathLike) -> np.ndarray | None:
+    """A file's pixels exactly as stored (``cv2.IMREAD_UNCHANGED``: any bit depth and channel count; label
+    masks), or None if it cannot be decoded.
+
+    Raises:
+        ImageReadError: the header claims more than ``MAX_IMAGE_PIXELS`` pixels; the message names the file.
+    """
+    return _opencv_read(path, cv2.IMREAD_UNCHANGED)
+
+
 def _decode_with_opencv(path: str | os.PathLike) -> tuple[np.ndarray, int | None]:
     """(H, W, C) pixels in the file's band order (RGB(A)) and the alpha band's number, or None."""
     suffix = Path(path).suffix.lower()
-    flags = cv2.IMREAD_UNCHANGED if suffix in PNG_SUFFIXES else cv2.IMREAD_COLOR
-    decoded = cv2.imread(str(path), flags)
+    decoded = _opencv_read(path, cv2.IMREAD_UNCHANGED if suffix in PNG_SUFFIXES else cv2.IMREAD_COLOR)
     if decoded is None:
         state = "cannot be decoded (truncated, corrupt or not an image)" if Path(path).exists() else "does not exist"
         raise ImageReadError(f"{path}: {state}")
@@ -391,40 +457,44 @@ def _decode_with_opencv(path: str | os.PathLike) -> tuple[np.ndarray, int | None
 
 
 def open_raster(path: str | os.PathLike, bands: tuple[int, ...] | None = None,
-                scaling: ImageScaling | None = None) -> RasterSource:
+                scaling: ImageScaling | None = None, policy: SourcePolicy = STRICT_SOURCES) -> RasterSource:
     """Open an image for region reads: TIFF/GeoTIFF/VRT windowed through rasterio, other formats decoded whole.
 
     Args:
         path: image file.
         bands: 1-based bands fed as the model's three channels (default: 1,2,3, or 1,1,1 for gray).
-        scaling: the linear range per chosen band; None = 8-bit as is, other types by the percentile rule.
+        scaling: the linear range per chosen band for non-8-bit data; None = the default rule (see the module).
+        policy: what a GDAL input may make GDAL read (``utils.source_policy``; default: its own folder only).
 
     Raises:
-        ImageReadError: missing, unreadable or corrupt file, or ``bands`` beyond its band count; the
-            message names the file.
+        ImageReadError: missing, unreadable or corrupt file, ``bands`` beyond its band count, or a header
+            claiming more than ``MAX_IMAGE_PIXELS``; SourcePolicyError: refused by ``policy``. The message
+            names the file.
     """
     if Path(path).suffix.lower() in RASTER_SUFFIXES:
-        return GdalSource(path, bands, scaling)
+        return GdalSource(path, bands, scaling, policy)
     pixels, alpha_band = _decode_with_opencv(path)
     return ArraySource(path, pixels, alpha_band, bands, scaling)
 
 
 def read_image(path: str | os.PathLike, bands: tuple[int, ...] | None = None,
-               scaling: ImageScaling | None = None) -> np.ndarray:
+               scaling: ImageScaling | None = None, policy: SourcePolicy = STRICT_SOURCES) -> np.ndarray:
     """The whole image as (H, W, 3) uint8 RGB (see :func:`open_raster` for the arguments and errors)."""
-    with open_raster(path, bands, scaling) as source:
+    with open_raster(path, bands, scaling, policy) as source:
         return source.read(0, 0, source.height, source.width)
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) of an image from its header (rasterio for rasters, Pillow otherwise), as decoded by
-    :func:`read_image` (EXIF-rotated JPEGs swapped); Pillow's decompression-bomb limit does not apply.
+def image_size(path: str | os.PathLike, policy: SourcePolicy = STRICT_SOURCES) -> tuple[int, int]:
+    """(height, width) of an image from its header (rasterio for rasters, under ``policy``; Pillow otherwise),
+    as decoded by :func:`read_image` (EXIF-rotated JPEGs swapped); Pillow's decompression-bomb limit does not
+    apply.
 
     Raises:
-        ImageReadError: the header cannot be read; the message names the file.
+        ImageReadError: the header cannot be read; SourcePolicyError: refused by ``policy``. The message
+            names the file.
     """
     if Path(path).suffix.lower() in RASTER_SUFFIXES:
-        with open_raster_header(path) as dataset:
+        with gdal_env(policy), open_raster_header(path, policy) as dataset:
             return dataset.height, dataset.width
     from PIL import Image
 
@@ -440,17 +510,85 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return (width, height) if turned else (height, width)
 
 
-def open_raster_header(path: str | os.PathLike):
-    """The rasterio dataset of a TIFF/GeoTIFF/VRT (header only until read; use as a context manager).
+def is_eight_bit(path: str | os.PathLike, bands: tuple[int, ...] | None = None,
+                 policy: SourcePolicy = STRICT_SOURCES) -> bool:
+    """Whether an image stores 8-bit samples in the chosen ``bands`` (all bands when None), from its header
+    only: PNG bit depth, JPEG/BMP/WebP always, a raster's band data types (a palette counts as 8-bit).
+    A header that cannot be read counts as 8-bit (reading the image reports it).
 
     Raises:
-        ImageReadError: missing or unreadable file; the message names it.
+        SourcePolicyError: a raster refused by ``policy``.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix in PNG_SUFFIXES:
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(25)
+        except OSError:
+            return True
+        return len(header) < 25 or header[24] <= 8  # IHDR bit depth per sample
+    if suffix not in RASTER_SUFFIXES:
+        return True
+    try:
+        with gdal_env(policy), open_raster_header(path, policy) as dataset:
+            chosen = [band for band in (bands or range(1, dataset.count + 1)) if band <= dataset.count]
+            return all(dataset.dtypes[band - 1] == "uint8" for band in chosen)
+    except SourcePolicyError:
+        raise
+    except ImageReadError:
+        return True
+
+
+def dataset_scaling(paths: list[str | os.PathLike], bands: tuple[int, ...] | None = None,
+                    policy: SourcePolicy = STRICT_SOURCES) -> ImageScaling | None:
+    """One scaling for every non-8-bit image of a dataset (the data tools never stretch image by image).
+
+    None when every image is 8-bit. Else, per band, the lowest ``low`` and the highest ``high`` of the
+    default rule over the non-8-bit images: ``0..255`` (values as they are) when all their values fit in
+    8 bits, otherwise the lowest 2nd and the highest 98th percentile (each image estimated on its sample).
+
+    Raises:
+        ImageReadError: an image cannot be opened or lacks a chosen band (SourcePolicyError: refused).
+    """
+    ranges = []
+    for path in paths:
+        if is_eight_bit(path, bands, policy):
+            continue
+        with open_raster(path, bands, None, policy) as source:
+            ranges.append((source.scaling.low, source.scaling.high))
+    if not ranges:
+        return None
+    lows, highs = zip(*ranges)
+    return ImageScaling(low=tuple(map(float, np.min(lows, axis=0))), high=tuple(map(float, np.max(highs, axis=0))))
+
+
+def gdal_env(policy: SourcePolicy = STRICT_SOURCES):
+    """The ``rasterio.Env`` GDAL inputs are opened and read in: bounded block cache, ``policy``'s GDAL options."""
+    return import_rasterio().Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, **policy.gdal_options())
+
+
+def open_raster_header(path: str | os.PathLike, policy: SourcePolicy = STRICT_SOURCES):
+    """The rasterio dataset of a TIFF/GeoTIFF/VRT (header only until read; use as a context manager), opened
+    only if ``policy`` allows what it names (checked before GDAL sees the file, then the driver and its files).
+    Open it inside :func:`gdal_env`.
+
+    Raises:
+        ImageReadError: missing or unreadable file; SourcePolicyError: refused by ``policy``. The message
+            names the file.
     """
     rasterio = import_rasterio()
+    problem = input_problem(path, policy)
+    if problem is not None:
+        raise SourcePolicyError(problem)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            return rasterio.open(path)
+            dataset = rasterio.open(path, driver=gdal_driver(path))
     except gdal_errors() as error:
         state = "does not exist" if not Path(path).exists() else f"cannot be read (truncated or corrupt?): {error}"
         raise ImageReadError(f"{path} {state}") from None
+    problem = opened_problem(path, dataset.driver, list(dataset.files), policy)
+    if problem is not None:
+        dataset.close()
+        raise SourcePolicyError(problem)
+    return dataset
