@@ -11,7 +11,12 @@ Outputs per input, in ``--out_dir``: ``{stem}_pred.png`` (palette PNG, pixel val
 ``{stem}_pred.tif`` (a Cloud-Optimized GeoTIFF of class ids with the input's CRS and transform or GCPs, a
 colour table, nodata 255 and overviews); with ``--probabilities`` ``{stem}_prob.tif`` (one uint8 band per
 class, softmax x 255); with ``--polygons`` ``{stem}_pred.geojson`` (polygons per class). Then
-``predict_summary.json``: what was written, kept and failed.
+``predict_summary.json``: what was written, kept and failed, merged with the summaries of earlier runs
+into the folder (an input's newest result wins; one record per run).
+
+One run at a time per output folder: a run holds ``{out_dir}/.run.lock`` (``utils.run_lock``) from
+after its input checks until its summary is written; a second run refuses naming the holder, or waits
+``--lock_timeout`` seconds and then skips what the first one finished.
 
 Runs resume: a finished input (all its outputs present, the mask of the input's size: outputs are
 published atomically, so a file under its name is complete) is skipped; any other file in the way is
