@@ -12,7 +12,9 @@ finished blocks (``write(top, left, block)``) and publishes its file atomically 
   and, for masks, the palette as colour table. GDAL reports many write errors (a full disk) only on
   stderr and rasterio's ``write``/``close`` do not raise, so the published file is re-opened and read
   back completely, and a position-weighted checksum of every pixel must equal the one of the blocks
-  written; otherwise :class:`utils.atomic.WriteError` names the file and nothing is published.
+  written; otherwise :class:`utils.atomic.WriteError` names the file and nothing is published. What GDAL
+  and libtiff print meanwhile is held back (:func:`gdal_write_guard`): a full disk is reported once, as
+  "No space left on device" naming the target, at the first block that fails, and nothing follows it.
 * :func:`write_polygons`: polygons per class (``rasterio.features.shapes``) of a class-id GeoTIFF, as GeoJSON.
 """
 from __future__ import annotations
@@ -43,23 +45,33 @@ class _StderrCapture:
 
     def __init__(self):
         sys.stderr.flush()
-        self.saved = os.dup(2)
         self.buffer = os.memfd_create("gdal-messages") if hasattr(os, "memfd_create") else tempfile.TemporaryFile()
         self.fd = self.buffer if isinstance(self.buffer, int) else self.buffer.fileno()
+        try:
+            self.saved = os.dup(2)
+        except OSError:  # no stderr at all (a daemon): nothing to hold back
+            self.saved = None
+            return
         os.dup2(self.fd, 2)
 
     def stop(self) -> str:
         """Restore descriptor 2 and return what was printed meanwhile."""
+        if self.saved is None:
+            self._close_buffer()
+            return ""
         os.dup2(self.saved, 2)
         os.close(self.saved)
         os.lseek(self.fd, 0, os.SEEK_SET)
         chunks = iter(lambda: os.read(self.fd, 1 << 16), b"")
         text = b"".join(chunks).decode(errors="replace")
+        self._close_buffer()
+        return text
+
+    def _close_buffer(self) -> None:
         if isinstance(self.buffer, int):
             os.close(self.buffer)
         else:
             self.buffer.close()
-        return text
 
 
 def _disk_full(folder: Path, gdal_text: str, error: BaseException | None) -> bool:
