@@ -68,7 +68,7 @@ from utils.checkpoint import CheckpointMismatchError, read_class_table
 from utils.image_io import IMAGE_SUFFIXES, RASTER_SUFFIXES, ImageReadError, image_size, open_raster
 from utils.palette import default_palette
 from utils.raster_io import CogSink, PaletteMaskSink, write_polygons
-from utils.run_lock import FolderBusyError, FolderLock, lock_folder
+from utils.run_lock import FolderBusyError, FolderLock, lock_folder, utc_timestamp
 
 SUMMARY_FILE = "predict_summary.json"
 LOCK_HINT = "wait for it to finish, pass --lock_timeout SECONDS to wait, or choose another --out_dir"
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, _ = parse_with_config(parser, argv)
     start = time.perf_counter()
-    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    started = utc_timestamp()
     try:
         check_backend_flags(args)
         stride = window_stride(args.window, args.stride, args.overlap)
@@ -472,16 +472,18 @@ def main(argv: list[str] | None = None) -> int:
         except USAGE_ERRORS as error:
             parser.error(str(error))
         settings = Settings(stride, scales, read_options, palette, list(class_names))
-        for job in tqdm(todo, desc="images", unit="img", disable=len(todo) < 2):
-            try:
-                predict_file(model, job, settings, args)
-            except (ValueError, ImportError, OSError) as error:
-                if args.on_error == "error":
-                    parser.exit(2, f"error: {job.image}: {error}\n")
-                results["failed"].append({"input": str(job.image), "error": str(error).splitlines()[0]})
-                continue
-            results["written"].append(str(job.image))
-            print(f"{job.image} -> {', '.join(map(str, job.outputs()))}")
+        with tqdm(todo, desc="images", unit="img", disable=len(todo) < 2) as progress:  # closed before an error
+            for job in progress:
+                try:
+                    predict_file(model, job, settings, args)
+                except (ValueError, ImportError, OSError) as error:
+                    if args.on_error == "error":
+                        progress.close()
+                        parser.exit(2, f"error: {job.image}: {error}\n")
+                    results["failed"].append({"input": str(job.image), "error": str(error).splitlines()[0]})
+                    continue
+                results["written"].append(str(job.image))
+                print(f"{job.image} -> {', '.join(map(str, job.outputs()))}")
         per_process = gather_results(results, world)
         if rank == 0:
             print(write_summary(out_dir, per_process, time.perf_counter() - start, started))

@@ -163,6 +163,7 @@ IN_PROCESS_CASES = {
                                                                  forbidden=("--trusted-pickle",)),
     "predict_mask_exists": lambda d: predict_case(d, names=("scene_pred.png", "--overwrite"),
                                                   out=d["existing_masks"]),
+    "predict_lock_timeout_negative": lambda d: predict_case(d, "--lock_timeout", "-1", names=("--lock_timeout",)),
 }
 """Variants of the faults above, run through eval.main / predict.main in this process."""
 

@@ -28,6 +28,11 @@ LOCK_FILE = ".run.lock"
 POLL_SECONDS = 0.5
 
 
+def utc_timestamp() -> str:
+    """The current time as ``"2026-12-07 03:50:01 UTC"``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
 class FolderBusyError(OSError):
     """Another run holds the output folder's lock; the message names the folder and that run."""
 
@@ -149,7 +154,7 @@ def lock_folder(folder: str | os.PathLike, command: str, wait_seconds: float, hi
     if holder is not None:  # its process ended without releasing the lock (killed)
         print(f"warning: {folder} was locked by {holder.describe()}, which has ended: taking the lock over",
               file=messages)
-    own = Holder(command, os.getpid(), socket.gethostname(), time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+    own = Holder(command, os.getpid(), socket.gethostname(), utc_timestamp())
     try:
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, (json.dumps(asdict(own)) + "\n").encode(), 0)
