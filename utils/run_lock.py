@@ -110,6 +110,11 @@ def _try_lock(path: Path) -> tuple[int | None, Holder | None]:
     return descriptor, _read_holder(descriptor)
 
 
+def _say_taking_over(folder: str | os.PathLike, holder: Holder, messages: TextIO) -> None:
+    print(f"warning: {folder} was locked by {holder.describe()}, which has ended: taking the lock over",
+          file=messages)
+
+
 def lock_folder(folder: str | os.PathLike, command: str, wait_seconds: float, hint: str,
                 messages: TextIO | None = None) -> FolderLock:
     """Take ``folder``'s lock for this process (the folder must exist).
@@ -138,8 +143,7 @@ def lock_folder(folder: str | os.PathLike, command: str, wait_seconds: float, hi
             break
         if holder is not None and holder.ended_here():
             if holder == suspect:  # held by a survivor of a run that has ended, two looks apart: stale
-                print(f"warning: {folder} was locked by {holder.describe()}, which has ended: taking the lock over",
-                      file=messages)
+                _say_taking_over(folder, holder, messages)
                 path.unlink(missing_ok=True)
                 continue
             suspect = holder
@@ -152,8 +156,7 @@ def lock_folder(folder: str | os.PathLike, command: str, wait_seconds: float, hi
             waiting_said = True
         time.sleep(POLL_SECONDS)
     if holder is not None:  # its process ended without releasing the lock (killed)
-        print(f"warning: {folder} was locked by {holder.describe()}, which has ended: taking the lock over",
-              file=messages)
+        _say_taking_over(folder, holder, messages)
     own = Holder(command, os.getpid(), socket.gethostname(), utc_timestamp())
     try:
         os.ftruncate(descriptor, 0)
