@@ -266,7 +266,7 @@ def predict_file(model, job: Job, settings: Settings, args: argparse.Namespace, 
                   "(use --format tif to keep it)", file=sys.stderr)
         size = (source.height, source.width)
         sinks = []
-        try:  # on any failure every output is dropped: nothing partial is left, finished ones stay complete
+        try:  # on any failure every unfinished output is dropped: nothing partial is left
             if job.mask.suffix == ".tif":
                 sinks.append(CogSink(job.mask, *size, geo_profile=source.geo_profile, nodata=NODATA_CLASS,
                                      palette=settings.palette))
