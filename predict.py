@@ -11,7 +11,12 @@ Outputs per input, in ``--out_dir``: ``{stem}_pred.png`` (palette PNG, pixel val
 ``{stem}_pred.tif`` (a Cloud-Optimized GeoTIFF of class ids with the input's CRS and transform or GCPs, a
 colour table, nodata 255 and overviews); with ``--probabilities`` ``{stem}_prob.tif`` (one uint8 band per
 class, softmax x 255); with ``--polygons`` ``{stem}_pred.geojson`` (polygons per class). Then
-``predict_summary.json``: what was written, kept and failed.
+``predict_summary.json``: what was written, kept and failed, merged with the summaries of earlier runs
+into the folder (an input's newest result wins; one record per run).
+
+One run at a time per output folder: a run holds ``{out_dir}/.run.lock`` (``utils.run_lock``) from
+after its input checks until its summary is written; a second run refuses naming the holder, or waits
+``--lock_timeout`` seconds and then skips what the first one finished.
 
 Runs resume: a finished input (all its outputs present, the mask of the input's size: outputs are
 published atomically, so a file under its name is complete) is skipped; any other file in the way is
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -63,8 +69,12 @@ from utils.checkpoint import CheckpointMismatchError
 from utils.image_io import IMAGE_SUFFIXES, RASTER_SUFFIXES, ImageReadError, image_size, open_raster
 from utils.palette import default_palette
 from utils.raster_io import CogSink, PaletteMaskSink, write_polygons
+from utils.run_lock import FolderBusyError, FolderLock, lock_folder, utc_timestamp
 
 SUMMARY_FILE = "predict_summary.json"
+LOCK_HINT = "wait for it to finish, pass --lock_timeout SECONDS to wait, or choose another --out_dir"
+USAGE_ERRORS = (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError, OSError,
+                CheckpointMismatchError)
 ON_ERROR_CHOICES = ("error", "skip")
 
 
@@ -97,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--overwrite", action="store_true",
                         help="redo finished inputs and replace files in the way (default: skip finished inputs, "
                              "refuse other existing files)")
+    output.add_argument("--lock_timeout", type=float, default=0.0, metavar="SECONDS",
+                        help="another run writing into --out_dir holds its lock: wait up to SECONDS for it to "
+                             "finish (then go on with the inputs it left), or refuse at once naming it (default 0)")
     output.add_argument("--on-error", "--on_error", dest="on_error", choices=ON_ERROR_CHOICES, default="error",
                         help="on an image that cannot be read or segmented: stop naming it (default), or skip it, "
                              "go on and list it at the end (a re-run retries it)")
@@ -253,28 +266,28 @@ def predict_file(model, job: Job, settings: Settings, args: argparse.Namespace, 
             print(f"warning: {job.image} is georeferenced but {job.mask} is a PNG: the georeference is dropped "
                   "(use --format tif to keep it)", file=sys.stderr)
         size = (source.height, source.width)
-        if job.mask.suffix == ".tif":
-            mask_sink = CogSink(job.mask, *size, geo_profile=source.geo_profile, nodata=NODATA_CLASS,
-                                palette=settings.palette)
-        else:
-            mask_sink = PaletteMaskSink(job.mask, *size, settings.palette)
-        sinks = [mask_sink]
-        if job.probabilities is not None:
-            sinks.append(CogSink(job.probabilities, *size, count=len(settings.class_names),
-                                 geo_profile=source.geo_profile))
-        try:
+        sinks = []
+        try:  # on any failure every unfinished output is dropped: nothing partial is left
+            if job.mask.suffix == ".tif":
+                sinks.append(CogSink(job.mask, *size, geo_profile=source.geo_profile, nodata=NODATA_CLASS,
+                                     palette=settings.palette))
+            else:
+                sinks.append(PaletteMaskSink(job.mask, *size, settings.palette))
+            if job.probabilities is not None:
+                sinks.append(CogSink(job.probabilities, *size, count=len(settings.class_names),
+                                     geo_profile=source.geo_profile))
             predict_large_image(
-                model, source.read, size, mask_sink.write, window=args.window, stride=settings.stride,
+                model, source.read, size, sinks[0].write, window=args.window, stride=settings.stride,
                 batch_size=args.batch_size, scales=settings.scales, **tta_options(args), blend=args.blend,
                 valid_region=source.valid_mask, write_probabilities=sinks[1].write if len(sinks) > 1 else None,
                 device=args.device, show_progress=show_progress,
             )
+            for sink in sinks:
+                sink.close()
         except BaseException:
             for sink in sinks:
                 sink.abort()
             raise
-        for sink in sinks:
-            sink.close()
     if job.polygons is not None:
         write_polygons(job.mask, job.polygons, settings.class_names, NODATA_CLASS)
 
@@ -300,91 +313,187 @@ def gather_results(results: dict, world: int) -> list[dict]:
     return gathered
 
 
-def write_summary(out_dir: Path, per_process: list[dict], seconds: float) -> str:
-    """Write ``{out_dir}/predict_summary.json`` and return the printed summary."""
-    summary = {key: sorted(sum((results[key] for results in per_process), []), key=str)
-               for key in ("written", "kept", "failed")}
-    summary.update(processes=len(per_process), seconds=round(seconds, 1))
+def summary_entries(summary: dict) -> dict[str, dict]:
+    """Per-input entries of a summary, keyed by input path: ``{"status": "written"|"kept"|"failed"}``, plus
+    ``"error"`` for a failure."""
+    entries = {}
+    for status in ("written", "kept"):
+        entries.update({path: {"status": status} for path in summary.get(status, [])})
+    entries.update({failure["input"]: {"status": "failed", "error": failure["error"]}
+                    for failure in summary.get("failed", [])})
+    return entries
+
+
+def read_previous_summary(path: Path) -> tuple[dict[str, dict], list[dict]]:
+    """The per-input entries and run records of an earlier run's summary in the folder (none if absent).
+
+    An unreadable summary is reported on stderr and treated as absent (it is replaced).
+    """
+    if not path.exists():
+        return {}, []
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        return summary_entries(summary), list(summary.get("runs", []))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        print(f"warning: {path} is not a readable predict summary ({error}): it is replaced by this run's",
+              file=sys.stderr)
+        return {}, []
+
+
+def write_summary(out_dir: Path, per_process: list[dict], seconds: float, started: str) -> str:
+    """Merge this run's results into ``{out_dir}/predict_summary.json`` and return the printed summary.
+
+    The file lists every input of every run into the folder (``written``, ``kept``, ``failed`` with the
+    reason; an input's newest result wins) and one record per run (``runs``: start time, host, process id,
+    process count, seconds, counts). Written atomically; callers hold the folder's lock (``utils.run_lock``).
+    """
+    this_run = {key: sum((results[key] for results in per_process), []) for key in ("written", "kept", "failed")}
+    entries, runs = read_previous_summary(out_dir / SUMMARY_FILE)
+    entries.update(summary_entries(this_run))
+    runs.append({"started": started, "host": socket.gethostname(), "pid": os.getpid(), "processes": len(per_process),
+                 "seconds": round(seconds, 1), **{key: len(values) for key, values in this_run.items()}})
+    summary = {status: sorted(path for path, entry in entries.items() if entry["status"] == status)
+               for status in ("written", "kept")}
+    summary["failed"] = [{"input": path, "error": entries[path]["error"]}
+                         for path in sorted(entries) if entries[path]["status"] == "failed"]
+    summary["runs"] = runs
     atomic_write_bytes(out_dir / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
-    lines = [f"predict: {len(summary['written'])} written, {len(summary['kept'])} finished before (kept), "
-             f"{len(summary['failed'])} failed; {len(per_process)} process(es), {seconds:.1f} s; "
-             f"summary in {out_dir / SUMMARY_FILE}"]
-    if summary["failed"]:
-        lines.append(f"{len(summary['failed'])} input(s) failed (re-run the same command to retry them):")
-        lines.extend(f"  {failure['input']}: {failure['error']}" for failure in summary["failed"])
+    lines = [f"predict: {len(this_run['written'])} written, {len(this_run['kept'])} finished before (kept), "
+             f"{len(this_run['failed'])} failed; {len(per_process)} process(es), {seconds:.1f} s; summary of "
+             f"{len(entries)} input(s) from {len(runs)} run(s) in {out_dir / SUMMARY_FILE}"]
+    if this_run["failed"]:
+        lines.append(f"{len(this_run['failed'])} input(s) failed (re-run the same command to retry them):")
+        lines.extend(f"  {failure['input']}: {failure['error']}" for failure in this_run["failed"])
     return "\n".join(lines)
 
 
+def sort_out_jobs(jobs: list[Job], read_options: dict, args: argparse.Namespace, results: dict) -> list[Job]:
+    """The jobs still to do; finished ones are added to ``results["kept"]`` and, with ``--on-error skip``,
+    unreadable inputs to ``results["failed"]`` (see :func:`check_job`).
+
+    Raises:
+        ImageReadError: an unreadable input without ``--on-error skip``. FileExistsError: see :func:`check_job`.
+    """
+    todo = []
+    for job in jobs:
+        try:
+            finished = check_job(job, read_options, args.overwrite)
+        except ImageReadError as error:
+            if args.on_error == "error":
+                raise
+            results["failed"].append({"input": str(job.image), "error": str(error)})
+            continue
+        if finished:
+            results["kept"].append(str(job.image))
+        else:
+            todo.append(job)
+    return todo
+
+
+def lock_out_dir(out_dir: Path, lock_timeout: float, rank: int, world: int) -> FolderLock | None:
+    """Take the output folder's lock for every process of this run (rank 0 holds it; see ``utils.run_lock``).
+
+    Returns:
+        The lock on rank 0, None on the other ranks.
+
+    Raises:
+        FolderBusyError: on every rank, when another run still holds the folder after ``lock_timeout`` seconds.
+    """
+    lock, refusal = None, None
+    if rank == 0:
+        try:
+            lock = lock_folder(out_dir, "predict.py", lock_timeout, LOCK_HINT)
+        except FolderBusyError as error:
+            refusal = str(error)
+    if world > 1:
+        shared = [refusal]
+        dist.broadcast_object_list(shared, src=0)
+        refusal = shared[0]
+    if refusal is not None:
+        raise FolderBusyError(refusal)
+    return lock
+
+
+def load_model(args: argparse.Namespace, todo: list[Job]) -> tuple[object, list[str], np.ndarray]:
+    """(model or None when there is nothing to do, class names, palette) from the checkpoint or ONNX file,
+    ``--dataset`` giving the classes when set (else the checkpoint's saved ones, else generic ones)."""
+    class_names, palette = dataset_table(args.dataset, args.dataset_spec) if args.dataset else ([], None)
+    if not todo:  # nothing to do (all finished): no model to load
+        return None, class_names, palette
+    if args.backend == "onnxruntime":
+        return onnx_backend_model(args, class_names, palette)
+    restored = restore_model(args, args.snapshot, len(class_names) if args.dataset else None,
+                             device=args.device, trusted_pickle=args.trusted_pickle, **speed_options(args))
+    for warning in restored.resolved.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"model: {restored.resolved.describe()}")
+    if palette is None:  # the classes train.py saved in the checkpoint, else generic ones
+        class_names, palette = saved_class_table(restored.extras) or (
+            [f"class_{index}" for index in range(restored.num_classes)], default_palette(restored.num_classes))
+    return restored.model, class_names, palette
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: check every flag, input and output, load the model once, run the jobs.
+    """Command-line entry point: check every flag, input and output, lock the output folder, load the model
+    once, run the jobs, merge the summary.
 
     Flag, input header, output and checkpoint problems end in a usage error (exit status 2) before any
-    output is written; an image that fails later stops the run with its name (exit status 2; earlier
-    outputs are kept and a re-run resumes) unless ``--on-error skip``.
+    output is written; so does an output folder that another run holds (after ``--lock_timeout``). An image
+    that fails later stops the run with its name (exit status 2; earlier outputs are kept and a re-run
+    resumes) unless ``--on-error skip``.
     """
     parser = build_parser()
     args, _ = parse_with_config(parser, argv)
     start = time.perf_counter()
+    started = utc_timestamp()
     try:
         check_backend_flags(args)
         stride = window_stride(args.window, args.stride, args.overlap)
         scales = parse_scales(args.scales)
         read_options = band_options(args)
         check_batch_size(args.batch_size)
+        if not args.lock_timeout >= 0:
+            raise ValueError(f"--lock_timeout must be 0 or more seconds, got {args.lock_timeout}")
         out_dir = Path(args.out_dir)
         jobs = plan_jobs(collect_inputs(args.inputs), out_dir, args.format, args.probabilities, args.polygons)
         rank, world, args.device = distributed_context(args.device)
         note = emulated_precision_note(args.precision, args.device) if args.backend == "pytorch" else None
         if note and rank == 0:
             print(f"warning: {note}", file=sys.stderr)
-        my_jobs = jobs[rank::world]
         results = {"written": [], "kept": [], "failed": []}
-        todo = []
-        for job in my_jobs:
-            try:
-                finished = check_job(job, read_options, args.overwrite)
-            except ImageReadError as error:
-                if args.on_error == "error":
-                    raise
-                results["failed"].append({"input": str(job.image), "error": str(error)})
-                continue
-            if finished:
-                results["kept"].append(str(job.image))
-            else:
-                todo.append(job)
+        todo = sort_out_jobs(jobs[rank::world], read_options, args, results)
         check_out_dir(out_dir)
-        class_names, palette = dataset_table(args.dataset, args.dataset_spec) if args.dataset else ([], None)
-        model = None
-        if todo and args.backend == "onnxruntime":
-            model, class_names, palette = onnx_backend_model(args, class_names, palette)
-        elif todo:  # nothing to do (all finished): no model to load
-            restored = restore_model(args, args.snapshot, len(class_names) if args.dataset else None,
-                                     device=args.device, trusted_pickle=args.trusted_pickle, **speed_options(args))
-            model = restored.model
-            for warning in restored.resolved.warnings:
-                print(f"warning: {warning}", file=sys.stderr)
-            print(f"model: {restored.resolved.describe()}")
-            if palette is None:  # the classes the checkpoint was trained for, else generic ones
-                class_names, palette = saved_class_table(restored.extras) or (
-                    [f"class_{index}" for index in range(restored.num_classes)],
-                    default_palette(restored.num_classes))
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError, OSError,
-            CheckpointMismatchError) as error:
+    except USAGE_ERRORS as error:
         parser.error(str(error))
-    settings = Settings(stride, scales, read_options, palette, list(class_names))
-    for job in tqdm(todo, desc="images", unit="img", disable=len(todo) < 2):
+    try:
+        lock = lock_out_dir(out_dir, args.lock_timeout, rank, world)
+    except OSError as error:  # FolderBusyError: another run holds the folder; or no lock file can be made
+        parser.exit(2, f"error: {error}\n")
+    try:
         try:
-            predict_file(model, job, settings, args)
-        except (ValueError, ImportError, OSError) as error:
-            if args.on_error == "error":
-                parser.exit(2, f"error: {job.image}: {error}\n")
-            results["failed"].append({"input": str(job.image), "error": str(error).splitlines()[0]})
-            continue
-        results["written"].append(str(job.image))
-        print(f"{job.image} -> {', '.join(map(str, job.outputs()))}")
-    per_process = gather_results(results, world)
-    if rank == 0:
-        print(write_summary(out_dir, per_process, time.perf_counter() - start))
+            todo = sort_out_jobs(todo, read_options, args, results)  # another run may have finished some meanwhile
+            model, class_names, palette = load_model(args, todo)
+        except USAGE_ERRORS as error:
+            parser.error(str(error))
+        settings = Settings(stride, scales, read_options, palette, list(class_names))
+        with tqdm(todo, desc="images", unit="img", disable=len(todo) < 2) as progress:  # closed before an error
+            for job in progress:
+                try:
+                    predict_file(model, job, settings, args)
+                except (ValueError, ImportError, OSError) as error:
+                    if args.on_error == "error":
+                        progress.close()
+                        parser.exit(2, f"error: {job.image}: {error}\n")
+                    results["failed"].append({"input": str(job.image), "error": str(error).splitlines()[0]})
+                    continue
+                results["written"].append(str(job.image))
+                print(f"{job.image} -> {', '.join(map(str, job.outputs()))}")
+        per_process = gather_results(results, world)
+        if rank == 0:
+            print(write_summary(out_dir, per_process, time.perf_counter() - start, started))
+    finally:
+        if lock is not None:
+            lock.release()
     if world > 1:
         dist.destroy_process_group()
     return 0

@@ -337,69 +337,69 @@ def predict_large_image(
     if weights is not None:
         weights = weights.to(device)
     total = len(outer_starts) * sum(len(band_starts) for _, _, band_starts in bands)
-    progress = tqdm(total=total, desc="windows", unit="win", disable=not show_progress)
-    buffer_shape = ()
-    num_classes, waiting = None, []  # all-nodata probability blocks met before the first forward pass
-    for band_begin, band_end, band_starts in bands:
-        span_begin, span_end = band_starts[0], band_starts[-1] + inner_window
-        logit_buffer = weight_buffer = None
-        for strip_index, outer in enumerate(outer_starts):
-            pixels = orient.region(read_region, outer, span_begin, outer_window, span_end - span_begin)
-            valid = (None if valid_region is None else
-                     orient.region(valid_region, outer, span_begin, outer_window, span_end - span_begin))
-            useful = [inner for inner in band_starts
-                      if valid is None or valid[:, inner - span_begin : inner - span_begin + inner_window].any()]
-            for first in range(0, len(useful), batch_size):
-                batch_starts = useful[first : first + batch_size]
-                crops = torch.stack([
-                    normalize_image(np.ascontiguousarray(
-                        pixels[:, inner - span_begin : inner - span_begin + inner_window]))
-                    for inner in batch_starts
-                ]).to(device)
-                if orient.transposed:
-                    crops = crops.transpose(2, 3).contiguous()
-                crop_logits = infer_logits(model, crops, scales=scales, flip=flip, vflip=vflip, rot90=rot90)
-                if orient.transposed:
-                    crop_logits = crop_logits.transpose(2, 3)
-                if num_classes is None:
-                    num_classes = crop_logits.shape[1]
-                    if num_classes > 256:
-                        raise ValueError(f"{num_classes} classes do not fit a uint8 class-id mask")
-                    for block_outer, block_inner, shape in waiting:
-                        zeros = np.zeros((num_classes, *shape), np.uint8)
-                        orient.block(write_probabilities, block_outer, block_inner, zeros)
-                if logit_buffer is None:
-                    logit_buffer = torch.zeros((num_classes, outer_window, span_end - span_begin),
-                                               dtype=torch.float32, device=device)
-                    weight_buffer = torch.zeros((outer_window, span_end - span_begin), dtype=torch.float32,
-                                                device=device)
-                for inner, logits in zip(batch_starts, crop_logits):
-                    columns = slice(inner - span_begin, inner - span_begin + inner_window)
-                    if weights is None:
-                        logit_buffer[:, :, columns] += logits
-                        weight_buffer[:, columns] += 1
+    # closed on an error too, so that the error message is the last line printed
+    with tqdm(total=total, desc="windows", unit="win", disable=not show_progress) as progress:
+        buffer_shape = ()
+        num_classes, waiting = None, []  # all-nodata probability blocks met before the first forward pass
+        for band_begin, band_end, band_starts in bands:
+            span_begin, span_end = band_starts[0], band_starts[-1] + inner_window
+            logit_buffer = weight_buffer = None
+            for strip_index, outer in enumerate(outer_starts):
+                pixels = orient.region(read_region, outer, span_begin, outer_window, span_end - span_begin)
+                valid = (None if valid_region is None else
+                         orient.region(valid_region, outer, span_begin, outer_window, span_end - span_begin))
+                useful = [inner for inner in band_starts
+                          if valid is None or valid[:, inner - span_begin : inner - span_begin + inner_window].any()]
+                for first in range(0, len(useful), batch_size):
+                    batch_starts = useful[first : first + batch_size]
+                    crops = torch.stack([
+                        normalize_image(np.ascontiguousarray(
+                            pixels[:, inner - span_begin : inner - span_begin + inner_window]))
+                        for inner in batch_starts
+                    ]).to(device)
+                    if orient.transposed:
+                        crops = crops.transpose(2, 3).contiguous()
+                    crop_logits = infer_logits(model, crops, scales=scales, flip=flip, vflip=vflip, rot90=rot90)
+                    if orient.transposed:
+                        crop_logits = crop_logits.transpose(2, 3)
+                    if num_classes is None:
+                        num_classes = crop_logits.shape[1]
+                        if num_classes > 256:
+                            raise ValueError(f"{num_classes} classes do not fit a uint8 class-id mask")
+                        for block_outer, block_inner, shape in waiting:
+                            zeros = np.zeros((num_classes, *shape), np.uint8)
+                            orient.block(write_probabilities, block_outer, block_inner, zeros)
+                    if logit_buffer is None:
+                        logit_buffer = torch.zeros((num_classes, outer_window, span_end - span_begin),
+                                                   dtype=torch.float32, device=device)
+                        weight_buffer = torch.zeros((outer_window, span_end - span_begin), dtype=torch.float32,
+                                                    device=device)
+                    for inner, logits in zip(batch_starts, crop_logits):
+                        columns = slice(inner - span_begin, inner - span_begin + inner_window)
+                        if weights is None:
+                            logit_buffer[:, :, columns] += logits
+                            weight_buffer[:, columns] += 1
+                        else:
+                            logit_buffer[:, :, columns] += logits * weights
+                            weight_buffer[:, columns] += weights
+                progress.update(len(band_starts))
+                is_last = strip_index == len(outer_starts) - 1
+                finished = outer_window if is_last else outer_starts[strip_index + 1] - outer
+                _write_finished(orient, write_block, write_probabilities, logit_buffer, weight_buffer, valid,
+                                outer, finished, band_begin - span_begin, band_end - span_begin, band_begin)
+                if logit_buffer is None and write_probabilities is not None:  # no valid pixel yet in this band
+                    if num_classes is None:
+                        waiting.append((outer, band_begin, (finished, band_end - band_begin)))
                     else:
-                        logit_buffer[:, :, columns] += logits * weights
-                        weight_buffer[:, columns] += weights
-            progress.update(len(band_starts))
-            is_last = strip_index == len(outer_starts) - 1
-            finished = outer_window if is_last else outer_starts[strip_index + 1] - outer
-            _write_finished(orient, write_block, write_probabilities, logit_buffer, weight_buffer, valid,
-                            outer, finished, band_begin - span_begin, band_end - span_begin, band_begin)
-            if logit_buffer is None and write_probabilities is not None:  # no valid pixel yet in this band
-                if num_classes is None:
-                    waiting.append((outer, band_begin, (finished, band_end - band_begin)))
-                else:
-                    orient.block(write_probabilities, outer, band_begin,
-                                 np.zeros((num_classes, finished, band_end - band_begin), np.uint8))
-            if logit_buffer is not None:
-                buffer_shape = tuple(logit_buffer.shape)
-                kept = outer_window - finished
-                logit_buffer[:, :kept] = logit_buffer[:, finished:].clone()
-                logit_buffer[:, kept:] = 0
-                weight_buffer[:kept] = weight_buffer[finished:].clone()
-                weight_buffer[kept:] = 0
-    progress.close()
+                        orient.block(write_probabilities, outer, band_begin,
+                                     np.zeros((num_classes, finished, band_end - band_begin), np.uint8))
+                if logit_buffer is not None:
+                    buffer_shape = tuple(logit_buffer.shape)
+                    kept = outer_window - finished
+                    logit_buffer[:, :kept] = logit_buffer[:, finished:].clone()
+                    logit_buffer[:, kept:] = 0
+                    weight_buffer[:kept] = weight_buffer[finished:].clone()
+                    weight_buffer[kept:] = 0
     return buffer_shape
 
 

@@ -174,6 +174,19 @@ def test_command_line_errors_name_the_missing_spec(tmp_path):
     assert "--dataset custom needs --dataset_spec FILE" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
+def test_eval_commands_for_custom_sets_in_the_docs_are_the_fast_ones():
+    import eval as evaluation
+
+    text = (REPO / "docs" / "data_custom.md").read_text().replace("\\\n", " ")
+    commands = [line.split("eval.py", 1)[1].split() for line in text.splitlines()
+                if ".venv/bin/python eval.py" in line]
+    assert commands
+    for flags in commands:
+        args = evaluation.build_parser().parse_args(flags)
+        assert (args.inference_mode, args.single_scale, args.flip, args.vflip, args.rot90) == (
+            "whole", True, False, False, False), flags
+
+
 def test_workflow_raw_prepare_train_eval_predict(raw, tmp_path):
     spec = _spec(tmp_path, raw, name="my_tiles")
     data = tmp_path / "prepared"

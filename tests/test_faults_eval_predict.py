@@ -1,9 +1,11 @@
 """Fault injection for eval.py and predict.py: bad flags, broken checkpoints, damaged images and masks, a full
 disk, a killed run's leftovers. Each case runs the entry point as a subprocess (see tests/faults.py)."""
 import argparse
+import json
 import os
 import pickle
 import shutil
+import socket
 
 import cv2
 import numpy as np
@@ -29,6 +31,7 @@ import network
 import predict
 from utils.atomic import PARTIAL_MARK
 from utils.checkpoint import save_checkpoint
+from utils.run_lock import LOCK_FILE, lock_folder
 
 MODEL_FLAGS = ["--arch", "pfnet_r50", "--maxpool_size", "4", "--avgpool_size", "4", "--edge_points", "16"]
 EVAL_FLAGS = ["--dataset", "Posdam", "--split", "test", "-im", "whole", "--single_scale", "--no_flip",
@@ -165,6 +168,7 @@ IN_PROCESS_CASES = {
                                                            inputs=d["bomb"]),
     "predict_mask_exists": lambda d: predict_case(d, names=("scene_pred.png", "--overwrite"),
                                                   out=d["existing_masks"]),
+    "predict_lock_timeout_negative": lambda d: predict_case(d, "--lock_timeout", "-1", names=("--lock_timeout",)),
 }
 """Variants of the faults above, run through eval.main / predict.main in this process."""
 
@@ -223,3 +227,53 @@ def test_full_disk_keeps_the_previous_mask(outcomes, data):
     assert str(out / "scene_pred.png") in last_line and "No space left on device" in last_line
     assert folder_digest(keep) == before
     assert os.listdir(keep) == ["scene_pred.png"]
+
+
+@pytest.mark.skipif(not full_disk_available(), reason="no private mount namespace with tmpfs here (unshare)")
+def test_full_disk_geotiff_says_so_once_and_leaves_nothing(data):
+    out = data["base"] / "full_disk_tif"
+    keep = data["base"] / "full_disk_tif_after"
+    result = run_on_full_disk(out, ["predict.py", str(data["images"]), "--snapshot", str(data["checkpoint"]),
+                                    "--out_dir", str(out), "--window", "64", "--device", "cpu", "--format", "tif",
+                                    "--probabilities", "--polygons", *MODEL_FLAGS], keep)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == f"error: {data['images'] / 'scene.png'}: could not write {out / 'scene_pred.tif'}: " \
+                        "No space left on device"
+    for gdal_text in ("not recognized", "_tiff", "TIFF", "ERROR 1"):  # GDAL's own lines are held back
+        assert gdal_text not in result.stderr, result.stderr
+    assert os.listdir(keep) == []  # no partial output, no 0-byte temporary file, no lock file
+
+
+def predict_argv(d: dict, out, *flags: str) -> list[str]:
+    """predict.py's arguments (no script name) for the folder of one image into ``out``."""
+    return [str(d["images"]), "--snapshot", str(d["checkpoint"]), "--out_dir", str(out), "--window", "64",
+            "--device", "cpu", *MODEL_FLAGS, *flags]
+
+
+@pytest.mark.parametrize("wait", ["0", "1"])
+def test_busy_out_dir_is_refused_naming_the_holder(data, capsys, one_thread, wait):
+    out = data["base"] / f"busy-{wait}"
+    out.mkdir()
+    held = lock_folder(out, "predict.py", 0, hint="")
+    try:
+        outcome = run_in_process(predict.main, Case(["predict.py", *predict_argv(data, out, "--lock_timeout", wait)],
+                                                    2, (str(out), f"pid {os.getpid()} on {socket.gethostname()}",
+                                                        "started", "--lock_timeout"), unchanged=(out,)), capsys)
+    finally:
+        held.release()
+    assert_clean_failure(outcome)  # the folder as it was: nothing written while another run holds it
+    errors = outcome.result.stderr.strip().splitlines()
+    assert errors[-1].startswith(f"error: {out} is in use by predict.py (pid {os.getpid()}")
+    assert "usage:" not in outcome.result.stderr
+    assert ("waiting up to 1 s" in outcome.result.stderr) == (wait == "1")
+
+
+def test_lock_of_a_killed_run_is_taken_over(data, capsys, one_thread):
+    out = data["base"] / "stale_lock"
+    out.mkdir()
+    dead = {"command": "predict.py", "pid": 999_999_999, "host": socket.gethostname(), "started": "yesterday"}
+    (out / LOCK_FILE).write_text(json.dumps(dead))  # left by a run killed with kill -9 (its flock went with it)
+    assert predict.main(predict_argv(data, out)) == 0
+    assert "locked by predict.py (pid 999999999" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["predict_summary.json", "scene_pred.png"]

@@ -1,17 +1,24 @@
 """predict.py end to end with the real PFNet-R50 and a checkpoint written by save_checkpoint."""
+import json
+import os
+import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 import torch
 from eval_fixtures import assert_clear_decisions_match, blocky_image, calibrated_checkpoint
+from faults import subprocess_env
 from PIL import Image
+from script_run import REPO
 
 import predict
 from datasets import normalize_image
 from evaluation.cli import parse_scales, window_stride
 from evaluation.inference import sliding_window_logits
 from utils.image_io import parse_bands
+from utils.run_lock import LOCK_FILE, lock_folder
 
 NUM_CLASSES = 6
 
@@ -184,3 +191,66 @@ def test_flag_helpers_by_hand():
     assert window_stride(64, 40, 0.9) == 40  # --stride wins over --overlap
     with pytest.raises(ValueError, match="--scales"):
         parse_scales("nan")
+
+
+def write_images(folder, names, seed=7):
+    """64 x 64 blocky PNGs ``folder/{name}.png``; returns their paths."""
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = [folder / f"{name}.png" for name in names]
+    for path in paths:
+        Image.fromarray(blocky_image(rng, 64, 64)).save(path)
+    return paths
+
+
+def test_two_runs_into_one_folder_take_turns_and_share_the_summary(tmp_path, model_and_checkpoint):
+    _, checkpoint = model_and_checkpoint
+    a, b, c = write_images(tmp_path / "images", ["a", "b", "c"])
+    out = tmp_path / "out"
+    flags = ["--snapshot", str(checkpoint), "--out_dir", str(out), "--window", "64", "--device", "cpu",
+             "--lock_timeout", "120"]
+    runs = [subprocess.Popen([sys.executable, "predict.py", *map(str, inputs), *flags], cwd=REPO, env=subprocess_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for inputs in ((a, b), (b, c))]  # started together; b is in both
+    outputs = [run.communicate(timeout=300) for run in runs]
+    for run, (stdout, stderr) in zip(runs, outputs):
+        assert run.returncode == 0, stderr
+    printed = "".join(stdout for stdout, _ in outputs)
+    for image in (a, b, c):  # each input segmented once: the second run found b finished
+        assert printed.count(f"{image} -> ") == 1, printed
+    summary = json.loads((out / "predict_summary.json").read_text())
+    assert sorted(summary["written"] + summary["kept"]) == sorted(map(str, (a, b, c)))
+    assert len(summary["runs"]) == 2 and summary["failed"] == []
+    assert sorted(path.name for path in out.iterdir()) == ["a_pred.png", "b_pred.png", "c_pred.png",
+                                                            "predict_summary.json"]
+
+
+def test_summary_merges_runs_newest_result_wins(tmp_path, model_and_checkpoint, capsys):
+    _, checkpoint = model_and_checkpoint
+    a, b = write_images(tmp_path / "images", ["a", "b"])
+    out = tmp_path / "out"
+    flags = ["--snapshot", str(checkpoint), "--out_dir", str(out), "--window", "64", "--device", "cpu"]
+    broken = tmp_path / "images" / "broken.png"
+    broken.write_bytes(a.read_bytes()[:200])
+    assert predict.main([str(a), str(broken), *flags, "--on-error", "skip"]) == 0
+    broken.write_bytes(b.read_bytes())  # repaired
+    assert predict.main([str(b), str(broken), *flags]) == 0
+    assert "summary of 3 input(s) from 2 run(s)" in capsys.readouterr().out
+    summary = json.loads((out / "predict_summary.json").read_text())
+    assert summary["written"] == sorted(map(str, (a, b, broken))) and summary["failed"] == []
+    assert [(run["written"], run["failed"]) for run in summary["runs"]] == [(1, 1), (2, 0)]
+
+
+def test_a_run_waits_for_the_folder_and_goes_on_when_it_is_free(tmp_path, model_and_checkpoint, capsys):
+    _, checkpoint = model_and_checkpoint
+    (a,) = write_images(tmp_path / "images", ["a"])
+    out = tmp_path / "out"
+    out.mkdir()
+    held = lock_folder(out, "another run", 0, hint="")
+    threading.Timer(2.0, held.release).start()
+    assert predict.main([str(a), "--snapshot", str(checkpoint), "--out_dir", str(out), "--window", "64",
+                         "--device", "cpu", "--lock_timeout", "60"]) == 0
+    captured = capsys.readouterr()
+    assert f"waiting up to 60 s for another run (pid {os.getpid()}" in captured.err
+    assert sorted(path.name for path in out.iterdir()) == ["a_pred.png", "predict_summary.json"]
+    assert not (out / LOCK_FILE).exists()

@@ -175,7 +175,7 @@ def test_two_processes_match_one_byte_for_byte(tmp_path, model_and_checkpoint):
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     summary = json.loads((tmp_path / "two" / "predict_summary.json").read_text())
-    assert summary["processes"] == 2 and len(summary["written"]) == 4
+    assert summary["runs"][-1]["processes"] == 2 and len(summary["written"]) == 4
 
 
 def test_gcps_vrt_png_warning_and_nodata(tmp_path, model_and_checkpoint, capsys):

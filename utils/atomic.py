@@ -184,7 +184,8 @@ def _writer_pid(name: str) -> int | None:
     return int(owner) if owner.isdigit() else None
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` runs on this host (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -202,7 +203,7 @@ def remove_stale_partial_files(folder: str | os.PathLike) -> int:
     removed = 0
     for path in _partial_files(folder):
         pid = _writer_pid(path.name)
-        if pid is not None and _process_alive(pid):
+        if pid is not None and process_alive(pid):
             continue
         path.unlink(missing_ok=True)
         removed += 1

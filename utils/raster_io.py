@@ -12,16 +12,21 @@ finished blocks (``write(top, left, block)``) and publishes its file atomically 
   and, for masks, the palette as colour table. GDAL reports many write errors (a full disk) only on
   stderr and rasterio's ``write``/``close`` do not raise, so the published file is re-opened and read
   back completely, and a position-weighted checksum of every pixel must equal the one of the blocks
-  written; otherwise :class:`utils.atomic.WriteError` names the file and nothing is published.
+  written; otherwise :class:`utils.atomic.WriteError` names the file and nothing is published. What GDAL
+  and libtiff print meanwhile is held back (:func:`gdal_write_guard`): a full disk is reported once, as
+  "No space left on device" naming the target, at the first block that fails, and nothing follows it.
 * :func:`write_polygons`: polygons per class (``rasterio.features.shapes``) of a class-id GeoTIFF, as GeoJSON.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import sys
+import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 
@@ -31,6 +36,97 @@ from utils.palette import full_palette, palette_image
 
 COG_BLOCK = 256
 """Tile size of the written GeoTIFFs in pixels."""
+DISK_FULL = os.strerror(errno.ENOSPC)
+"""The OS reason a full disk is reported with ("No space left on device")."""
+
+
+class _StderrCapture:
+    """Redirects this process's file descriptor 2 (where GDAL and libtiff print) into memory until ``stop``."""
+
+    def __init__(self):
+        sys.stderr.flush()
+        self.buffer = os.memfd_create("gdal-messages") if hasattr(os, "memfd_create") else tempfile.TemporaryFile()
+        self.fd = self.buffer if isinstance(self.buffer, int) else self.buffer.fileno()
+        try:
+            self.saved = os.dup(2)
+        except OSError:  # no stderr at all (a daemon): nothing to hold back
+            self.saved = None
+            return
+        os.dup2(self.fd, 2)
+
+    def stop(self) -> str:
+        """Restore descriptor 2 and return what was printed meanwhile."""
+        if self.saved is None:
+            self._close_buffer()
+            return ""
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        chunks = iter(lambda: os.read(self.fd, 1 << 16), b"")
+        text = b"".join(chunks).decode(errors="replace")
+        self._close_buffer()
+        return text
+
+    def _close_buffer(self) -> None:
+        if isinstance(self.buffer, int):
+            os.close(self.buffer)
+        else:
+            self.buffer.close()
+
+
+def _disk_full(folder: Path, gdal_text: str, error: BaseException | None) -> bool:
+    """Whether a GDAL write into ``folder`` failed, or printed errors, because the disk is full: GDAL's text
+    or the exception says so, or the file system has no byte left for this user."""
+    if DISK_FULL in gdal_text or (error is not None and (DISK_FULL in str(error)
+                                                         or getattr(error, "errno", None) == errno.ENOSPC)):
+        return True
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def gdal_write_guard(path: Path) -> Iterator[None]:
+    """Run GDAL calls that write ``path`` with their printed messages held back; fail with one line.
+
+    GDAL and libtiff print write errors to the process's stderr (libtiff's "_tiffWriteProc: No space left
+    on device" never reaches Python) and rasterio may not raise at all. Here their output is captured: when
+    the block succeeds and printed nothing alarming, it is passed on to stderr unchanged; when the block
+    raises, or GDAL reported a full disk, it is dropped and :class:`utils.atomic.WriteError` names ``path``
+    and the reason: "No space left on device" for a full disk, else the exception's first line.
+
+    Raises:
+        WriteError: as above; other exceptions pass through (GDAL's output is then dropped).
+    """
+    capture = _StderrCapture()
+    try:
+        yield
+    except (OSError, *gdal_errors()) as error:
+        gdal_text = capture.stop()
+        if _disk_full(path.parent, gdal_text, error):
+            raise WriteError(path, DISK_FULL) from None
+        if isinstance(error, WriteError):
+            raise
+        raise WriteError(path, str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                         ) from None
+    except BaseException:
+        capture.stop()
+        raise
+    gdal_text = capture.stop()
+    if gdal_text and _disk_full(path.parent, gdal_text, None):
+        raise WriteError(path, DISK_FULL)
+    sys.stderr.write(gdal_text)
+
+
+@contextlib.contextmanager
+def _gdal_silenced() -> Iterator[None]:
+    """Drop whatever GDAL prints in the block (cleaning up after a write that has already been reported)."""
+    capture = _StderrCapture()
+    try:
+        yield
+    finally:
+        capture.stop()
 
 
 class MaskSink(Protocol):
@@ -99,38 +195,42 @@ class CogSink:
                    "compress": "deflate", "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
                    "nodata": nodata, **geo}
         try:
-            self.dataset = rasterio.open(self.stream_path, "w", **profile)
-            if gcps[0]:
-                self.dataset.gcps = gcps
-            if palette is not None:
-                table = full_palette(palette)
-                self.dataset.write_colormap(1, {index: (*map(int, table[index]), 255) for index in range(256)})
-        except (OSError, *gdal_errors()) as error:
-            self._remove(self.stream_path)
-            raise WriteError(self.path, str(error).splitlines()[0]) from None
+            with gdal_write_guard(self.path):
+                self.dataset = rasterio.open(self.stream_path, "w", **profile)
+                if gcps[0]:
+                    self.dataset.gcps = gcps
+                if palette is not None:
+                    table = full_palette(palette)
+                    self.dataset.write_colormap(1, {index: (*map(int, table[index]), 255) for index in range(256)})
+        except WriteError:
+            self.abort()
+            raise
 
     def write(self, top: int, left: int, block: np.ndarray) -> None:
         from rasterio.windows import Window
 
         bands = block if block.ndim == 3 else block[np.newaxis]
-        self.dataset.write(bands, window=Window(left, top, bands.shape[2], bands.shape[1]))
+        with gdal_write_guard(self.path):
+            self.dataset.write(bands, window=Window(left, top, bands.shape[2], bands.shape[1]))
         self.checksum += _checksum(top, left, bands)
 
     def close(self) -> None:
         """Copy the stream into the COG, read it back, publish it; on failure raise ``WriteError``."""
         from rasterio.shutil import copy as copy_raster
 
-        self.dataset.close()
-        cog_path = temporary_path_beside(self.path)
-        try:
-            copy_raster(self.stream_path, cog_path, driver="COG", compress="deflate", blocksize=COG_BLOCK,
-                                 resampling="nearest", overview_resampling="nearest")
-        except (OSError, *gdal_errors()) as error:
-            self._remove(cog_path)
-            raise WriteError(self.path, str(error).splitlines()[0]) from None
-        finally:
-            self._remove(self.stream_path)
-        publish(cog_path, self.path, verify=self._verify)
+        with gdal_write_guard(self.path):
+            try:
+                self.dataset.close()
+                cog_path = temporary_path_beside(self.path)
+                try:
+                    copy_raster(self.stream_path, cog_path, driver="COG", compress="deflate", blocksize=COG_BLOCK,
+                                resampling="nearest", overview_resampling="nearest")
+                except BaseException:
+                    self._remove(cog_path)
+                    raise
+            finally:
+                self._remove(self.stream_path)
+            publish(cog_path, self.path, verify=self._verify)
 
     def _verify(self, name: str) -> None:
         """Re-open ``name`` and read every pixel; raise if its size or checksum differ from what was written."""
@@ -151,8 +251,10 @@ class CogSink:
 
     def abort(self) -> None:
         """Drop the unfinished file."""
-        with contextlib.suppress(Exception):
-            self.dataset.close()
+        with _gdal_silenced(), contextlib.suppress(Exception):
+            dataset = getattr(self, "dataset", None)
+            if dataset is not None:
+                dataset.close()
         self._remove(self.stream_path)
 
     @staticmethod
