@@ -11,6 +11,7 @@ the ONNX metadata; see docs/deployment.md.
 Example::
 
     python tools/export_onnx.py --snapshot potsdam_r50.pth --dataset Posdam --out potsdam_r50.onnx
+    python tools/export_onnx.py --weights pfnet_r50.potsdam --out potsdam_r50.onnx
     python predict.py --backend onnxruntime --onnx potsdam_r50.onnx --out_dir preds top_potsdam_2_13_RGB.tif
 """
 from __future__ import annotations
@@ -23,17 +24,20 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.cli import add_weights_argument  # noqa: E402
 from evaluation.dataset_split import dataset_table  # noqa: E402
 from evaluation.onnx_export import DEFAULT_OPSET, export_onnx, onnx_metadata  # noqa: E402
 from evaluation.restore import restore_model  # noqa: E402
 from network.options import add_model_flags  # noqa: E402
+from network.zoo import apply_weights_flag  # noqa: E402
 from utils.checkpoint import CheckpointMismatchError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     """export_onnx.py's flags (checked in :func:`main` before the checkpoint is read)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--snapshot", required=True, help="checkpoint (.pth) to export, e.g. an official PFSegNets one")
+    parser.add_argument("--snapshot", default=None, help="checkpoint (.pth) to export, e.g. an official PFSegNets one")
+    add_weights_argument(parser, instead_of="--snapshot")
     parser.add_argument("--out", required=True, help="ONNX file to write (.onnx)")
     parser.add_argument("--dataset", default=None,
                         help="iSAID, Posdam (or potsdam) or Vaihingen: class names and palette stored in the file "
@@ -56,6 +60,8 @@ def check_flags(args: argparse.Namespace) -> None:
     Raises:
         ValueError / FileExistsError / ImportError: the message names the flag and the fix.
     """
+    if not args.snapshot and not args.weights:
+        raise ValueError("--snapshot FILE or --weights NAME is required")
     out = Path(args.out)
     if out.suffix != ".onnx":
         raise ValueError(f"--out must name a .onnx file, got {out}")
@@ -85,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_flags(args)
+        apply_weights_flag(args)
         expected_classes = len(dataset_table(args.dataset)[0]) if args.dataset else None
         restored = restore_model(args, args.snapshot, expected_classes, device="cpu",
                                  trusted_pickle=args.trusted_pickle, optimize=False)
