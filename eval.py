@@ -358,7 +358,7 @@ def check_flags(args: argparse.Namespace) -> None:
     """
     cli.parse_scales(args.scales)
     if not args.snapshot and not args.weights:
-        raise ValueError("--snapshot FILE or --weights NAME is required")
+        raise ValueError("--snapshot is required (or --weights NAME: python -m network.zoo list)")
     minimum = {"resize_scale": 1, "window": 1, "batch_size": 1, "num_workers": 0, "boundary_ignore": 0,
                "report_samples": 0, "stride": 1}
     flag_names = {"window": "--window (--crop_size)"}

@@ -109,7 +109,7 @@ def check_backend_flags(args: argparse.Namespace) -> None:
     elif args.onnx:
         raise ValueError("--onnx is read only with --backend onnxruntime; add --backend onnxruntime")
     elif not args.snapshot and not args.weights:
-        raise ValueError("--snapshot FILE or --weights NAME is required (or run an exported model: --backend "
+        raise ValueError("--snapshot is required (or --weights NAME, or run an exported model: --backend "
                          "onnxruntime --onnx FILE)")
 
 

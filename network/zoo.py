@@ -298,6 +298,8 @@ def _download_http(url: str, partial: Path, label: str) -> None:
             for block in iter(lambda: response.read(CHUNK_BYTES), b""):
                 out.write(block)
                 bar.update(len(block))
+    if total is not None and partial.stat().st_size != total:
+        raise ConnectionError(f"the connection ended after {partial.stat().st_size} of {total} bytes")
 
 
 def _download_drive(entry: ZooEntry, partial: Path) -> None:

@@ -61,7 +61,7 @@ def check_flags(args: argparse.Namespace) -> None:
         ValueError / FileExistsError / ImportError: the message names the flag and the fix.
     """
     if not args.snapshot and not args.weights:
-        raise ValueError("--snapshot FILE or --weights NAME is required")
+        raise ValueError("--snapshot is required (or --weights NAME: python -m network.zoo list)")
     out = Path(args.out)
     if out.suffix != ".onnx":
         raise ValueError(f"--out must name a .onnx file, got {out}")
