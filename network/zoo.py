@@ -352,7 +352,8 @@ def _download(entry: ZooEntry, partial: Path, target: Path) -> None:
         raise
     except Exception as error:  # urllib, gdown and requests report an unreachable source in many types
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            partial.unlink(missing_ok=True)
+            for leftover in partial.parent.glob(partial.name + "*"):  # gdown's own .part files too
+                leftover.unlink(missing_ok=True)
             raise WeightsError(f"no space left on the disk of {target.parent} while downloading {entry.name} "
                                f"({entry.size or 'size unknown'} bytes): free some space or set {HOME_ENV} to "
                                "another folder; nothing was kept") from None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from faults import full_disk_available, run_on_full_disk
-from script_run import run_script
+from script_run import REPO, run_script
 from train_data import make_tiny_potsdam
 
 import eval as evaluation
@@ -249,3 +249,27 @@ def test_eval_with_weights(mirror, tmp_path):
     with pytest.raises(SystemExit):
         evaluation.main(["--dataset", "Posdam", "--dataset_dir", str(root), "--out_dir", str(tmp_path / "none")])
     assert not any(PARTIAL_MARK in path.name for path in zoo.cache_dir().iterdir())
+
+
+def test_train_weights_refusals_are_one_line(mirror, tmp_path, capsys):
+    import train
+
+    out = ["--ckpt", str(tmp_path / "ckpt"), "--tb_path", str(tmp_path / "tb"), "--device", "cpu"]
+    cases = [(["--weights", "pfnet_r50.isiad"], "--weights: unknown weights 'pfnet_r50.isiad'; known: pfnet_r50.isaid"),
+             (["--weights", TEST_ENTRY, "--snapshot", "x.pth"], "--weights: --weights test.vaihingen gives the "
+                                                                 "--snapshot file: leave out --snapshot x.pth")]
+    for flags, message in cases:
+        with pytest.raises(SystemExit) as stopped:
+            train.main(["--dataset", "Vaihingen", *out, *flags])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_docs_give_the_eval_command_and_ids_of_every_official_entry():
+    text = (REPO / "docs" / "models.md").read_text()
+    for entry in zoo.ZOO.values():
+        assert f"`{entry.name}`" in text and (entry.drive_file_id or entry.drive_folder_id) in text
+        if entry.kind == zoo.CHECKPOINT:
+            command = f"python eval.py --weights {entry.name} {entry.eval_flags}"
+            assert command + "\n" in text
+            assert evaluation.build_parser().parse_args(command.split()[2:]).weights == entry.name
