@@ -327,7 +327,8 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     summary = metrics_summary(meter.matrix, class_names, exclude)
     log.info("results on %s/%s:\n%s", args.dataset, args.split, format_table(summary))
     extra = {
-        "dataset": args.dataset, "split": args.split, "snapshot": str(args.snapshot), "arch": resolved.arch,
+        "dataset": args.dataset, "split": args.split, "snapshot": str(args.snapshot), "weights": args.weights,
+        "arch": resolved.arch,
         "checkpoint_epoch": checkpoint_extras.get("epoch"),
         "checkpoint_mean_iu": None if checkpoint_extras.get("mean_iu") is None
         else float(checkpoint_extras["mean_iu"]),

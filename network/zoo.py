@@ -484,8 +484,8 @@ def weights_path(name: str, *, trusted_pickle: bool = False) -> Path:
 
 def apply_weights_flag(args: argparse.Namespace) -> ZooEntry | None:
     """Resolve ``--weights NAME`` of an entry point, once: a checkpoint entry becomes ``args.snapshot``, an
-    ImageNet trunk ``args.pretrained`` (train.py); ``--arch`` and, where it is not given, ``--dataset`` take the
-    entry's values.
+    ImageNet trunk ``args.pretrained`` (train.py); ``--arch`` and an optional ``--dataset`` (predict.py,
+    export_onnx.py) that were not given take the entry's values.
 
     Returns:
         The entry, or None without ``--weights``.

@@ -245,7 +245,8 @@ def test_eval_with_weights(mirror, tmp_path):
                      "-im", "whole", "--single_scale", "--no_flip", "--device", "cpu", "--num_workers", "0",
                      "--out_dir", str(tmp_path / "scores")])
     metrics = json.loads((tmp_path / "scores" / "metrics.json").read_text())
-    assert metrics["arch"] == "upernet_r18" and metrics["snapshot"] == str(zoo.cached_file("test.potsdam"))
+    assert metrics["arch"] == "upernet_r18" and metrics["weights"] == "test.potsdam"
+    assert metrics["snapshot"] == str(zoo.cached_file("test.potsdam"))
     with pytest.raises(SystemExit):
         evaluation.main(["--dataset", "Posdam", "--dataset_dir", str(root), "--out_dir", str(tmp_path / "none")])
     assert not any(PARTIAL_MARK in path.name for path in zoo.cache_dir().iterdir())
