@@ -508,7 +508,9 @@ def apply_weights_flag(args: argparse.Namespace) -> ZooEntry | None:
         args.arch = args.arch or entry.arch
         if getattr(args, "dataset", "") is None:
             args.dataset = entry.dataset
-    setattr(args, flag, str(weights_path(name, trusted_pickle=getattr(args, "trusted_pickle", False))))
+    path = weights_path(name, trusted_pickle=getattr(args, "trusted_pickle", False))
+    setattr(args, flag, str(path))
+    print(f"--weights {name}: {path} (as --{flag})", file=sys.stderr)
     return entry
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,3 +275,26 @@ def test_docs_give_the_eval_command_and_ids_of_every_official_entry():
             command = f"python eval.py --weights {entry.name} {entry.eval_flags}"
             assert command + "\n" in text
             assert evaluation.build_parser().parse_args(command.split()[2:]).weights == entry.name
+
+
+def test_train_fine_tunes_from_named_weights(mirror, tmp_path):
+    import train
+
+    root = make_tiny_potsdam(tmp_path)
+    result = train.main(["--dataset", "Posdam", "--set", f"DATASET.POSDAM_DIR={root}", "--crop_size", "64",
+                         "--weights", "test.potsdam", "--max_epoch", "1", "--bs_mult", "2", "--num_workers", "0",
+                         "--device", "cpu", "--ckpt", str(tmp_path / "ckpt"), "--tb_path", str(tmp_path / "tb")])
+    log = (Path(result["run_dir"]) / "train.log").read_text()
+    assert f"weights from {zoo.cached_file('test.potsdam')}" in log and "arch upernet_r18" in log
+
+
+def test_export_onnx_weights_flag_checks(mirror, tmp_path, capsys):
+    from tools import export_onnx
+
+    cases = [([], "--snapshot is required (or --weights NAME"),
+             (["--weights", "resnet50_deep.imagenet"], "is an ImageNet trunk")]
+    for flags, message in cases:
+        with pytest.raises(SystemExit) as stopped:
+            export_onnx.main(["--out", str(tmp_path / "m.onnx"), *flags])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert zoo.cache_state("resnet50_deep.imagenet") == "no"  # refused before any download
