@@ -55,6 +55,7 @@ from evaluation.metrics import (
 from evaluation.report import make_sample, write_report
 from evaluation.restore import add_speed_flags, restore_model, speed_options
 from network.options import add_model_flags
+from network.zoo import apply_weights_flag
 from utils.atomic import exit_on_write_error
 from utils.checkpoint import CheckpointMismatchError, read_class_table
 from utils.image_io import ImageReadError, read_image
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--split", default=None,
                       help=f"split folder to evaluate (default: the split the original validated on: "
                            f"{val_splits_text()})")
-    what.add_argument("--snapshot", required=True, help="checkpoint file (.pth) to evaluate")
+    what.add_argument("--snapshot", default=None, help="checkpoint file (.pth) to evaluate (or --weights)")
+    cli.add_weights_argument(what, instead_of="--snapshot")
     what.add_argument("--mode", default="semantic", choices=("semantic",),
                       help="dataset quality; only 'semantic' exists for these datasets (kept for the scripts)")
     what.add_argument("--cv_split", type=int, default=None,
@@ -203,6 +205,8 @@ def output_dir(args: argparse.Namespace) -> Path:
     ``exp_name`` is the snapshot's grandparent folder and ``ckpt_path`` the name of the folder above."""
     if args.out_dir:
         return Path(args.out_dir)
+    if args.weights:  # named weights: {ckpt_path or results}/{exp_name or NAME}/{split}
+        return Path(args.ckpt_path or "results") / (args.exp_name or args.weights) / args.split
     snapshot_dir = os.path.dirname(args.snapshot)
     experiment_dir = os.path.dirname(snapshot_dir)
     exp_name = args.exp_name if args.exp_name is not None else os.path.basename(experiment_dir)
@@ -279,6 +283,7 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     problems = find_mask_problems([mask for _, mask in items], len(class_names), "checking masks", args.num_workers)
     if problems:
         raise DataFileError(summarize_mask_problems(problems, len(items)))
+    apply_weights_flag(args)
     restored = restore_model(args, args.snapshot, len(class_names), device=args.device,
                              trusted_pickle=args.trusted_pickle, **speed_options(args))
     model, checkpoint_extras, resolved = restored.model, restored.extras, restored.resolved
@@ -326,7 +331,8 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     summary = metrics_summary(meter.matrix, class_names, exclude)
     log.info("results on %s/%s:\n%s", args.dataset, args.split, format_table(summary))
     extra = {
-        "dataset": args.dataset, "split": args.split, "snapshot": str(args.snapshot), "arch": resolved.arch,
+        "dataset": args.dataset, "split": args.split, "snapshot": str(args.snapshot), "weights": args.weights,
+        "arch": resolved.arch,
         "checkpoint_epoch": checkpoint_extras.get("epoch"),
         "checkpoint_mean_iu": None if checkpoint_extras.get("mean_iu") is None
         else float(checkpoint_extras["mean_iu"]),
@@ -356,6 +362,8 @@ def check_flags(args: argparse.Namespace) -> None:
         ValueError: naming the flag and the value.
     """
     cli.parse_scales(args.scales)
+    if not args.snapshot and not args.weights:
+        raise ValueError("--snapshot is required (or --weights NAME: python -m network.zoo list)")
     minimum = {"resize_scale": 1, "window": 1, "batch_size": 1, "num_workers": 0, "boundary_ignore": 0,
                "report_samples": 0, "stride": 1}
     flag_names = {"window": "--window (--crop_size)"}

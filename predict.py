@@ -28,6 +28,7 @@ skip``: it is listed at the end and the run goes on). Several processes share th
 Example::
 
     python predict.py --snapshot potsdam_r50.pth --dataset Posdam --out_dir preds top_potsdam_2_13_RGB.tif
+    python predict.py --weights pfnet_r50.potsdam --out_dir preds top_potsdam_2_13_RGB.tif
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ from evaluation.cli import (
     add_band_arguments,
     add_run_arguments,
     add_tta_arguments,
+    add_weights_argument,
     add_window_arguments,
     band_options,
     check_batch_size,
@@ -64,6 +66,7 @@ from evaluation.inference import NODATA_CLASS, predict_large_image
 from evaluation.onnx_backend import add_backend_flags, check_backend_flags, onnx_backend_model
 from evaluation.restore import add_speed_flags, restore_model, saved_class_table, speed_options
 from network.options import add_model_flags
+from network.zoo import apply_weights_flag
 from utils.atomic import atomic_write_bytes, exit_on_write_error, remove_stale_partial_files
 from utils.checkpoint import CheckpointMismatchError
 from utils.image_io import IMAGE_SUFFIXES, RASTER_SUFFIXES, ImageReadError, image_size, open_raster
@@ -87,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--snapshot", default=None,
                         help="checkpoint (.pth) to load, e.g. an official PFSegNets one (not with --backend "
                              "onnxruntime)")
+    add_weights_argument(parser, instead_of="--snapshot")
     parser.add_argument("--dataset", default=None,
                         help=f"{names_text()}: gives the class count and the colour palette; without it both "
                              "are read from the checkpoint (train.py saves the class names and palette; for other "
@@ -463,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {"written": [], "kept": [], "failed": []}
         todo = sort_out_jobs(jobs[rank::world], read_options, args, results)
         check_out_dir(out_dir)
+        apply_weights_flag(args)
     except USAGE_ERRORS as error:
         parser.error(str(error))
     try:

@@ -67,6 +67,7 @@ from engine.train_log import RunLog, close_logger, prediction_panel, setup_logge
 from evaluation.metrics import ConfusionMatrix, format_table, metrics_summary
 from loss import get_loss
 from network.options import ResolvedModel, add_model_flags, resolve_model_options
+from network.zoo import WeightsError, apply_weights_flag
 from utils.atomic import exit_on_write_error
 from utils.checkpoint import (
     CheckpointFileError,
@@ -177,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--ckpt", default="logs/ckpt", help="checkpoint root: runs go to CKPT/EXP/DATASET-ARCH")
     io.add_argument("--tb_path", default="logs/tb", help="TensorBoard root: TB_PATH/EXP/DATASET-ARCH")
     io.add_argument("--snapshot", default=None, help="initial weights (a checkpoint or a state_dict)")
+    io.add_argument("--weights", default=None, metavar="NAME",
+                    help="named weights (python -m network.zoo list), downloaded once and verified: a checkpoint "
+                         "entry is --snapshot (fine-tuning; --snapshot_partial for other classes), an ImageNet "
+                         "entry (resnet50_deep.imagenet, resnet101_deep.imagenet) is --pretrained")
     io.add_argument("--trusted-pickle", dest="trusted_pickle", action="store_true",
                     help="read --snapshot / --resume files that hold arbitrary pickled Python objects (legacy "
                          "checkpoints); this can run code stored in the file, so only for files you trust")
@@ -254,8 +259,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, config
         datasets.dataset_class(args.dataset, args.dataset_spec)
     except (KeyError, ValueError) as error:
         parser.error(f"--dataset {args.dataset!r}: {error.args[0]}")
-    if args.resume and args.snapshot:
-        parser.error("--resume continues a run with its own weights; leave out --snapshot")
+    if args.resume and (args.snapshot or args.weights):
+        parser.error("--resume continues a run with its own weights; leave out --snapshot / --weights")
     try:
         schedule_factor(args)
     except ValueError as error:
@@ -358,6 +363,10 @@ def read_start_checkpoints(args: argparse.Namespace) -> tuple[dict | None, dict 
         StartError: naming the flag and the file: missing, empty, truncated, not a checkpoint, or needing
             --trusted-pickle.
     """
+    try:
+        apply_weights_flag(args)
+    except WeightsError as error:
+        raise StartError(f"--weights: {error}") from None
     checkpoints = {}
     for flag in ("resume", "snapshot", "pretrained"):
         path = getattr(args, flag)

@@ -14,6 +14,8 @@ flips / rotations      ``--flip``/``--hflip``, ``--no_flip``, ``--vflip``,   D4 
 windows per pass       ``--batch_size``                                    windows per forward pass
 device                 ``--device``                                        torch device
 checkpoint trust       ``--trusted-pickle`` (``--trusted_pickle``)          may run code from the checkpoint
+named weights          ``--weights NAME``                                   a file of ``network.zoo`` instead of
+                                                                           --snapshot (downloaded once, cached)
 bands / scaling        ``--bands``, ``--scaling``                          see ``utils.image_io``
 GDAL sources           ``--allow-source-root DIR`` (repeatable),            what a VRT may make GDAL read, see
                        ``--allow-network-sources``                          ``utils.source_policy``
@@ -31,6 +33,7 @@ import math
 import torch
 
 from evaluation.inference import BLENDS
+from network.zoo import ZOO
 from utils.image_io import parse_bands, parse_scaling
 from utils.source_policy import add_source_arguments, source_policy
 
@@ -75,6 +78,14 @@ def add_run_arguments(parser: argparse._ActionsContainer) -> None:
                         help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--trusted-pickle", "--trusted_pickle", dest="trusted_pickle", action="store_true",
                         help=TRUSTED_PICKLE_HELP)
+
+
+def add_weights_argument(parser: argparse._ActionsContainer, *, instead_of: str) -> None:
+    """``--weights NAME``: named weights of :mod:`network.zoo`, resolved by ``network.zoo.apply_weights_flag``."""
+    parser.add_argument("--weights", default=None, metavar="NAME",
+                        help=f"named weights instead of {instead_of}: {', '.join(ZOO)} (python -m network.zoo list); "
+                             "downloaded once into $PFSEG_HOME (default ~/.cache/pfsegnets) and verified; the "
+                             "entry also gives --arch and, when not given, --dataset")
 
 
 def add_band_arguments(parser: argparse._ActionsContainer) -> None:

@@ -103,13 +103,14 @@ def check_backend_flags(args: argparse.Namespace) -> None:
     if args.backend == "onnxruntime":
         if not args.onnx:
             raise ValueError("--backend onnxruntime needs --onnx FILE (written by tools/export_onnx.py)")
-        if args.snapshot:
-            raise ValueError("--snapshot is not read with --backend onnxruntime (the --onnx file holds the model); "
-                             "drop one of them")
+        if args.snapshot or args.weights:
+            raise ValueError("--snapshot / --weights are not read with --backend onnxruntime (the --onnx file holds "
+                             "the model); drop one of them")
     elif args.onnx:
         raise ValueError("--onnx is read only with --backend onnxruntime; add --backend onnxruntime")
-    elif not args.snapshot:
-        raise ValueError("--snapshot is required (or run an exported model: --backend onnxruntime --onnx FILE)")
+    elif not args.snapshot and not args.weights:
+        raise ValueError("--snapshot is required (or --weights NAME, or run an exported model: --backend "
+                         "onnxruntime --onnx FILE)")
 
 
 def onnx_backend_model(args: argparse.Namespace, class_names: list[str],

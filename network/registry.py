@@ -73,8 +73,8 @@ def model_defaults(arch: str) -> dict:
     return dict(model_entry(arch).defaults)
 
 
-def get_model(arch: str, num_classes: int, **options) -> nn.Module:
-    """Build a registered model.
+def get_model(arch: str, num_classes: int | None = None, *, weights: str | None = None, **options) -> nn.Module:
+    """Build a registered model, optionally with named weights of the zoo (``network.zoo``).
 
     Args:
         arch: a registered name (``pfnet_r50``, ``pfnet_r101``) or an original dotted name
@@ -83,10 +83,20 @@ def get_model(arch: str, num_classes: int, **options) -> nn.Module:
         **options: forwarded to the builder; options not given take the entry's ``defaults``. PFNet:
             ``match_dim`` (64), ``maxpool_size`` (14), ``avgpool_size`` (9), ``edge_points`` (128), and
             for every model ``norm_layer`` and ``pretrained`` (path or None).
+        weights: a zoo name (``python -m network.zoo list``), downloaded and verified on first use: a checkpoint
+            of ``arch`` (``num_classes`` may be left out; its options are the entry's unless given) or an
+            ImageNet trunk (as ``pretrained``).
 
     Raises:
         KeyError: unknown ``arch``; the message lists the known names.
+        network.zoo.WeightsError: see ``network.zoo.model_with_weights``.
     """
     entry = model_entry(arch)
+    if weights is not None:
+        from network.zoo import model_with_weights  # the zoo builds on this registry
+
+        return model_with_weights(entry, num_classes, weights, options)
+    if num_classes is None:
+        raise TypeError(f"get_model({arch!r}) needs num_classes (or weights=NAME of a checkpoint)")
     return entry.builder(num_classes, **{**entry.defaults, **options})
 

@@ -11,7 +11,7 @@ import predict
 REPO = Path(__file__).resolve().parents[1]
 SHARED = ["--window", "--crop_size", "--stride", "--overlap", "--sliding_overlap", "--blend", "--scales", "--flip",
           "--hflip", "--no_flip", "--vflip", "--rot90", "--batch_size", "--device", "--trusted-pickle",
-          "--trusted_pickle", "--bands", "--scaling", "--precision"]
+          "--trusted_pickle", "--bands", "--scaling", "--precision", "--weights"]
 
 
 def options(parser):

@@ -13,6 +13,7 @@ docs/deployment.md.
 Example::
 
     python tools/export_onnx.py --snapshot potsdam_r50.pth --dataset Posdam --out potsdam_r50.onnx
+    python tools/export_onnx.py --weights pfnet_r50.potsdam --out potsdam_r50.onnx
     python predict.py --backend onnxruntime --onnx potsdam_r50.onnx --out_dir preds top_potsdam_2_13_RGB.tif
 """
 from __future__ import annotations
@@ -26,17 +27,20 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.registry import names_text  # noqa: E402
+from evaluation.cli import add_weights_argument  # noqa: E402
 from evaluation.dataset_split import dataset_table  # noqa: E402
 from evaluation.onnx_export import DEFAULT_OPSET, export_onnx, onnx_metadata  # noqa: E402
 from evaluation.restore import restore_model, saved_class_table  # noqa: E402
 from network.options import add_model_flags  # noqa: E402
+from network.zoo import apply_weights_flag  # noqa: E402
 from utils.checkpoint import CheckpointMismatchError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     """export_onnx.py's flags (checked in :func:`main` before the checkpoint is read)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--snapshot", required=True, help="checkpoint (.pth) to export, e.g. an official PFSegNets one")
+    parser.add_argument("--snapshot", default=None, help="checkpoint (.pth) to export, e.g. an official PFSegNets one")
+    add_weights_argument(parser, instead_of="--snapshot")
     parser.add_argument("--out", required=True, help="ONNX file to write (.onnx)")
     parser.add_argument("--dataset", default=None,
                         help=f"{names_text()}: class names and palette stored in the file (default: those saved "
@@ -63,6 +67,8 @@ def check_flags(args: argparse.Namespace) -> None:
     Raises:
         ValueError / FileExistsError / ImportError: the message names the flag and the fix.
     """
+    if not args.snapshot and not args.weights:
+        raise ValueError("--snapshot is required (or --weights NAME: python -m network.zoo list)")
     out = Path(args.out)
     if out.suffix != ".onnx":
         raise ValueError(f"--out must name a .onnx file, got {out}")
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_flags(args)
+        apply_weights_flag(args)
         named = dataset_table(args.dataset, args.dataset_spec) if args.dataset else None
         restored = restore_model(args, args.snapshot, len(named[0]) if named else None, device="cpu",
                                  trusted_pickle=args.trusted_pickle, optimize=False)
