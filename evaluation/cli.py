@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 import torch
 
@@ -72,6 +73,26 @@ def add_run_arguments(parser: argparse._ActionsContainer) -> None:
                         help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--trusted-pickle", "--trusted_pickle", dest="trusted_pickle", action="store_true",
                         help=TRUSTED_PICKLE_HELP)
+
+
+MAX_DEFAULT_WORKERS = 8
+"""Most data-loading processes given by default (more rarely speeds up decoding a batch of PNG patches)."""
+
+
+def default_num_workers() -> int:
+    """Data-loading worker processes per training or evaluation process: the CPU cores this process may use
+    (``os.sched_getaffinity``: a container's or ``taskset``'s limit, not the machine's), shared among the
+    torchrun processes of this machine (``LOCAL_WORLD_SIZE``), at least 1 and at most MAX_DEFAULT_WORKERS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(MAX_DEFAULT_WORKERS, max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def add_num_workers_argument(parser: argparse._ActionsContainer, per: str) -> None:
+    """``--num_workers``, by default :func:`default_num_workers` (``per``: what one set of workers serves)."""
+    parser.add_argument("--num_workers", type=int, default=default_num_workers(),
+                        help=f"data-loading worker processes {per} (default: the CPU cores this process may use, "
+                             f"divided among the torchrun processes of the machine, 1 to {MAX_DEFAULT_WORKERS}; "
+                             "here %(default)s)")
 
 
 def add_band_arguments(parser: argparse._ActionsContainer) -> None:

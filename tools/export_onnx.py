@@ -23,6 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datasets.registry import names_text  # noqa: E402
 from evaluation.dataset_split import dataset_table  # noqa: E402
 from evaluation.onnx_export import DEFAULT_OPSET, export_onnx, onnx_metadata  # noqa: E402
 from evaluation.restore import restore_model  # noqa: E402
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--snapshot", required=True, help="checkpoint (.pth) to export, e.g. an official PFSegNets one")
     parser.add_argument("--out", required=True, help="ONNX file to write (.onnx)")
     parser.add_argument("--dataset", default=None,
-                        help="iSAID, Posdam (or potsdam) or Vaihingen: class names and palette stored in the file "
+                        help=f"{names_text()}: class names and palette stored in the file "
                              "(default: the dataset saved in the checkpoint; none for an official snapshot)")
     parser.add_argument("--fp16", action="store_true",
                         help="float16 weights and computation behind a float32 input and output (half the file "

@@ -373,7 +373,8 @@ def _parse_tiles(text: str | None) -> tuple[str, ...] | None:
 def main(argv: list[str] | None = None) -> None:
     """Command line: parse the flags and run ``prepare``; prints the run summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=DATASETS, help="which dataset the raw folder holds (custom: --spec)")
+    parser.add_argument("dataset", type=str.lower, choices=DATASETS,
+                        help="which dataset the raw folder holds, in any letter case (custom: --spec)")
     parser.add_argument("--raw", default=None, help="root of the unpacked official download (not for custom)")
     parser.add_argument("--spec", default=None,
                         help="custom: YAML description of your images, masks, classes and splits "
