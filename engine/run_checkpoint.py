@@ -85,9 +85,9 @@ def run_environment(device: torch.device, world_size: int, num_workers: int) -> 
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "device": device.type,
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion, which weights-only loading refuses
+        "numpy": str(np.__version__),
+        "opencv": str(cv2.__version__),
         "world_size": world_size,
         "num_workers": num_workers,
     }

@@ -76,10 +76,10 @@ def restore_model(
     found = checkpoint_num_classes(checkpoint, resolved.arch, snapshot)
     if num_classes is not None and found != num_classes:
         trained_on = (checkpoint.get("config") or {}).get("dataset")
+        source = f"it was trained on {trained_on}" if trained_on else "it does not record its dataset"
         raise CheckpointMismatchError(
-            f"class-count mismatch: {snapshot} was trained {f'on {trained_on} ' if trained_on else ''}for {found} "
-            f"classes but {num_classes} are expected here. Use the dataset the checkpoint was trained on "
-            f"({class_counts_text()})."
+            f"class-count mismatch: {snapshot} was trained for {found} classes but {num_classes} are expected "
+            f"here; {source}. Use the dataset the checkpoint was trained on ({class_counts_text()})."
         )
     model = network.get_model(resolved.arch, found, pretrained=None, **resolved.options)
     extras = fill_model(model, checkpoint, snapshot, strict_shapes=True,
