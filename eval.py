@@ -227,14 +227,19 @@ def replace_masks(items: list[tuple[str, str]], mask_dir: str) -> list[tuple[str
     return replaced
 
 
+def close_logging() -> None:
+    """Detach and close the handlers of an earlier evaluation in this process (its console and log file)."""
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)
+
+
 def setup_logging(out_dir: Path) -> Path:
     """Log to the console and to ``{out_dir}/eval_{date}.log``."""
     log_path = out_dir / f"eval_{datetime.now().strftime('%Y_%m_%d_%H_%M_%S')}.log"
     log.setLevel(logging.INFO)
     log.propagate = False
-    for handler in list(log.handlers):
-        handler.close()
-        log.removeHandler(handler)
+    close_logging()
     formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%m-%d %H:%M:%S")
     for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(log_path)):
         handler.setFormatter(formatter)
@@ -265,6 +270,7 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
         ValueError: an out-of-range flag value (:func:`check_flags`), before any file is read; and the
             errors of the dataset, checkpoint and files named by the flags.
     """
+    close_logging()  # until this evaluation's log exists, a failure is not written into an earlier one's
     check_flags(args)
     args.split = args.split or default_split(args.dataset)
     root = args.dataset_dir or dataset_root(config, args.dataset)
@@ -281,7 +287,8 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     out_dir = output_dir(args)
     if (out_dir / "metrics.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out_dir / 'metrics.json'} exists; pass --overwrite or choose --out_dir")
-    check_split(args, items, len(class_names), root)
+    where = f"split {args.split} of {args.dataset} ({Path(root) / args.split})"
+    check_split_masks(args, items, len(class_names), where)
     restored = restore_model(args, args.snapshot, len(class_names), device=args.device,
                              trusted_pickle=args.trusted_pickle, **speed_options(args))
     model, checkpoint_extras, resolved = restored.model, restored.extras, restored.resolved
@@ -289,6 +296,8 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     if class_mismatch and not args.allow_class_mismatch:
         raise ValueError(f"{class_mismatch}: evaluate it on the dataset it was trained on, or pass "
                          "--allow_class_mismatch to score it anyway")
+    if sliding:
+        check_window_fits(args, items, where)
     # outputs only once the dataset, the flags and the checkpoint are known to fit together
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = setup_logging(out_dir)
@@ -355,23 +364,27 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     return summary
 
 
-def check_split(args: argparse.Namespace, items: list[tuple[str, str]], num_classes: int, root: str) -> None:
-    """Refuse a split that cannot be scored, before the model is built: every mask is decoded (ids must be
-    classes or 255) and must give at least one labelled pixel, and in sliding mode not every image (at its
-    evaluated size) may be smaller than the window.
+def check_split_masks(args: argparse.Namespace, items: list[tuple[str, str]], num_classes: int, where: str) -> None:
+    """Refuse masks that cannot be scored, before the model is built: every mask is decoded (ids must be
+    classes or 255) and together they must hold at least one labelled pixel.
 
     Raises:
-        DataFileError: bad masks (how many, the first files and ids), or no labelled pixel.
-        ValueError: every image smaller than ``--window``; the message says what to pass.
+        DataFileError: bad masks (how many, the first files and ids), or no labelled pixel in ``where``.
     """
     check = check_masks([mask for _, mask in items], num_classes, "checking masks", args.num_workers)
     if check.problems:
         raise DataFileError(summarize_mask_problems(check.problems, len(items)))
-    where = f"split {args.split} of {args.dataset} ({Path(root) / args.split})"
     if check.labelled_pixels == 0:
         raise DataFileError(no_labelled_pixels(where, len(items)))
-    if args.inference_mode != "sliding":
-        return
+
+
+def check_window_fits(args: argparse.Namespace, items: list[tuple[str, str]], where: str) -> None:
+    """Refuse a sliding window larger than every image of ``where`` at its evaluated size (``--resize_scale``,
+    else the file headers).
+
+    Raises:
+        ValueError: naming the window, the largest image and what to pass.
+    """
     if args.resize_scale:
         largest = (args.resize_scale, args.resize_scale) if args.resize_scale < args.window else None
     else:

@@ -135,7 +135,8 @@ CASES = {
                                            "--num-images", "1"], 2, ("--num-images",), absent=(out(d, "syn1"),)),
     "prepare_window_larger_than_every_image": lambda d: Case(
         [PREPARE, "Potsdam", "--raw", str(d["potsdam"]), "--out", str(out(d, "large")), "--patch-size", "256",
-         "--workers", "1"], 1, ("every potsdam image is smaller than the 256 x 256 window", "--patch-size 128"),
+         "--stride", "256", "--workers", "1"], 1,
+        ("every potsdam image is smaller than the 256 x 256 window", "--patch-size 128"),
         unchanged=(d["potsdam"],), absent=(out(d, "large"),)),
     "prepare_loveda_without_labelled_pixels": lambda d: Case(
         [PREPARE, "loveda", "--raw", str(d["unlabelled_loveda"]), "--out", str(out(d, "loveda")), "--workers", "1"],
