@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from parity_weights import imagenet_file_state
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from train_data import RUN_CONTROL_KEYS, make_tiny_potsdam, tiny_run_flags
@@ -397,3 +398,18 @@ def test_a_validation_that_scored_no_pixel_never_becomes_the_best():
     assert state.best.file_name == "" and (state.last_mean_iu, state.last_mean_iu_epoch) == (0.0, 0)
     assert record_validation(state, 1, 0.0) == (True, "")  # a scored 0.0 is a result
     assert state.best.file_name == "best_epoch_1_mean-iu_0.00000.pth"
+
+
+def test_pretrained_trunk_in_a_legacy_file_is_read_with_trusted_pickle(potsdam_root, tmp_path):
+    """--pretrained honours --trusted-pickle: a trunk file that also holds a Python object initialises the trunk
+    (a one-epoch run trains at LR 0, so the saved trunk weights are the file's)."""
+    source = network.get_model("pfnet_r50", 6, maxpool_size=2, avgpool_size=2, edge_points=8)
+    trunk_file = tmp_path / "resnet50-deep.pth"
+    torch.save({"state_dict": imagenet_file_state(source), "args": argparse.Namespace(arch="resnet50")}, trunk_file)
+    train.main(tiny_run_flags(potsdam_root, tmp_path) + ["--crop_size", "32", "--max_epoch", "1", "--bs_mult", "4",
+                                                         "--num_workers", "0", "--exp", "pretrained", "--pretrained",
+                                                         str(trunk_file), "--trusted-pickle"])
+    saved = torch.load(tmp_path / "ckpt" / "pretrained" / "Posdam-pfnet_r50" / "last.pth",
+                       weights_only=True)["state_dict"]
+    trunk = [key for key in source.state_dict() if key.startswith("layer") and key.endswith("conv1.weight")]
+    assert trunk and all(torch.equal(saved["module." + key], source.state_dict()[key]) for key in trunk)
