@@ -7,6 +7,10 @@ Masks are checked (every pixel a class id 0..K-1 or the ignore label 255) by one
 data tools (when they write masks), ``train.py`` (the validation split before the first epoch) and
 ``eval.py`` (before any image is scored). A mask with other ids would otherwise fail late (after a whole
 training epoch) or be scored wrongly.
+
+Data that cannot be used at all is refused by the same checks in ``tools/prepare_dataset.py``, ``train.py``
+and ``eval.py``: a split whose masks hold no labelled pixel (:func:`check_masks`, :func:`has_labelled_pixel`),
+and images that are all smaller than the window or crop (:func:`all_smaller_than`).
 """
 from __future__ import annotations
 
