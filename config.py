@@ -67,9 +67,19 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), raw_value
 
 
-def yaml_value(text: str) -> Any:
-    """A value written on the command line, read as YAML (``"[a, b]"`` -> list, ``"true"`` -> True)."""
-    return yaml.safe_load(text)
+def yaml_value(text: str, source: str) -> Any:
+    """A value written on the command line, read as YAML (``"[a, b]"`` -> list, ``"true"`` -> True).
+
+    Raises:
+        ConfigError: the text is not plain YAML (e.g. a ``!!python/...`` tag, which is never constructed, or an
+            unclosed bracket); the message names ``source``.
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"{source}: {text!r} is not a plain YAML value ({problem.strip()}); write a number, "
+                          "text, true/false or a [list]") from None
 
 
 def set_dotted(config: EasyDict, dotted_key: str, value: Any, source: str) -> None:
@@ -221,10 +231,11 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
         args = parser.parse_args(argv)
         for override in args.overrides:
             key, text = parse_override(override)
+            value = yaml_value(text, f"--set {override}")
             if key in settable:
-                setattr(args, key, flag_value(settable[key], yaml_value(text), f"--set {override}"))
+                setattr(args, key, flag_value(settable[key], value, f"--set {override}"))
             else:
-                set_dotted(config, key, yaml_value(text), source=f"--set {override}")
+                set_dotted(config, key, value, source=f"--set {override}")
     except ConfigError as error:
         parser.error(str(error))
     return args, config

@@ -37,8 +37,14 @@ from tqdm import tqdm
 
 from config import add_config_flags, dataset_root, parse_with_config
 from datasets import normalize_image
-from datasets.file_check import DataFileError, find_mask_problems, summarize_mask_problems
-from datasets.registry import names_text, val_splits_text
+from datasets.file_check import (
+    DataFileError,
+    all_smaller_than,
+    check_masks,
+    no_labelled_pixels,
+    summarize_mask_problems,
+)
+from datasets.registry import DATASETS, names_text, val_splits_text
 from engine.cpu_precision import emulated_precision_note
 from evaluation import cli
 from evaluation.dataset_split import DATASET_NAMES, default_split, load_split
@@ -79,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{val_splits_text()})")
     what.add_argument("--snapshot", default=None, help="checkpoint file (.pth) to evaluate (or --weights)")
     cli.add_weights_argument(what, instead_of="--snapshot")
+    what.add_argument("--allow_class_mismatch", action="store_true",
+                      help="score a checkpoint trained on another dataset or for other classes than --dataset's "
+                           "(train.py saves both in its checkpoints); without it such a run is refused")
     what.add_argument("--mode", default="semantic", choices=("semantic",),
                       help="dataset quality; only 'semantic' exists for these datasets (kept for the scripts)")
     what.add_argument("--cv_split", type=int, default=None,
@@ -126,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("run")
     cli.add_run_arguments(run)
-    run.add_argument("--num_workers", type=int, default=4, help="data-loading processes (default 4)")
+    cli.add_num_workers_argument(run, "(image and mask decoding)")
     run.add_argument("--test_mode", action="store_true", help="stop after 7 images (a quick check)")
     run.add_argument("--with_f1", action="store_true", help="accepted for compatibility: F1 is always reported")
     add_config_flags(parser, "eval.py")
@@ -223,14 +232,19 @@ def replace_masks(items: list[tuple[str, str]], mask_dir: str) -> list[tuple[str
     return replaced
 
 
+def close_logging() -> None:
+    """Detach and close the handlers of an earlier evaluation in this process (its console and log file)."""
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)
+
+
 def setup_logging(out_dir: Path) -> Path:
     """Log to the console and to ``{out_dir}/eval_{date}.log``."""
     log_path = out_dir / f"eval_{datetime.now().strftime('%Y_%m_%d_%H_%M_%S')}.log"
     log.setLevel(logging.INFO)
     log.propagate = False
-    for handler in list(log.handlers):
-        handler.close()
-        log.removeHandler(handler)
+    close_logging()
     formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%m-%d %H:%M:%S")
     for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(log_path)):
         handler.setFormatter(formatter)
@@ -261,6 +275,7 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
         ValueError: an out-of-range flag value (:func:`check_flags`), before any file is read; and the
             errors of the dataset, checkpoint and files named by the flags.
     """
+    close_logging()  # until this evaluation's log exists, a failure is not written into an earlier one's
     check_flags(args)
     note = emulated_precision_note(args.precision, args.device)
     if note:
@@ -280,13 +295,18 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     out_dir = output_dir(args)
     if (out_dir / "metrics.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out_dir / 'metrics.json'} exists; pass --overwrite or choose --out_dir")
-    problems = find_mask_problems([mask for _, mask in items], len(class_names), "checking masks", args.num_workers)
-    if problems:
-        raise DataFileError(summarize_mask_problems(problems, len(items)))
+    where = f"split {args.split} of {args.dataset} ({Path(root) / args.split})"
+    check_split_masks(args, items, len(class_names), where)
     apply_weights_flag(args)
     restored = restore_model(args, args.snapshot, len(class_names), device=args.device,
                              trusted_pickle=args.trusted_pickle, **speed_options(args))
     model, checkpoint_extras, resolved = restored.model, restored.extras, restored.resolved
+    class_mismatch = describe_class_mismatch(args, checkpoint_extras, class_names)
+    if class_mismatch and not args.allow_class_mismatch:
+        raise ValueError(f"{class_mismatch}: evaluate it on the dataset it was trained on, or pass "
+                         "--allow_class_mismatch to score it anyway")
+    if sliding:
+        check_window_fits(args, items, where)
     # outputs only once the dataset, the flags and the checkpoint are known to fit together
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = setup_logging(out_dir)
@@ -295,10 +315,9 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     log.info("snapshot %s (epoch %s), dataset %s/%s: %d images", args.snapshot,
              checkpoint_extras.get("epoch"), args.dataset, args.split, len(items))
     log.info("model: %s", resolved.describe())
-    saved_classes = read_class_table(checkpoint_extras)
-    if saved_classes is not None and saved_classes[0] != list(class_names):
-        log.warning("the checkpoint was trained for classes %s but %s has %s: the scores compare different "
-                    "classes", saved_classes[0], args.dataset, list(class_names))
+    if class_mismatch:
+        log.warning("warning: %s (--allow_class_mismatch): the scores compare different data or classes",
+                    class_mismatch)
     log.info("mode %s, scales %s, transforms %s, resize %s%s; output %s", args.inference_mode, scales,
              cli.tta_options(args), args.resize_scale,
              f", window {args.window} stride {stride} blend {args.blend}" if sliding else "", out_dir)
@@ -353,6 +372,52 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
                           title=f"{args.dataset} {args.split}: {Path(args.snapshot).name}")
     log.info("wrote %s, %s, %s and %s", out_dir / "metrics.json", out_dir / "metrics.csv", report, log_path)
     return summary
+
+
+def check_split_masks(args: argparse.Namespace, items: list[tuple[str, str]], num_classes: int, where: str) -> None:
+    """Refuse masks that cannot be scored, before the model is built: every mask is decoded (ids must be
+    classes or 255) and together they must hold at least one labelled pixel.
+
+    Raises:
+        DataFileError: bad masks (how many, the first files and ids), or no labelled pixel in ``where``.
+    """
+    check = check_masks([mask for _, mask in items], num_classes, "checking masks", args.num_workers)
+    if check.problems:
+        raise DataFileError(summarize_mask_problems(check.problems, len(items)))
+    if check.labelled_pixels == 0:
+        raise DataFileError(no_labelled_pixels(where, len(items)))
+
+
+def check_window_fits(args: argparse.Namespace, items: list[tuple[str, str]], where: str) -> None:
+    """Refuse a sliding window larger than every image of ``where`` at its evaluated size (``--resize_scale``,
+    else the file headers).
+
+    Raises:
+        ValueError: naming the window, the largest image and what to pass.
+    """
+    if args.resize_scale:
+        largest = (args.resize_scale, args.resize_scale) if args.resize_scale < args.window else None
+    else:
+        largest = all_smaller_than([image for image, _ in items], args.window)
+    if largest is not None:
+        raise ValueError(f"every image of the {where} is smaller than the sliding window --window {args.window} "
+                         f"(the largest is {largest[1]} x {largest[0]} px): pass --inference_mode whole, or a "
+                         f"--window of at most {max(largest)}")
+
+
+def describe_class_mismatch(args: argparse.Namespace, extras: dict, class_names: list[str]) -> str:
+    """What differs between the dataset and classes a checkpoint was trained on (train.py saves both) and
+    ``--dataset``'s, or "" when they agree or the checkpoint does not say (e.g. an official snapshot)."""
+    saved_classes = read_class_table(extras)
+    trained_on = (extras.get("config") or {}).get("dataset")
+    other_dataset = (trained_on is not None and trained_on.lower() in DATASETS
+                     and DATASETS[trained_on.lower()] is not DATASETS[args.dataset.lower()])
+    other_classes = saved_classes is not None and saved_classes[0] != list(class_names)
+    if not (other_dataset or other_classes):
+        return ""
+    classes = f"the classes {saved_classes[0]}" if saved_classes is not None else "unrecorded classes"
+    return (f"{args.snapshot} was trained on {trained_on or 'an unrecorded dataset'} for {classes}, but "
+            f"--dataset {args.dataset} has {list(class_names)}")
 
 
 def check_flags(args: argparse.Namespace) -> None:

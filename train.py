@@ -40,7 +40,14 @@ import datasets
 import network
 import transforms
 from config import add_config_flags, dataset_root, effective_config, parse_with_config, save_config
-from datasets.file_check import DataFileError, find_mask_problems, summarize_mask_problems
+from datasets.file_check import (
+    DataFileError,
+    all_smaller_than,
+    check_masks,
+    has_labelled_pixel,
+    no_labelled_pixels,
+    summarize_mask_problems,
+)
 from datasets.registry import names_text, val_splits_text
 from datasets.uniform import ClassUniformSampler
 from engine.cpu_precision import emulated_precision_note
@@ -58,24 +65,29 @@ from engine.reproducibility import capture_rng_state, restore_rng_state, seed_ev
 from engine.run_checkpoint import (
     LAST_NAME,
     TrainingState,
+    check_training_checkpoint,
+    environment_differences,
     record_validation,
     resume_training,
+    run_environment,
     training_payload,
     write_epoch_checkpoints,
 )
 from engine.train_log import RunLog, close_logger, prediction_panel, setup_logger
+from evaluation import cli
 from evaluation.metrics import ConfusionMatrix, format_table, metrics_summary
 from loss import get_loss
 from network.options import ResolvedModel, add_model_flags, resolve_model_options
+from network.resnet_d import fill_imagenet_trunk
 from network.zoo import WeightsError, apply_weights_flag
 from utils.atomic import exit_on_write_error
 from utils.checkpoint import (
     CheckpointFileError,
     CheckpointMismatchError,
-    check_checkpoint_file,
     checkpoint_class_table,
     fill_model,
     read_checkpoint,
+    read_class_table,
     unwrap_model,
 )
 
@@ -131,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "shuffled patches)")
     data.add_argument("--bs_mult", type=int, default=4, help="training batch per process (per GPU); at least 2")
     data.add_argument("--bs_mult_val", type=int, default=1, help="validation batch per process")
-    data.add_argument("--num_workers", type=int, default=4, help="data-loading worker processes per training process")
+    cli.add_num_workers_argument(data, "per training process (validation uses half as many)")
 
     model = add_model_flags(parser)
     model.add_argument("--pretrained", default=None,
@@ -183,10 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "entry is --snapshot (fine-tuning; --snapshot_partial for other classes), an ImageNet "
                          "entry (resnet50_deep.imagenet, resnet101_deep.imagenet) is --pretrained")
     io.add_argument("--trusted-pickle", dest="trusted_pickle", action="store_true",
-                    help="read --snapshot / --resume files that hold arbitrary pickled Python objects (legacy "
-                         "checkpoints); this can run code stored in the file, so only for files you trust")
+                    help="read --snapshot / --resume / --pretrained files that hold arbitrary pickled Python "
+                         "objects (legacy checkpoints); this can run code stored in the file, so only for files "
+                         "you trust")
     io.add_argument("--snapshot_partial", action="store_true",
                     help="load only the --snapshot tensors whose shapes fit (e.g. another class count)")
+    io.add_argument("--allow_class_mismatch", action="store_true",
+                    help="start from a --snapshot trained for other class names than --dataset's (without "
+                         "--snapshot_partial, such a start is refused)")
     io.add_argument("--restore_optimizer", action="store_true", help="also load the optimizer state of --snapshot")
     io.add_argument("--resume", default=None,
                     help="continue a run exactly from its last.pth (weights, optimizer, schedule, RNG, best record); "
@@ -259,6 +275,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, config
         datasets.dataset_class(args.dataset, args.dataset_spec)
     except (KeyError, ValueError) as error:
         parser.error(f"--dataset {args.dataset!r}: {error.args[0]}")
+    if args.arch is not None:
+        try:
+            network.model_entry(args.arch)
+        except KeyError as error:
+            parser.error(f"--arch: {error.args[0]}")
     if args.resume and (args.snapshot or args.weights):
         parser.error("--resume continues a run with its own weights; leave out --snapshot / --weights")
     try:
@@ -355,13 +376,27 @@ def prepare_run_dir(args: argparse.Namespace, ctx: DistContext) -> tuple[Path, P
     return run_dir, tb_dir, created
 
 
-def read_start_checkpoints(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
-    """The --resume and --snapshot checkpoints, read, and the --pretrained file checked, before any dataset or
-    model is built (a typo'd path or a broken file fails in seconds, not after the data is listed).
+@dataclass
+class StartCheckpoints:
+    """The checkpoint dicts of --resume, --snapshot and --pretrained (None: flag not given), read by
+    :func:`read_start_checkpoints` before anything is built."""
+
+    resume: dict | None
+    snapshot: dict | None
+    pretrained: dict | None
+
+
+def read_start_checkpoints(args: argparse.Namespace) -> StartCheckpoints:
+    """The --resume, --snapshot and --pretrained files, read (with --trusted-pickle, unpickling any object) before
+    any dataset or model is built: a typo'd path or a broken file fails in seconds, not after the data is listed.
+
+    Returns:
+        The checkpoint dicts (see :func:`utils.checkpoint.read_checkpoint`).
 
     Raises:
-        StartError: naming the flag and the file: missing, empty, truncated, not a checkpoint, or needing
-            --trusted-pickle.
+        StartError: naming the flag and the file: missing, empty, truncated, not a checkpoint, needing
+            --trusted-pickle, (--resume) without the training state, or (--snapshot) trained for other classes
+            (:func:`check_snapshot_classes`).
     """
     try:
         apply_weights_flag(args)
@@ -373,13 +408,31 @@ def read_start_checkpoints(args: argparse.Namespace) -> tuple[dict | None, dict 
         if path is None:
             continue
         try:
-            if flag == "pretrained":
-                check_checkpoint_file(path)
-            else:
-                checkpoints[flag] = read_checkpoint(path, trusted_pickle=args.trusted_pickle)
+            checkpoints[flag] = read_checkpoint(path, trusted_pickle=args.trusted_pickle)
+            if flag == "resume":
+                check_training_checkpoint(checkpoints[flag], path)
         except (FileNotFoundError, CheckpointFileError, CheckpointMismatchError) as error:
             raise StartError(f"--{flag}: {error}") from None
-    return checkpoints.get("resume"), checkpoints.get("snapshot")
+    if "snapshot" in checkpoints:
+        check_snapshot_classes(args, checkpoints["snapshot"])
+    return StartCheckpoints(checkpoints.get("resume"), checkpoints.get("snapshot"), checkpoints.get("pretrained"))
+
+
+def check_snapshot_classes(args: argparse.Namespace, snapshot: dict) -> None:
+    """Refuse a --snapshot trained for other classes than --dataset's (by the class names train.py saves in its
+    checkpoints), unless --snapshot_partial (fine-tuning to new classes) or --allow_class_mismatch.
+
+    Raises:
+        StartError: naming the checkpoint's dataset and classes, the dataset's classes and the flags.
+    """
+    saved = read_class_table(snapshot)
+    classes = list(datasets.dataset_class(args.dataset, args.dataset_spec).class_names)
+    if saved is None or saved[0] == classes or args.snapshot_partial or args.allow_class_mismatch:
+        return
+    trained_on = (snapshot.get("config") or {}).get("dataset", "an unrecorded dataset")
+    raise StartError(f"--snapshot {args.snapshot} was trained on {trained_on} for the classes {saved[0]}, but "
+                     f"--dataset {args.dataset} has {classes}: pass --snapshot_partial to fine-tune to the new "
+                     f"classes, or --allow_class_mismatch to start from it anyway")
 
 
 def config_file(run_dir: Path, resuming: bool) -> Path:
@@ -394,16 +447,29 @@ def config_file(run_dir: Path, resuming: bool) -> Path:
     return run_dir / f"config.resume-{number}.yaml"
 
 
-def check_validation_masks(val_set, workers: int) -> None:
-    """Decode every validation mask before the first epoch: ids must be classes or 255.
+def check_training_data(args: argparse.Namespace, train_set, val_set) -> None:
+    """Refuse data that cannot train or be scored, before the first epoch: every validation mask is decoded
+    (ids must be classes or 255) and must give at least one labelled pixel; the training masks must hold one
+    (read until the first is found); and not every training image may be smaller than --crop_size.
 
     Raises:
-        StartError: how many masks are bad, with the first files and their ids.
+        StartError: one line naming the split and its folder (bad masks: how many, the first files and ids).
     """
     masks = [mask for _, mask in val_set.items]
-    problems = find_mask_problems(masks, val_set.num_classes, "checking validation masks", max(1, workers))
-    if problems:
-        raise StartError(f"validation split {val_set.split}: {summarize_mask_problems(problems, len(masks))}")
+    check = check_masks(masks, val_set.num_classes, "checking validation masks", max(1, args.num_workers))
+    where = f"validation split {val_set.split} ({val_set.root / val_set.split})"
+    if check.problems:
+        raise StartError(f"{where}: {summarize_mask_problems(check.problems, len(masks))}")
+    if check.labelled_pixels == 0:
+        raise StartError(no_labelled_pixels(where, len(masks)))
+    if not has_labelled_pixel([mask for _, mask in train_set.items]):
+        raise StartError(no_labelled_pixels(f"training split {train_set.split} ({train_set.root / train_set.split})",
+                                            len(train_set.items)))
+    largest = all_smaller_than([image for image, _ in train_set.items], args.crop_size)
+    if largest is not None:
+        raise StartError(f"every image of the training split {train_set.split} ({train_set.root / train_set.split}) "
+                         f"is smaller than --crop_size {args.crop_size} (the largest is {largest[1]} x {largest[0]} "
+                         f"px): pass a --crop_size of at most {max(largest)}, or prepare larger patches")
 
 
 def uses_edge_loss(run: Run) -> bool:
@@ -457,15 +523,25 @@ def build_loaders(args: argparse.Namespace, ctx: DistContext, train_set, val_set
     return train_loader, val_loader
 
 
-def build_model(args: argparse.Namespace, ctx: DistContext, num_classes: int, log: logging.Logger) -> nn.Module:
+def build_model(args: argparse.Namespace, ctx: DistContext, num_classes: int, log: logging.Logger,
+                pretrained: dict | None = None) -> nn.Module:
     """The model on the CPU with the resolved options (``args.arch`` and its options, see :func:`resolve_model`):
-    ImageNet trunk from --pretrained, SyncBN, activation checkpointing."""
+    ImageNet trunk from ``pretrained`` (the --pretrained checkpoint, read), SyncBN, activation checkpointing.
+
+    Raises:
+        StartError: the --pretrained tensors do not fit the trunk.
+    """
     sync = args.syncbn and ctx.device.type == "cuda" and ctx.is_distributed
     if args.syncbn and not sync:
         log.info("--syncbn: plain BatchNorm (synchronised BatchNorm needs several GPU processes)")
     options = {name: getattr(args, name) for name in network.model_defaults(args.arch)}
-    model = network.get_model(args.arch, num_classes, pretrained=args.pretrained,
-                              norm_layer=nn.SyncBatchNorm if sync else nn.BatchNorm2d, **options)
+    model = network.get_model(args.arch, num_classes, norm_layer=nn.SyncBatchNorm if sync else nn.BatchNorm2d,
+                              **options)
+    if pretrained is not None:
+        try:
+            fill_imagenet_trunk(model, pretrained["state_dict"], args.pretrained)
+        except RuntimeError as error:
+            raise StartError(f"--pretrained: {error}") from None
     if args.activation_checkpointing:
         network.enable_activation_checkpointing(model)
     if sync:
@@ -500,17 +576,18 @@ def build_optimisation(args: argparse.Namespace, ctx: DistContext, model: nn.Mod
     return optimizer, scheduler, scaler
 
 
-def build_parts(run: Run, snapshot: dict | None) -> Parts:
-    """Datasets (validation masks checked), loaders, model (with the weights of the ``snapshot`` checkpoint,
-    read from --snapshot), criteria and optimisation of ``run``."""
+def build_parts(run: Run, checkpoints: StartCheckpoints) -> Parts:
+    """Datasets (checked: :func:`check_training_data`), loaders, model (with the weights of the --snapshot and
+    --pretrained ``checkpoints``), criteria and optimisation of ``run``."""
     args, log = run.args, run.log
     with_edge = uses_edge_loss(run)
     train_set, val_set = build_datasets(args, run.config, with_edge)
-    check_validation_masks(val_set, args.num_workers)
+    check_training_data(args, train_set, val_set)
     dataset_cls = type(train_set)
     train_loader, val_loader = build_loaders(args, run.ctx, train_set, val_set)
     log.info(f"{len(train_set)} training images ({len(train_loader)} iterations per epoch), {len(val_set)} validation")
-    model = build_model(args, run.ctx, dataset_cls.num_classes, log)
+    model = build_model(args, run.ctx, dataset_cls.num_classes, log, checkpoints.pretrained)
+    snapshot = checkpoints.snapshot
     if snapshot is not None:
         snapshot = fill_model(model, snapshot, args.snapshot, strict_shapes=not args.snapshot_partial,
                               classifier_key=network.model_entry(args.arch).classifier_key)
@@ -537,6 +614,11 @@ def resume(run: Run, parts: Parts, checkpoint: dict) -> TrainingState:
     state, extras = resume_training(checkpoint, args.resume, parts.model, parts.optimizer, parts.scheduler,
                                     parts.scaler)
     check_resume_config(extras.get("config", {}), run.saved_config, log)
+    if args.deterministic:
+        differences = environment_differences(extras.get("environment"),
+                                              run_environment(ctx.device, ctx.world_size, args.num_workers))
+        if differences:
+            log.warning(differences)
     rng_states = extras["rng_states"]
     if len(rng_states) == ctx.world_size:
         restore_rng_state(rng_states[ctx.rank])
@@ -684,7 +766,8 @@ def save_epoch(run: Run, parts: Parts, state: TrainingState, epoch: int, improve
     rng_states = all_gather_objects(capture_rng_state())
     if run.ctx.is_main:
         payload = training_payload(parts.model, parts.optimizer, parts.scheduler, parts.scaler, state, epoch,
-                                   rng_states, run.saved_config, run.command, run.args.seed)
+                                   rng_states, run.saved_config, run.command, run.args.seed,
+                                   run_environment(run.ctx.device, run.ctx.world_size, run.args.num_workers))
         payload.update(checkpoint_class_table(parts.dataset_cls))
         write_epoch_checkpoints(run.run_dir, payload, state.best.file_name if improved else "", stale_best)
         run.log.info(f"epoch {epoch}: saved {run.run_dir / LAST_NAME}"
@@ -710,8 +793,7 @@ def run_epoch(run: Run, parts: Parts, state: TrainingState, epoch: int) -> None:
     improved, stale_best = False, ""
     if epoch % args.val_freq == 0 or epoch == args.max_epoch - 1:
         summary, val_loss, panels = validate(run, parts)
-        miou = summary["miou"] if summary["miou"] is not None else 0.0  # None: no labelled pixel
-        improved, stale_best = record_validation(state, epoch, miou)
+        improved, stale_best = record_validation(state, epoch, summary["miou"])  # None: no labelled pixel
         log_validation(run, epoch, summary, val_loss, panels)
     state.next_epoch = epoch + 1
     save_epoch(run, parts, state, epoch, improved, stale_best)
@@ -719,8 +801,8 @@ def run_epoch(run: Run, parts: Parts, state: TrainingState, epoch: int) -> None:
 
 # The loop.
 
-def start(run: Run, resolved: ResolvedModel, notes: list[str], resume_checkpoint: dict | None,
-          snapshot_checkpoint: dict | None) -> tuple[Parts, TrainingState]:
+def start(run: Run, resolved: ResolvedModel, notes: list[str],
+          checkpoints: StartCheckpoints) -> tuple[Parts, TrainingState]:
     """Log the run's setup, build its parts (or resume them); once it is certain to start, write its
     configuration (:func:`config_file`)."""
     ctx, log = run.ctx, run.log
@@ -733,11 +815,12 @@ def start(run: Run, resolved: ResolvedModel, notes: list[str], resume_checkpoint
         log.warning(warning)
     log.info(f"{ctx.world_size} process(es) on {ctx.device.type}; run folder {run.run_dir}")
     log.info(f"model: {resolved.describe()}")
-    parts = build_parts(run, snapshot_checkpoint)
-    state = resume(run, parts, resume_checkpoint) if resume_checkpoint is not None else TrainingState()
+    parts = build_parts(run, checkpoints)
+    resuming = checkpoints.resume is not None
+    state = resume(run, parts, checkpoints.resume) if resuming else TrainingState()
     announce_zero_lr_epochs(run, state.next_epoch)
     if ctx.is_main:
-        save_config(config_file(run.run_dir, resuming=resume_checkpoint is not None), run.saved_config)
+        save_config(config_file(run.run_dir, resuming=resuming), run.saved_config)
     return parts, state
 
 
@@ -760,17 +843,17 @@ def train(args: argparse.Namespace, config: EasyDict, notes: list[str], ctx: Dis
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS needs it
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not args.deterministic
-    resume_checkpoint, snapshot_checkpoint = read_start_checkpoints(args)
-    resolved = resolve_model(args, resume_checkpoint)
-    if resume_checkpoint is not None:
-        check_resume_length(args, resume_checkpoint)
+    checkpoints = read_start_checkpoints(args)
+    resolved = resolve_model(args, checkpoints.resume)
+    if checkpoints.resume is not None:
+        check_resume_length(args, checkpoints.resume)
     run_dir, tb_dir, created = prepare_run_dir(args, ctx)
     log = setup_logger(run_dir / "train.log", ctx.is_main)
     saved_config = effective_config(flag_values(args), config)
     run = Run(args, config, ctx, run_dir, log, RunLog(run_dir / "log.jsonl", tb_dir, enabled=ctx.is_main), command,
               saved_config)
     try:
-        parts, state = start(run, resolved, notes, resume_checkpoint, snapshot_checkpoint)
+        parts, state = start(run, resolved, notes, checkpoints)
     except BaseException as error:
         abandon_start(run, tb_dir, created, error)
         raise

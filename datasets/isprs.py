@@ -45,11 +45,11 @@ class PotsdamDataset(_ISPRSDataset):
         {root}/{train,test}/masks/top_potsdam_2_10_RGB_0_896_0_896_gray_mask.png
 
     The original validates on ``test`` (it has no separate validation tiles).  Registry names:
-    ``"Posdam"`` (the original's spelling) and ``"potsdam"``.
+    ``"Posdam"`` (the original's spelling), ``"Potsdam"`` and ``"potsdam"``.
     """
 
     name: ClassVar[str] = "Potsdam"
-    aliases: ClassVar[tuple[str, ...]] = ("Posdam", "potsdam")
+    aliases: ClassVar[tuple[str, ...]] = ("Posdam", "Potsdam", "potsdam")
     root_key: ClassVar[str] = "POSDAM_DIR"
     default_root: ClassVar[str] = "./data/posdam896"
     prepare_name: ClassVar[str] = "potsdam"

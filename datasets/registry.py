@@ -48,11 +48,18 @@ DATASET_NAMES: tuple[str, ...] = tuple(alias for cls in DATASET_CLASSES for alia
 
 
 def names_text() -> str:
-    """The datasets for help texts and messages: ``"iSAID, Posdam (or potsdam), Vaihingen, ..."``."""
+    """The datasets for help texts and messages: ``"iSAID, Posdam (or Potsdam, potsdam), Vaihingen, ..."``."""
     def one(cls: type[SegmentationFolder]) -> str:
         first, *others = cls.aliases
         return f"{first} (or {', '.join(others)})" if others else first
     return ", ".join(one(cls) for cls in DATASET_CLASSES)
+
+
+def class_counts_text() -> str:
+    """Each dataset's class count for messages: ``"iSAID 16 classes, Potsdam 6, ..., custom those of its spec"``."""
+    counts = ["those of its spec" if hasattr(cls, "from_spec") else str(cls.num_classes) for cls in DATASET_CLASSES]
+    return ", ".join(f"{cls.name} {count}{' classes' if index == 0 else ''}"
+                     for index, (cls, count) in enumerate(zip(DATASET_CLASSES, counts)))
 
 
 def val_splits_text() -> str:

@@ -3,7 +3,8 @@
 A training checkpoint is the original's dict (``state_dict`` with ``module.`` keys, ``optimizer``,
 ``epoch``, ``mean_iu``, ``command``), so the original's tools and :func:`utils.checkpoint.load_checkpoint`
 read it, plus what an exact resume needs: ``scheduler``, ``scaler``, ``sampler``, ``rng_states`` (one per
-rank), ``best_record``, ``global_step`` and the effective ``config``. Files are written atomically.
+rank), ``best_record``, ``global_step`` and the effective ``config``, and the ``environment`` the run's
+numbers depend on (:func:`run_environment`), which a resume compares with its own. Files are written atomically.
 """
 from __future__ import annotations
 
@@ -14,13 +15,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
 from torch import nn
 
 from utils.atomic import atomic_path
-from utils.checkpoint import WRAPPER_PREFIX, fill_model, save_checkpoint, unwrap_model
+from utils.checkpoint import (
+    WRAPPER_PREFIX,
+    CheckpointMismatchError,
+    fill_model,
+    save_checkpoint,
+    unwrap_model,
+)
 
 LAST_NAME = "last.pth"
+# The environment entries, in the order a resume names their differences, and how it names each.
+ENVIRONMENT_LABELS = {"threads": "threads", "cpu_capability": "CPU capability", "device": "device",
+                      "cuda_device": "CUDA device", "torch": "torch", "numpy": "numpy", "opencv": "OpenCV",
+                      "world_size": "processes", "num_workers": "data-loading workers"}
 
 
 def best_name(epoch: int, mean_iu: float) -> str:
@@ -52,10 +65,58 @@ class TrainingState:
             self.best = BestRecord()
 
 
+def run_environment(device: torch.device, world_size: int, num_workers: int) -> dict[str, Any]:
+    """What a bit-exact continuation of a run depends on besides its flags and saved states.
+
+    The intra-op thread count and the CPU's vector instruction set change how float sums are split and
+    ordered; the device (and GPU model), the torch, NumPy and OpenCV versions change kernels and random
+    streams; the process count and the data-loading workers change which random stream augments which image.
+
+    Args:
+        device: the device this process trains on.
+        world_size: number of training processes.
+        num_workers: data-loading worker processes per training process.
+
+    Returns:
+        Plain values keyed as ENVIRONMENT_LABELS (``cuda_device`` is None on the CPU).
+    """
+    return {
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "device": device.type,
+        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": str(torch.__version__),  # a TorchVersion, which weights-only loading refuses
+        "numpy": str(np.__version__),
+        "opencv": str(cv2.__version__),
+        "world_size": world_size,
+        "num_workers": num_workers,
+    }
+
+
+def environment_differences(saved: dict[str, Any] | None, current: dict[str, Any]) -> str:
+    """One line naming each difference between a checkpoint's environment and this process's, or "" if none.
+
+    Args:
+        saved: the checkpoint's ``environment`` entry (None for a checkpoint written before it was recorded).
+        current: :func:`run_environment` of this process.
+
+    Returns:
+        e.g. ``"resume: threads 2 → 1, torch 2.4.0 → 2.5.1: the resumed run will not be bit-identical"``.
+    """
+    if saved is None:
+        return ("resume: the checkpoint does not record the threads, CPU, device and library versions it was "
+                "trained with: the resumed run may not be bit-identical")
+    changes = [f"{label} {saved.get(key)} → {current[key]}" for key, label in ENVIRONMENT_LABELS.items()
+               if saved.get(key) != current[key]]
+    if not changes:
+        return ""
+    return f"resume: {', '.join(changes)}: the resumed run will not be bit-identical"
+
+
 def training_payload(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                      state: TrainingState, epoch: int, rng_states: list[dict], config: dict, command: str,
-                     sampler_seed: int) -> dict[str, Any]:
-    """The checkpoint dict after epoch ``epoch`` (0-based) has finished."""
+                     sampler_seed: int, environment: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint dict after epoch ``epoch`` (0-based) has finished (``environment``: :func:`run_environment`)."""
     model_state = unwrap_model(model).state_dict()
     return {
         "state_dict": {WRAPPER_PREFIX + key: value for key, value in model_state.items()},
@@ -71,18 +132,22 @@ def training_payload(model: nn.Module, optimizer: torch.optim.Optimizer, schedul
         "best_record": asdict(state.best),
         "global_step": state.global_step,
         "config": config,
+        "environment": environment,
     }
 
 
-def record_validation(state: TrainingState, epoch: int, mean_iu: float) -> tuple[bool, str]:
+def record_validation(state: TrainingState, epoch: int, mean_iu: float | None) -> tuple[bool, str]:
     """Note a validation result in ``state``; on a new best, name its snapshot.
+
+    Args:
+        mean_iu: the validation mIoU, or None when no labelled pixel was scored (recorded as 0.0, never a best).
 
     Returns:
         ``(improved, stale_best_file)``: whether ``mean_iu`` beats the best so far, and the previous best
         snapshot's file name to delete once the new one is written ("" if none).
     """
-    state.last_mean_iu, state.last_mean_iu_epoch = mean_iu, epoch
-    if not mean_iu > state.best.mean_iu:
+    state.last_mean_iu, state.last_mean_iu_epoch = (0.0 if mean_iu is None else mean_iu), epoch
+    if mean_iu is None or not mean_iu > state.best.mean_iu:
         return False, ""
     stale = state.best.file_name
     state.best = BestRecord(epoch=epoch, mean_iu=mean_iu, file_name=best_name(epoch, mean_iu))
@@ -102,6 +167,21 @@ def write_epoch_checkpoints(run_dir: Path, payload: dict[str, Any], best_file: s
         (run_dir / stale_best_file).unlink(missing_ok=True)
 
 
+def check_training_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a checkpoint (read with :func:`utils.checkpoint.read_checkpoint`) that cannot be resumed.
+
+    Raises:
+        CheckpointMismatchError: the file lacks the training state (a bare state_dict or a weights-only
+            snapshot); the message says to pass it as --snapshot.
+    """
+    missing = [key for key in ("optimizer", "scheduler", "epoch", "rng_states") if key not in checkpoint]
+    if missing:
+        raise CheckpointMismatchError(
+            f"{path} has no {', '.join(missing)}: it is not a checkpoint written by train.py. "
+            f"To start from its weights, pass it as --snapshot instead of --resume."
+        )
+
+
 def resume_training(checkpoint: dict[str, Any], path: str | os.PathLike, model: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any,
                     scaler: Any) -> tuple[TrainingState, dict[str, Any]]:
@@ -113,14 +193,10 @@ def resume_training(checkpoint: dict[str, Any], path: str | os.PathLike, model: 
         ``config``, ...).
 
     Raises:
-        ValueError: the file is a weights-only snapshot without the training state (use --snapshot).
+        CheckpointMismatchError: the file is a weights-only snapshot without the training state
+            (:func:`check_training_checkpoint`).
     """
-    missing = [key for key in ("optimizer", "scheduler", "epoch", "rng_states") if key not in checkpoint]
-    if missing:
-        raise ValueError(
-            f"{path} has no {', '.join(missing)}: it is not a checkpoint written by train.py. "
-            f"To start from its weights, pass it as --snapshot instead of --resume."
-        )
+    check_training_checkpoint(checkpoint, path)
     extras = fill_model(model, checkpoint, path)
     optimizer.load_state_dict(extras["optimizer"])
     scheduler.load_state_dict(extras["scheduler"])

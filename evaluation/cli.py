@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 import torch
 
@@ -86,6 +87,24 @@ def add_weights_argument(parser: argparse._ActionsContainer, *, instead_of: str)
                         help=f"named weights instead of {instead_of}: {', '.join(ZOO)} (python -m network.zoo list); "
                              "downloaded once into $PFSEG_HOME (default ~/.cache/pfsegnets) and verified; the "
                              "entry also gives --arch and, when not given, --dataset")
+MAX_DEFAULT_WORKERS = 8
+"""Most data-loading processes given by default (more rarely speeds up decoding a batch of PNG patches)."""
+
+
+def default_num_workers() -> int:
+    """Data-loading worker processes per training or evaluation process: the CPU cores this process may use
+    (``os.sched_getaffinity``: a container's or ``taskset``'s limit, not the machine's), shared among the
+    torchrun processes of this machine (``LOCAL_WORLD_SIZE``), at least 1 and at most MAX_DEFAULT_WORKERS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(MAX_DEFAULT_WORKERS, max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def add_num_workers_argument(parser: argparse._ActionsContainer, per: str) -> None:
+    """``--num_workers``, by default :func:`default_num_workers` (``per``: what one set of workers serves)."""
+    parser.add_argument("--num_workers", type=int, default=default_num_workers(),
+                        help=f"data-loading worker processes {per} (default: the CPU cores this process may use, "
+                             f"divided among the torchrun processes of the machine, 1 to {MAX_DEFAULT_WORKERS}; "
+                             "here %(default)s)")
 
 
 def add_band_arguments(parser: argparse._ActionsContainer) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import network
-from datasets.registry import DATASETS
+from datasets.registry import DATASETS, class_counts_text
 from evaluation.dataset_split import dataset_table
 from network.options import ResolvedModel, resolve_model_options
 from utils.checkpoint import CheckpointMismatchError, fill_model, read_checkpoint, read_class_table
@@ -77,10 +77,11 @@ def restore_model(
     resolved = resolve_model_options(args, checkpoint.get("config"), str(snapshot))
     found = checkpoint_num_classes(checkpoint, resolved.arch, snapshot)
     if num_classes is not None and found != num_classes:
+        trained_on = (checkpoint.get("config") or {}).get("dataset")
+        source = f"it was trained on {trained_on}" if trained_on else "it does not record its dataset"
         raise CheckpointMismatchError(
-            f"class-count mismatch: {snapshot} was trained for {found} classes but {num_classes} are "
-            f"expected here. Use the dataset the checkpoint was trained on (iSAID: 16 classes, "
-            f"Potsdam/Vaihingen: 6)."
+            f"class-count mismatch: {snapshot} was trained for {found} classes but {num_classes} are expected "
+            f"here; {source}. Use the dataset the checkpoint was trained on ({class_counts_text()})."
         )
     model = network.get_model(resolved.arch, found, pretrained=None, **resolved.options)
     extras = fill_model(model, checkpoint, snapshot, strict_shapes=True,

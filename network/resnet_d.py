@@ -147,7 +147,7 @@ def imagenet_key_to_model_key(key: str) -> str | None:
 
 
 def load_imagenet_weights(model: nn.Module, path: str | Path) -> None:
-    """Initialise ``model.layer0..layer4`` from the original's ImageNet file, strictly.
+    """Initialise ``model.layer0..layer4`` from the original's ImageNet file, strictly (:func:`fill_imagenet_trunk`).
 
     Raises:
         FileNotFoundError: the file does not exist; the message says where it comes from.
@@ -157,7 +157,17 @@ def load_imagenet_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ImageNet weights not found: {path}. " + IMAGENET_WEIGHTS_HELP.format(name=path.name))
-    loaded = read_checkpoint(path)["state_dict"]  # a broken file: one CheckpointFileError line naming it
+    # a broken file: one CheckpointFileError line naming it
+    fill_imagenet_trunk(model, read_checkpoint(path)["state_dict"], path)
+
+
+def fill_imagenet_trunk(model: nn.Module, loaded: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Copy the tensors of an ImageNet trunk file's state_dict ``loaded`` (torchvision or the original's key
+    names) into ``model.layer0..layer4``, strictly.
+
+    Raises:
+        RuntimeError: the tensors do not cover the trunk or have other shapes; the message names ``source``.
+    """
     trunk_state = {}
     for key, tensor in loaded.items():
         model_key = imagenet_key_to_model_key(key)
@@ -169,7 +179,7 @@ def load_imagenet_weights(model: nn.Module, path: str | Path) -> None:
     wrong_shape = [k for k in expected.keys() & trunk_state.keys() if expected[k].shape != trunk_state[k].shape]
     if missing or unexpected or wrong_shape:
         raise RuntimeError(
-            f"{path} does not match the deep-stem ResNet trunk: {len(missing)} missing keys "
+            f"{source} does not match the deep-stem ResNet trunk: {len(missing)} missing keys "
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
             f"{len(wrong_shape)} with other shapes (e.g. {wrong_shape[:3]}). Is it the file for this depth?"
         )

@@ -27,8 +27,8 @@ def test_every_dataset_declares_its_facts():
         if cls.name != "custom":
             assert cls.num_classes == len(cls.class_names) and cls.palette.shape == (cls.num_classes, 3)
             assert cls.palette.dtype == np.uint8 and len({tuple(c) for c in cls.palette.tolist()}) == cls.num_classes
-    assert DATASET_NAMES == ("iSAID", "Posdam", "potsdam", "Vaihingen", "LoveDA", "custom")
-    assert names_text() == "iSAID, Posdam (or potsdam), Vaihingen, LoveDA, custom"
+    assert DATASET_NAMES == ("iSAID", "Posdam", "Potsdam", "potsdam", "Vaihingen", "LoveDA", "custom")
+    assert names_text() == "iSAID, Posdam (or Potsdam, potsdam), Vaihingen, LoveDA, custom"
 
 
 def test_config_roots_and_validation_splits_come_from_the_classes():

@@ -29,8 +29,10 @@ from train_data import make_tiny_potsdam
 import eval as evaluation
 import network
 import predict
+from datasets.isprs import PotsdamDataset
+from datasets.registry import class_counts_text
 from utils.atomic import PARTIAL_MARK
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import checkpoint_class_table, save_checkpoint
 from utils.run_lock import LOCK_FILE, lock_folder
 
 MODEL_FLAGS = ["--arch", "pfnet_r50", "--maxpool_size", "4", "--avgpool_size", "4", "--edge_points", "16"]
@@ -83,9 +85,21 @@ def data(tmp_path_factory) -> dict:
     (existing_masks / "scene_pred.png").write_bytes(b"previous mask")
     (base / "bomb").mkdir()
     bomb = bomb_png(base / "bomb" / "scene.png", 40_000, 40_000)
+    # as train.py saves a Potsdam run: its dataset and class table (the flags spell it Posdam)
+    potsdam_checkpoint = base / "potsdam_run.pth"
+    save_checkpoint(potsdam_checkpoint, {**torch.load(checkpoint, weights_only=True), "config": {"dataset": "Posdam"},
+                                         **checkpoint_class_table(PotsdamDataset)})
+    classifier = network.model_entry("pfnet_r50").classifier_key  # 16 rows: an iSAID run
+    isaid_checkpoint = base / "isaid_run.pth"
+    save_checkpoint(isaid_checkpoint, {"state_dict": {classifier: torch.zeros(16, 1, 1, 1)},
+                                       "config": {"dataset": "iSAID"}})
+    unlabelled = copy_tree(root, base / "unlabelled")
+    for mask in (unlabelled / "test" / "masks").iterdir():
+        cv2.imwrite(str(mask), np.full((64, 64), 255, np.uint8))
     return {"base": base, "root": root, "checkpoint": checkpoint, "broken": broken_checkpoints(base / "broken"),
             "bad_masks": bad_ids, "truncated_image": truncated_image, "images": images, "damaged_input": damaged_input,
-            "finished": finished, "existing_masks": existing_masks, "bomb": bomb}
+            "finished": finished, "existing_masks": existing_masks, "potsdam_checkpoint": potsdam_checkpoint,
+            "isaid_checkpoint": isaid_checkpoint, "unlabelled": unlabelled, "bomb": bomb}
 
 
 def eval_case(d: dict, *flags: str, code: int = 2, names: tuple[str, ...], snapshot=None, root=None,
@@ -129,6 +143,12 @@ CASES = {
     "eval_mask_ids_outside_classes": lambda d: eval_case(d, names=(f"{TEST_IMAGE}_gray_mask.png", "7 x 9"),
                                                          root=d["bad_masks"]),
     "eval_truncated_image_with_workers": lambda d: truncated_image_case(d, "2"),
+    "eval_potsdam_checkpoint_on_vaihingen": lambda d: eval_case(
+        d, "--dataset", "Vaihingen", snapshot=d["potsdam_checkpoint"],
+        names=("trained on Posdam", "'impervious_surfaces'", "--dataset Vaihingen", "--allow_class_mismatch")),
+    "eval_split_without_labelled_pixels": lambda d: eval_case(d, root=d["unlabelled"],
+                                                              names=("split test", "none of its 4 masks",
+                                                                     "labelled pixel")),
     "predict_stride_0": lambda d: predict_case(d, "--stride", "0", names=("--stride",)),
     "predict_yaml_as_checkpoint": lambda d: predict_case(d, names=(str(d["broken"]["yaml"]),
                                                                    "not a PyTorch checkpoint"),
@@ -149,6 +169,12 @@ IN_PROCESS_CASES = {
                                                                  "argparse.Namespace"),
                                                        snapshot=d["broken"]["needs_trust"]),
     "eval_truncated_image": lambda d: truncated_image_case(d, "0"),
+    "eval_16_class_checkpoint_names_its_dataset": lambda d: eval_case(
+        d, snapshot=d["isaid_checkpoint"],
+        names=("trained for 16 classes but 6", "trained on iSAID", f"({class_counts_text()})", "LoveDA 7")),
+    "eval_window_larger_than_every_image": lambda d: eval_case(d, "-im", "sliding", "--window", "128",
+                                                               names=("--window 128", "64 x 64",
+                                                                      "--inference_mode whole")),
     "eval_results_exist": lambda d: Case(["eval.py", *EVAL_FLAGS, "--dataset_dir", str(d["root"]), "--snapshot",
                                           str(d["checkpoint"]), "--out_dir", str(d["finished"])], 2,
                                          (str(d["finished"] / "metrics.json"), "--overwrite"),
@@ -188,6 +214,20 @@ def test_eval_predict_fault_variant_is_reported_cleanly(data, capsys, one_thread
     case = IN_PROCESS_CASES[name](data)
     main = evaluation.main if case.argv[0] == "eval.py" else predict.main
     assert_clean_failure(run_in_process(main, case, capsys))
+
+
+def test_allow_class_mismatch_scores_a_potsdam_checkpoint_on_vaihingen_with_a_warning(data, capsys, one_thread):
+    out = data["base"] / "mismatch_allowed"
+    argv = [*EVAL_FLAGS, "--dataset", "Vaihingen", "--dataset_dir", str(data["root"]), "--snapshot",
+            str(data["potsdam_checkpoint"]), "--out_dir", str(out), "--allow_class_mismatch"]
+    assert evaluation.main(argv) == 0
+    assert "trained on Posdam" in capsys.readouterr().out and (out / "metrics.json").is_file()
+
+
+def test_potsdam_is_a_dataset_name_of_eval_and_its_help():
+    parser = evaluation.build_parser()
+    assert parser.parse_args(["--dataset", "Potsdam", "--snapshot", "x.pth"]).dataset == "Potsdam"
+    assert "Posdam (or Potsdam, potsdam)" in " ".join(parser.format_help().split())
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])

@@ -87,6 +87,12 @@ def data(tmp_path_factory) -> dict:
     bad_ids[:4, :4] = 9
     (base / "empty_set" / "train" / "images").mkdir(parents=True)
     (base / "empty_masks" / "train" / "masks").mkdir(parents=True)
+    unlabelled_loveda = base / "unlabelled_loveda"  # as torchgeo's fixtures: 2 x 2 px, every label no-data (0)
+    for split in ("Train", "Val"):
+        for folder, pixels in (("images_png", np.full((2, 2, 3), 90, np.uint8)),
+                               ("masks_png", np.zeros((2, 2), np.uint8))):
+            (unlabelled_loveda / split / "Urban" / folder).mkdir(parents=True)
+            cv2.imwrite(str(unlabelled_loveda / split / "Urban" / folder / "1.png"), pixels)
     garbage_masks = base / "garbage_masks" / "train" / "masks"
     garbage_masks.mkdir(parents=True)
     (garbage_masks / "top_potsdam_2_10_label.tif").write_bytes(b"not a tiff")
@@ -113,6 +119,7 @@ def data(tmp_path_factory) -> dict:
         "damaged_patch": damaged_patch, "bad_ids": isprs_split_source(base / "bad_ids", bad_ids),
         "orphan_gray": isprs_split_source(base / "orphan_gray", tile="b"), "empty_set": base / "empty_set",
         "empty_masks": base / "empty_masks", "garbage_masks": base / "garbage_masks",
+        "unlabelled_loveda": unlabelled_loveda,
     }
 
 
@@ -163,6 +170,15 @@ CASES = {
                                         "--size", "0"], 2, ("--size",), absent=(out(d, "syn0"),)),
     "synthetic_one_image": lambda d: Case(["tools/make_synthetic_data.py", "isaid", "--out", str(out(d, "syn1")),
                                            "--num-images", "1"], 2, ("--num-images",), absent=(out(d, "syn1"),)),
+    "prepare_window_larger_than_every_image": lambda d: Case(
+        [PREPARE, "Potsdam", "--raw", str(d["potsdam"]), "--out", str(out(d, "large")), "--patch-size", "256",
+         "--stride", "256", "--workers", "1"], 1,
+        ("every potsdam image is smaller than the 256 x 256 window", "--patch-size 128"),
+        unchanged=(d["potsdam"],), absent=(out(d, "large"),)),
+    "prepare_loveda_without_labelled_pixels": lambda d: Case(
+        [PREPARE, "loveda", "--raw", str(d["unlabelled_loveda"]), "--out", str(out(d, "loveda")), "--workers", "1"],
+        1, (str(out(d, "loveda") / "train" / "masks"), "none of its 1 masks has a labelled pixel"),
+        unchanged=(d["unlabelled_loveda"],)),
     "missing_raw": lambda d: Case([PREPARE, "isaid", "--raw", str(d["base"] / "nothing"), "--out",
                                    str(out(d, "m"))], 1, (str(d["base"] / "nothing"),), absent=(out(d, "m"),)),
     "out_inside_raw": lambda d: Case([PREPARE, "isaid", "--raw", str(d["isaid"]), "--out",

@@ -5,6 +5,7 @@ images met by the training loader name the file with and without worker processe
 import argparse
 
 import cv2
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,8 +14,11 @@ from torch.utils.data import DataLoader
 from train_data import make_tiny_potsdam, tiny_run_flags
 
 import datasets
+import network
 import train
 from datasets.file_check import DataFileError
+from datasets.loveda import LoveDADataset
+from utils.checkpoint import checkpoint_class_table
 
 RUN = "Posdam-pfnet_r50"
 
@@ -38,6 +42,18 @@ def data(tmp_path_factory) -> dict:
     (files / "random.pth").write_bytes(bytes(range(256)) * 8)
     torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=0.01)}, files / "legacy.pth")
     (files / "malformed.yaml").write_text("lr: [0.01\nmax_epoch: 2\n")
+    torch.save({"layer0.0.weight": torch.zeros(4)}, files / "bare.pth")  # weights only: no optimizer, epoch, ...
+    classifier = network.model_entry("pfnet_r50").classifier_key  # of 16 rows: trained for iSAID's 16 classes
+    torch.save({"state_dict": {classifier: torch.zeros(16, 1, 1, 1)}, "config": {"dataset": "iSAID"}},
+               files / "isaid16.pth")
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "config": {"dataset": "LoveDA"},
+                **checkpoint_class_table(LoveDADataset)}, files / "loveda.pth")
+    unlabelled = copy_tree(root, base / "unlabelled_val")
+    for mask in (unlabelled / "test" / "masks").iterdir():
+        cv2.imwrite(str(mask), np.full((64, 64), 255, np.uint8))
+    unlabelled_train = copy_tree(root, base / "unlabelled_train")
+    for mask in (unlabelled_train / "train" / "masks").iterdir():
+        cv2.imwrite(str(mask), np.full((64, 64), 255, np.uint8))
     (files / "wrong_type.yaml").write_text("DATASET:\n  CV_SPLITS: three\n")
     existing = base / "existing"
     run_dir = existing / "ckpt" / "old" / RUN
@@ -46,7 +62,8 @@ def data(tmp_path_factory) -> dict:
     (run_dir / "last.pth").write_bytes(small.read_bytes())
     (run_dir / "train.log").write_text("epoch 0 ...\n")
     return {"base": base, "root": root, "bad_masks": bad_masks, "mask_path": mask_path, "files": files,
-            "existing": existing, "existing_run": run_dir}
+            "existing": existing, "existing_run": run_dir, "unlabelled": unlabelled,
+            "unlabelled_train": unlabelled_train}
 
 
 def train_case(d: dict, *flags: str, names: tuple[str, ...], root=None, out=None, forbidden=(),
@@ -57,6 +74,16 @@ def train_case(d: dict, *flags: str, names: tuple[str, ...], root=None, out=None
             "--max_epoch", "1", *flags]
     absent = () if unchanged else (out / "ckpt" / "default" / RUN, out / "tb" / "default" / RUN)
     return Case(argv, 2, names, unchanged=(d["root"], *unchanged), absent=absent, forbidden=forbidden)
+
+
+def launched_case(d: dict) -> Case:
+    """train.py in 2 gloo processes under engine.launch, with a validation mask holding an id outside the classes.
+    A process stopped by the launcher may leave the run folder (it is not watched here)."""
+    out = d["base"] / "runs" / "launched"
+    argv = ["-m", "engine.launch", "--standalone", "--nproc_per_node=2", "train.py",
+            *tiny_run_flags(d["bad_masks"], out), "--bs_mult", "2", "--num_workers", "0", "--max_epoch", "1"]
+    return Case(argv, 2, (d["mask_path"].name, "validation split test", "launch: train.py stopped in process"),
+                unchanged=(d["bad_masks"],))
 
 
 def resume_case(d: dict, checkpoint: str, *names: str) -> Case:
@@ -80,6 +107,19 @@ CASES = {
     "validation_mask_ids_outside_classes": lambda d: train_case(d, names=(d["mask_path"].name, "6 x 4",
                                                                           "validation split test"),
                                                                 root=d["bad_masks"]),
+    "validation_mask_ids_outside_classes_in_two_processes": launched_case,
+    "resume_bare_state_dict": lambda d: train_case(d, "--resume", str(d["files"] / "bare.pth"),
+                                                   names=("--resume", "bare.pth", "pass it as --snapshot")),
+    "set_python_yaml_tag_runs_nothing": lambda d: train_case(
+        d, "--set", f"lr=!!python/object/apply:os.system [\"touch {d['base'] / 'ran'}\"]",
+        names=("--set lr=", "not a plain YAML value")),
+    "pretrained_trusted_pickle_is_honoured": lambda d: train_case(
+        d, "--pretrained", str(d["files"] / "legacy.pth"), "--trusted-pickle",
+        names=("--pretrained", "legacy.pth", "does not match the deep-stem ResNet trunk"),
+        forbidden=("--trusted-pickle",)),
+    "validation_without_labelled_pixels": lambda d: train_case(d, names=("validation split test",
+                                                                         "none of its 4 masks has a labelled pixel"),
+                                                               root=d["unlabelled"]),
 }
 """Run as subprocesses."""
 
@@ -103,6 +143,22 @@ IN_PROCESS_CASES = {
                                             names=(str(d["base"] / "nothing"),)),
     "existing_run_without_resume": lambda d: train_case(d, "--exp", "old", names=("--resume", "--overwrite"),
                                                         out=d["existing"], unchanged=(d["existing"],)),
+    "arch_unknown": lambda d: train_case(d, "--arch", "pfnet_resnet50", names=("--arch", "'pfnet_resnet50'",
+                                                                              "pfnet_r50")),
+    "snapshot_16_classes_hint_names_the_flag": lambda d: train_case(
+        d, "--snapshot", str(d["files"] / "isaid16.pth"), names=("trained for 16 classes", "--snapshot_partial"),
+        forbidden=("partial=True",)),
+    "set_unclosed_list": lambda d: train_case(d, "--set", "lr=[0.1", names=("--set lr=[0.1", "not a plain YAML")),
+    "pretrained_needs_trust": lambda d: train_case(d, "--pretrained", str(d["files"] / "legacy.pth"),
+                                                   names=("--pretrained", "legacy.pth", "--trusted-pickle")),
+    "snapshot_of_other_classes": lambda d: train_case(d, "--snapshot", str(d["files"] / "loveda.pth"),
+                                                      names=("trained on LoveDA", "'background'", "--snapshot_partial",
+                                                             "--allow_class_mismatch")),
+    "training_split_without_labelled_pixels": lambda d: train_case(d, names=("training split train",
+                                                                             "none of its 8 masks"),
+                                                                   root=d["unlabelled_train"]),
+    "crop_larger_than_every_image": lambda d: train_case(d, "--crop_size", "128",
+                                                         names=("--crop_size 128", "64 x 64", "at most 64")),
 }
 """Variants of the faults above, run through train.main in this process."""
 
@@ -123,6 +179,11 @@ def outcomes(data):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_train_fault_is_reported_cleanly(outcomes, name):
     assert_clean_failure(outcomes[name])
+
+
+def test_python_yaml_tag_in_set_ran_nothing(outcomes, data):
+    assert outcomes["set_python_yaml_tag_runs_nothing"].result.returncode == 2
+    assert not (data["base"] / "ran").exists()
 
 
 @pytest.mark.parametrize("name", sorted(IN_PROCESS_CASES))

@@ -7,7 +7,7 @@ import pytest
 from faults import bomb_png
 from PIL import Image
 
-from datasets.file_check import find_mask_problems
+from datasets.file_check import check_masks
 from utils.image_io import (
     ImageReadError,
     ImageScaling,
@@ -104,7 +104,7 @@ def test_header_claiming_too_many_pixels_names_the_file_before_decoding(tmp_path
         read_image(bomb)
     with pytest.raises(ImageReadError, match=r"bomb.png: its header claims 40000 x 40000"):
         read_as_stored(bomb)  # masks: the datasets and the mask check read them so
-    (problem,) = find_mask_problems([bomb], num_classes=6, workers=1)
+    (problem,) = check_masks([bomb], num_classes=6, workers=1).problems
     assert problem.startswith(f"{bomb}: its header claims 40000 x 40000")
 
 

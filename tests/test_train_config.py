@@ -7,6 +7,7 @@ import yaml
 from train_data import RUN_CONTROL_KEYS
 
 import config
+import eval as evaluation
 import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,3 +145,16 @@ def test_shipped_scripts_hold_the_recipe_as_it_ran(script, expected):
                   class_uniform_pct=0.0, **expected)
     assert {key: getattr(args, key) for key in recipe} == recipe
     assert notes == []
+
+
+@pytest.mark.parametrize(("cores", "local_processes", "expected"),
+                         [(3, "1", 3), (20, "1", 8), (6, "2", 3), (1, "4", 1)])
+def test_num_workers_default_is_the_cores_this_process_may_use(monkeypatch, cores, local_processes, expected):
+    """train.py and eval.py: the CPU cores of this process's affinity, shared among the torchrun processes of the
+    machine, 1 to 8; the help says so."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", local_processes)
+    for parser in (train.build_parser(), evaluation.build_parser()):
+        assert parser.get_default("num_workers") == expected
+        help_text = " ".join(parser.format_help().split())
+        assert "default: the CPU cores this process may use" in help_text and f"here {expected})" in help_text

@@ -3,13 +3,20 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from parity_weights import imagenet_file_state
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from train_data import RUN_CONTROL_KEYS, make_tiny_potsdam, tiny_run_flags
@@ -20,12 +27,17 @@ import demo
 import network
 import train
 from engine.distributed import DistContext
+from engine.run_checkpoint import TrainingState, record_validation
 from utils.atomic import PARTIAL_MARK
 from utils.checkpoint import load_checkpoint
 
+REPO = Path(__file__).resolve().parents[1]
 MAX_EPOCH = 3
-# 8 patches, batch 4: 2 iterations per epoch; a data-loading worker, so its seeding is resumed too
-RUN_FLAGS = ["--max_epoch", str(MAX_EPOCH), "--bs_mult", "4", "--val_freq", "2", "--num_workers", "1"]
+# 8 patches, batch 4: 2 iterations per epoch; a data-loading worker, so its seeding is resumed too; random
+# scale and crop, so that the resumed augmentation streams are checked as well
+RUN_FLAGS = ["--max_epoch", str(MAX_EPOCH), "--bs_mult", "4", "--val_freq", "2", "--num_workers", "1", "--with_aug",
+             "--scale_min", "0.5", "--scale_max", "2.0"]
+NOT_EXACT = "the resumed run will not be bit-identical"
 
 
 @pytest.fixture(scope="module")
@@ -126,13 +138,28 @@ def test_refuses_to_start_over_an_existing_run(finished_run, potsdam_root, capsy
     assert stop.value.code == 2 and "continue that run with --resume" in capsys.readouterr().err
 
 
+def training_state_difference(first: dict, second: dict) -> float:
+    """Largest absolute difference between two checkpoints' weights, BatchNorm buffers and optimizer state
+    (momentum buffers and learning rates); the two must hold the same tensors."""
+    assert first["state_dict"].keys() == second["state_dict"].keys()
+    pairs = [(value, second["state_dict"][key]) for key, value in first["state_dict"].items()]
+    assert first["optimizer"]["state"].keys() == second["optimizer"]["state"].keys()
+    for state_id, state in first["optimizer"]["state"].items():
+        pairs += [(value, second["optimizer"]["state"][state_id][name]) for name, value in state.items()]
+    pairs += [(torch.tensor(group["lr"]), torch.tensor(other["lr"]))
+              for group, other in zip(first["optimizer"]["param_groups"], second["optimizer"]["param_groups"])]
+    return max((a.double() - b.double()).abs().max().item() for a, b in pairs if a.numel())
+
+
 def test_resume_continues_bit_exactly(finished_run, potsdam_root):
-    """N + M iterations straight equal N iterations, a stop, a resume and M more (CPU, deterministic)."""
+    """N + M iterations straight equal N iterations, a stop, a resume and M more (CPU, deterministic), with
+    random scale and crop and one data-loading worker; the resume names no difference of the environment."""
     out, _, _ = finished_run
     split_dir = out / "ckpt" / "split" / "Posdam-pfnet_r50"
     train.main(tiny_run_flags(potsdam_root, out) + RUN_FLAGS + ["--exp", "split", "--stop_after", "1"])
     first_part = torch.load(split_dir / "last.pth", weights_only=True)
     assert first_part["epoch"] == 0
+    assert first_part["environment"]["threads"] == 1 and first_part["environment"]["num_workers"] == 1
     first_config = (split_dir / "config.yaml").read_bytes()
     train.main(tiny_run_flags(potsdam_root, out) + RUN_FLAGS
                + ["--exp", "split", "--resume", str(split_dir / "last.pth")])
@@ -146,12 +173,63 @@ def test_resume_continues_bit_exactly(finished_run, potsdam_root):
     trained = [key for key, value in straight["state_dict"].items()
                if key.endswith("conv_last.1.weight") and not torch.equal(value, first_part["state_dict"][key])]
     assert trained  # the resumed epochs did change the weights
-    for key, value in straight["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]), key
-    for state_id, state in straight["optimizer"]["state"].items():
-        assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][state_id]["momentum_buffer"])
+    assert training_state_difference(straight, resumed) == 0.0
     assert resumed["mean_iu"] == straight["mean_iu"]
     assert resumed["best_record"] == {**straight["best_record"]}
+    assert NOT_EXACT not in (split_dir / "train.log").read_text()
+
+
+def test_resume_is_exact_with_two_workers_and_class_uniform_sampling(potsdam_root, tmp_path):
+    """The same check with two data-loading workers and class-uniform epochs (3 epochs; the resumed epoch 1
+    trains at a non-zero LR)."""
+    flags = (tiny_run_flags(potsdam_root, tmp_path) + RUN_FLAGS
+             + ["--num_workers", "2", "--class_uniform_sampling", "--class_uniform_pct", "0.5"])
+    train.main(flags + ["--exp", "straight"])
+    train.main(flags + ["--exp", "split", "--stop_after", "1"])
+    split_dir = tmp_path / "ckpt" / "split" / "Posdam-pfnet_r50"
+    train.main(flags + ["--exp", "split", "--resume", str(split_dir / "last.pth")])
+    straight = torch.load(tmp_path / "ckpt" / "straight" / "Posdam-pfnet_r50" / "last.pth", weights_only=True)
+    resumed = torch.load(split_dir / "last.pth", weights_only=True)
+    assert resumed["epoch"] == straight["epoch"] == MAX_EPOCH - 1
+    assert training_state_difference(straight, resumed) == 0.0
+    assert NOT_EXACT not in (split_dir / "train.log").read_text()
+
+
+def test_resume_after_kill_9_mid_epoch_is_exact_and_another_thread_count_is_named(finished_run, potsdam_root,
+                                                                                   tmp_path):
+    """train.py killed with SIGKILL during epoch 1 and resumed from the epoch-0 last.pth equals the straight run;
+    the same checkpoint resumed with 2 threads instead of 1 trains on, saying in one line that it will differ."""
+    flags = tiny_run_flags(potsdam_root, tmp_path) + RUN_FLAGS + ["--exp", "killed"]
+    run_dir = tmp_path / "ckpt" / "killed" / "Posdam-pfnet_r50"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "train.py", *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    log = run_dir / "train.log"
+    while process.poll() is None and time.monotonic() < deadline:
+        if log.exists() and "[epoch 1] [iter 1 / 2]" in log.read_text():
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert torch.load(run_dir / "last.pth", weights_only=True)["epoch"] == 0  # killed mid-epoch 1
+    other_threads = shutil.copytree(run_dir, tmp_path / "ckpt" / "threads" / "Posdam-pfnet_r50")
+
+    train.main(flags + ["--resume", str(run_dir / "last.pth")])
+    straight = torch.load(finished_run[0] / "ckpt" / "single" / "Posdam-pfnet_r50" / "last.pth", weights_only=True)
+    resumed = torch.load(run_dir / "last.pth", weights_only=True)
+    assert resumed["epoch"] == MAX_EPOCH - 1 and training_state_difference(straight, resumed) == 0.0
+    assert NOT_EXACT not in log.read_text()
+
+    result = subprocess.run([sys.executable, "train.py", *tiny_run_flags(potsdam_root, tmp_path), *RUN_FLAGS,
+                             "--exp", "threads", "--resume", str(other_threads / "last.pth"), "--stop_after", "1"],
+                            cwd=REPO, env={**env, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in (other_threads / "train.log").read_text().splitlines() if NOT_EXACT in line]
+    assert len(warnings) == 1 and warnings[0].endswith(f"resume: threads 1 → 2: {NOT_EXACT}")
+    assert torch.load(other_threads / "last.pth", weights_only=True)["epoch"] == 1  # the run went on
 
 
 def test_bf16_autocast_with_activation_checkpointing_trains_and_validates(potsdam_root, tmp_path):
@@ -311,3 +389,27 @@ def test_two_calls_in_one_process_use_their_own_dataset_roots(potsdam_root, tmp_
         train.main(second)
     assert stop.value.code == 2 and "data/posdam896" in capsys.readouterr().err
     assert config.get_cfg().DATASET.POSDAM_DIR == "./data/posdam896"
+
+
+def test_a_validation_that_scored_no_pixel_never_becomes_the_best():
+    """validate's mIoU is None when no labelled pixel was scored: recorded as 0.0, never a best snapshot."""
+    state = TrainingState()
+    assert record_validation(state, 0, None) == (False, "")
+    assert state.best.file_name == "" and (state.last_mean_iu, state.last_mean_iu_epoch) == (0.0, 0)
+    assert record_validation(state, 1, 0.0) == (True, "")  # a scored 0.0 is a result
+    assert state.best.file_name == "best_epoch_1_mean-iu_0.00000.pth"
+
+
+def test_pretrained_trunk_in_a_legacy_file_is_read_with_trusted_pickle(potsdam_root, tmp_path):
+    """--pretrained honours --trusted-pickle: a trunk file that also holds a Python object initialises the trunk
+    (a one-epoch run trains at LR 0, so the saved trunk weights are the file's)."""
+    source = network.get_model("pfnet_r50", 6, maxpool_size=2, avgpool_size=2, edge_points=8)
+    trunk_file = tmp_path / "resnet50-deep.pth"
+    torch.save({"state_dict": imagenet_file_state(source), "args": argparse.Namespace(arch="resnet50")}, trunk_file)
+    train.main(tiny_run_flags(potsdam_root, tmp_path) + ["--crop_size", "32", "--max_epoch", "1", "--bs_mult", "4",
+                                                         "--num_workers", "0", "--exp", "pretrained", "--pretrained",
+                                                         str(trunk_file), "--trusted-pickle"])
+    saved = torch.load(tmp_path / "ckpt" / "pretrained" / "Posdam-pfnet_r50" / "last.pth",
+                       weights_only=True)["state_dict"]
+    trunk = [key for key in source.state_dict() if key.startswith("layer") and key.endswith("conv1.weight")]
+    assert trunk and all(torch.equal(saved["module." + key], source.state_dict()[key]) for key in trunk)

@@ -553,7 +553,7 @@ def make_synthetic(dataset: str, out_dir: str | Path, seed: int = 0, num_images:
 def main(argv: list[str] | None = None) -> None:
     """Command line: write one synthetic raw dataset (or all three) into ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=(*DATASETS, "all"),
+    parser.add_argument("dataset", type=str.lower, choices=(*DATASETS, "all"),
                         help="which raw layout to write; 'all' writes each into OUT/<dataset>")
     parser.add_argument("--out", required=True, help="raw root folder to write into (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same files")

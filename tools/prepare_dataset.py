@@ -37,6 +37,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datasets.file_check import all_smaller_than, has_labelled_pixel, no_labelled_pixels  # noqa: E402
 from datasets.isaid import ISAIDDataset  # noqa: E402
 from datasets.isprs import PotsdamDataset  # noqa: E402
 from datasets.loveda import LoveDADataset  # noqa: E402
@@ -376,6 +377,7 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
         custom_bands = None if bands in (None, "default") else _explicit_bands(bands)
         jobs, notes = custom_jobs(spec, out, patch_size, stride, unknown_color, overwrite, workers, progress,
                                   custom_bands, on_error, policy)
+        _check_window_fits(dataset, jobs)
         return _run(dataset, _with_dataset_scaling(jobs, out, policy, notes), out, notes, workers, on_error,
                     progress)
     if raw is None:
@@ -417,6 +419,7 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
     if dataset != "loveda":
         _report_name_problems(dataset, raw, Path(image_dir) if image_dir else None,
                               Path(label_dir) if label_dir else None, label_variant, product, on_error, notes)
+    _check_window_fits(dataset, jobs)
     jobs = _with_dataset_scaling(jobs, out, policy, notes)
     record_geometry(out, {"dataset": dataset, "patch": None if whole_only else patch,
                           "stride": None if whole_only else stride, "label_variant": label_variant})
@@ -445,14 +448,50 @@ def _explicit_bands(bands: str | tuple[int, ...]) -> tuple[int, ...]:
 def _run(dataset: str, jobs: list[SplitJob], out: Path, notes: list[str], workers: int | None, on_error: str,
          progress: bool) -> RunSummary:
     """Clear partial files left by an interrupted run, save the jobs' scaling, then cut every job's image in the
-    worker pool."""
+    worker pool; refuse a result whose masks hold no labelled pixel (:func:`_check_labelled_splits`).
+
+    Raises:
+        ToolError: a split has no labelled pixel.
+    """
     if jobs and jobs[0].scaling is not None:
         jobs[0].scaling.save(out / SCALING_FILE)
     for folder in {job.image_out for job in jobs} | {job.mask_out for job in jobs if job.mask_out is not None}:
         remove_partial_files(folder)
     summary = run_jobs(f"prepare {dataset}", split_one, largest_first(jobs), workers, on_error, progress)
     summary.notes.extend(notes)
+    if summary.written:  # a re-run over finished outputs decodes nothing: its first run checked them
+        _check_labelled_splits(jobs)
     return summary
+
+
+def _check_window_fits(dataset: str, jobs: list[SplitJob]) -> None:
+    """Refuse a window that no image to be cut can hold (every image smaller in both directions), from the
+    image headers, before anything is written.
+
+    Raises:
+        ToolError: naming the window, the largest image and the --patch-size to pass.
+    """
+    cut = [job for job in jobs if not job.whole_only]
+    if not cut:
+        return
+    largest = all_smaller_than([job.image_path for job in cut], cut[0].patch_height)
+    if largest is not None:
+        raise ToolError(f"every {dataset} image is smaller than the {cut[0].patch_width} x {cut[0].patch_height} "
+                        f"window (the largest is {largest[1]} x {largest[0]} px), so no patch can be cut: pass "
+                        f"--patch-size {max(largest)} or less")
+
+
+def _check_labelled_splits(jobs: list[SplitJob]) -> None:
+    """Refuse a prepared split whose masks hold no labelled pixel (every pixel 255 = ignore, e.g. labels that
+    are all no-data): nothing could be trained on or scored there. Splits without masks are not checked.
+
+    Raises:
+        ToolError: naming the split's mask folder and how many masks it has.
+    """
+    for folder in sorted({job.mask_out for job in jobs if job.mask_out is not None and job.mask_path is not None}):
+        masks = sorted(folder.glob("*.png"))
+        if masks and not has_labelled_pixel(masks):
+            raise ToolError(no_labelled_pixels(f"prepared masks {folder}", len(masks)))
 
 
 def _geometry_text() -> str:
@@ -468,7 +507,8 @@ def _parse_tiles(text: str | None) -> tuple[str, ...] | None:
 def main(argv: list[str] | None = None) -> None:
     """Command line: parse the flags and run ``prepare``; prints the run summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=DATASETS, help="which dataset the raw folder holds (custom: --spec)")
+    parser.add_argument("dataset", type=str.lower, choices=DATASETS,
+                        help="which dataset the raw folder holds, in any letter case (custom: --spec)")
     parser.add_argument("--raw", default=None, help="root of the unpacked official download (not for custom)")
     parser.add_argument("--spec", default=None,
                         help="custom: YAML description of your images, masks, classes and splits "

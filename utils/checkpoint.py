@@ -206,8 +206,8 @@ def _mismatch_hint(model_state: dict[str, torch.Tensor], found: dict[str, torch.
     expected, stored = model_state.get(classifier_key or ""), found.get(classifier_key or "")
     if expected is not None and stored is not None and expected.shape != stored.shape:
         return (f" The checkpoint was trained for {stored.shape[0]} classes, the model has "
-                f"{expected.shape[0]}: pick the matching dataset, or load only the backbone "
-                f"with partial=True to fine-tune.")
+                f"{expected.shape[0]}: pick the matching dataset, or load only the tensors that fit to "
+                f"fine-tune (train.py --snapshot_partial; Python: strict_shapes=False).")
     return " Is the checkpoint for this architecture (--arch)?"
 
 

@@ -29,7 +29,7 @@ else
 fi
 now=$(date +"%Y%m%d_%H%M%S")
 mkdir -p "${EXP_DIR}"
-"${PYTHON}" -m torch.distributed.run "${LAUNCH[@]}" --nproc_per_node="${GPUS}" train.py \
+"${PYTHON}" -m engine.launch "${LAUNCH[@]}" --nproc_per_node="${GPUS}" train.py \
   --dataset LoveDA \
   --arch pfnet_r50 \
   --pretrained ./pretrained_models/resnet50-deep.pth \

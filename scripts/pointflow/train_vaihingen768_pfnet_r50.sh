@@ -11,7 +11,8 @@
 # first node, with NNODES > 1), BS_MULT (patches per GPU, default 2: the global batch is NNODES*GPUS*BS_MULT;
 # the LR is not rescaled), EXP_DIR (default ./vaihingen), PYTHON (default python).
 # Differences from the original script, flag by flag:
-#   torchrun replaces torch.distributed.launch; --apex is dropped (torch DDP does its job; the original
+#   torchrun (as engine.launch: one closing line instead of its traceback) replaces torch.distributed.launch;
+#   --apex is dropped (torch DDP does its job; the original
 #   trained in float32, as here: add --amp bf16 or fp16 for mixed precision);
 #   --class_uniform_pct 0.5 --class_uniform_tile 1024 --max_cu_epoch 200 are dropped: the original's
 #   datasets never built class-uniform epochs, so the published models saw plain shuffled patches;
@@ -32,7 +33,7 @@ else
 fi
 now=$(date +"%Y%m%d_%H%M%S")
 mkdir -p "${EXP_DIR}"
-"${PYTHON}" -m torch.distributed.run "${LAUNCH[@]}" --nproc_per_node="${GPUS}" train.py \
+"${PYTHON}" -m engine.launch "${LAUNCH[@]}" --nproc_per_node="${GPUS}" train.py \
   --dataset Vaihingen \
   --cv 0 \
   --arch pfnet_r50 \
