@@ -190,26 +190,44 @@ def test_torch_compile_agrees_with_the_eager_model_at_every_offset(trained_upern
 
 
 def test_predict_onnxruntime_backend_equals_pytorch_on_whole_tiles(trained, tmp_path):
-    """predict.py as a user runs it, default flags, 128 px windows: the two backends' masks on whole tiles."""
+    """predict.py as a user runs it, 128 px windows blended: the two backends' masks and uint8 class
+    probabilities on every whole tile."""
     reference, _, _, onnx_path = trained
     tiles = reference.tiles[0].parent
-    masks = {}
+    outputs = {}
     for backend, model_flags in (("pytorch", ["--snapshot", str(reference.checkpoint)]),
                                  ("onnxruntime", ["--onnx", str(onnx_path)])):
         out = tmp_path / backend
         result = run_script("predict.py", str(tiles), "--backend", backend, *model_flags, "--window", "128",
-                            "--out_dir", str(out), timeout=900)
+                            "--probabilities", "--out_dir", str(out), timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
-        masks[backend] = {tile.name: read_mask(out / f"{tile.stem}_pred.tif") for tile in reference.tiles}
-    for name, mask in masks["pytorch"].items():
-        other = masks["onnxruntime"][name]
-        assert mask.shape == other.shape == (256, 256)
-        assert (mask == other).mean() >= 0.999, (name, (mask == other).mean())
+        outputs[backend] = {tile.name: (read_raster(out / f"{tile.stem}_pred.tif"),
+                                        read_raster(out / f"{tile.stem}_prob.tif")) for tile in reference.tiles}
+    for name, (mask, probabilities) in outputs["pytorch"].items():
+        other_mask, other_probabilities = outputs["onnxruntime"][name]
+        assert mask.shape == other_mask.shape == (1, 256, 256)
+        assert (mask == other_mask).mean() >= 0.999, (name, (mask == other_mask).mean())
+        close = np.abs(probabilities.astype(int) - other_probabilities.astype(int)) <= 1  # uint8 rounding
+        assert close.mean() >= 0.999, (name, close.mean())
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """The class ids of a predicted mask GeoTIFF: (H, W) uint8."""
+def test_custom_dataset_checkpoint_exports_without_a_dataset_flag_and_agrees(trained_custom, tmp_path):
+    """A checkpoint of a custom dataset: exported with no dataset flag, it carries the custom class names and
+    agrees with the eager model at every offset."""
+    onnx_model = OnnxModel(export_fp32(trained_custom, tmp_path))
+    assert tuple(onnx_model.class_names) == trained_custom.class_names
+    model, _ = restore(trained_custom.checkpoint)
+    relative_bound, agreement_bound = documented_bounds()["ONNX fp32", "pfnet_r50"]
+    with torch.no_grad():
+        for window in windows(trained_custom.tiles[0], 128):
+            relative, agree = agreement(model(window), onnx_model(window))
+            assert agree >= agreement_bound
+            assert relative <= relative_bound or edge_point_ties(model, window), relative
+
+
+def read_raster(path: Path) -> np.ndarray:
+    """Every band of a GeoTIFF written by predict.py: (bands, H, W)."""
     import rasterio
 
     with rasterio.open(path) as source:
-        return source.read(1)
+        return source.read()

@@ -55,13 +55,16 @@ def _irrg(raw: Path, tile: str) -> np.ndarray:
 
 
 def test_irrg_product_and_bad_band_choices(raw, tmp_path):
-    prepare("potsdam", raw, tmp_path / "out", product="IRRG", workers=1, progress=False)
-    np.testing.assert_array_equal(_patch(tmp_path / "out", "train", "top_potsdam_2_10_IRRG.png"), _irrg(raw, "2_10"))
+    prepare("potsdam", raw, tmp_path / "out", product="IRRG", patch_size=32, stride=32, workers=1, progress=False)
+    np.testing.assert_array_equal(_patch(tmp_path / "out", "train", "top_potsdam_2_10_IRRG_32_64_0_32.png"),
+                                  _irrg(raw, "2_10")[32:64, :32])
     with pytest.raises(ToolError, match="--bands irrg needs an infrared band"):
-        prepare("potsdam", raw, tmp_path / "x", bands="irrg", workers=1, progress=False)
+        prepare("potsdam", raw, tmp_path / "x", bands="irrg", patch_size=32, stride=32, workers=1, progress=False)
     with pytest.raises(ToolError, match="--bands needs three 1-based band numbers"):
-        prepare("potsdam", raw, tmp_path / "x", product="RGBIR", bands="4,1", workers=1, progress=False)
+        prepare("potsdam", raw, tmp_path / "x", product="RGBIR", bands="4,1", patch_size=32, stride=32, workers=1,
+                progress=False)
     with pytest.raises(ToolError, match="band"):
-        prepare("potsdam", raw, tmp_path / "x", product="IRRG", bands="4,1,2", workers=1, progress=False)
+        prepare("potsdam", raw, tmp_path / "x", product="IRRG", bands="4,1,2", patch_size=32, stride=32, workers=1,
+                progress=False)
     with pytest.raises(ToolError, match="--bands is for Potsdam's products and custom datasets"):
         prepare("vaihingen", raw, tmp_path / "x", bands="3,2,1", workers=1, progress=False)
