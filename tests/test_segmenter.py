@@ -1,5 +1,5 @@
-"""The inference entry points keep their outputs bit for bit: predict.py's mask and probability GeoTIFFs and
-eval.py's metrics.json, on models trained by train.py (tests/trained_models.py).
+"""``evaluation.segmenter``, and the inference entry points built on it keep their outputs bit for bit: predict.py's
+mask and probability GeoTIFFs and eval.py's metrics.json, on models trained by train.py (tests/trained_models.py).
 
 The expected outputs are computed here with the building blocks of ``evaluation.inference``
 (``predict_large_image``, ``infer_logits``) called with explicit arguments, on the model as
@@ -22,6 +22,7 @@ from evaluation.dataset_split import load_split
 from evaluation.inference import infer_logits, predict_large_image
 from evaluation.metrics import metrics_summary
 from evaluation.restore import restore_model
+from evaluation.segmenter import DEFAULT_PROTOCOL, Protocol, Segmenter, generic_classes
 from network.options import add_model_flags
 from utils.image_io import open_raster, read_image
 
@@ -62,18 +63,13 @@ def read_bands(path: Path) -> np.ndarray:
         return source.read()
 
 
-def test_predict_writes_the_masks_and_probabilities_of_the_inference_functions(trained, tmp_path):
-    pytest.importorskip("rasterio", reason="GeoTIFF tiles need rasterio (optional)")
-    reference, model = trained
-    tile = reference.tiles[0]
-    result = run_script("predict.py", str(tile), "--snapshot", str(reference.checkpoint), "--out_dir",
-                        str(tmp_path), "--probabilities", "--device", "cpu", *PREDICT_FLAGS)
-    assert result.returncode == 0, result.stderr[-3000:]
-
+def expected_tile_outputs(model, tile: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) class ids and (K, H, W) uint8 probabilities of ``tile`` by ``predict_large_image`` with
+    :data:`PREDICT_PROTOCOL`, read as predict.py reads it."""
     with open_raster(tile) as source:
         height, width = source.height, source.width
         mask = np.full((height, width), 77, np.uint8)
-        probabilities = np.full((len(reference.class_names), height, width), 77, np.uint8)
+        probabilities = np.full((num_classes, height, width), 77, np.uint8)
 
         def write_mask(top, left, block):
             mask[top : top + block.shape[0], left : left + block.shape[1]] = block
@@ -84,6 +80,18 @@ def test_predict_writes_the_masks_and_probabilities_of_the_inference_functions(t
         predict_large_image(model, source.read, (height, width), write_mask, valid_region=source.valid_mask,
                             write_probabilities=write_probabilities, device="cpu", show_progress=False,
                             **PREDICT_PROTOCOL)
+    return mask, probabilities
+
+
+def test_predict_writes_the_masks_and_probabilities_of_the_inference_functions(trained, tmp_path):
+    pytest.importorskip("rasterio", reason="GeoTIFF tiles need rasterio (optional)")
+    reference, model = trained
+    tile = reference.tiles[0]
+    result = run_script("predict.py", str(tile), "--snapshot", str(reference.checkpoint), "--out_dir",
+                        str(tmp_path), "--probabilities", "--device", "cpu", *PREDICT_FLAGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    mask, probabilities = expected_tile_outputs(model, tile, len(reference.class_names))
     written_mask = read_bands(tmp_path / f"{tile.stem}_pred.tif")
     written_probabilities = read_bands(tmp_path / f"{tile.stem}_prob.tif")
     assert len(np.unique(probabilities)) > 5  # the trained models' certainties vary across the tile
@@ -117,3 +125,51 @@ def test_eval_scores_the_predictions_of_the_inference_functions(trained, referen
     assert written["confusion_matrix"] == matrix.tolist()
     for key in ("classes", "miou", "mean_f1", "mean_accuracy", "overall_accuracy", "fwiou", "pixels"):
         assert written[key] == expected[key], key
+
+
+def test_segmenter_on_arrays_and_batches_equals_the_inference_functions(trained):
+    reference, model = trained
+    tile = reference.tiles[0]
+    protocol = Protocol(window=96, stride=64, batch=2, scales=(0.75, 1.0), flip=True)
+    segmenter = Segmenter.from_checkpoint(reference.checkpoint, protocol=protocol)
+    # the classes train.py saved in the checkpoint, the arch and options it saved
+    assert segmenter.class_names == list(reference.class_names) and segmenter.num_classes == 6
+    assert segmenter.palette.shape == (6, 3) and segmenter.resolved.arch == reference.arch
+
+    class_ids, probabilities = segmenter.predict_array(read_image(tile), return_probabilities=True)
+    mask, expected_probabilities = expected_tile_outputs(model, tile, 6)
+    np.testing.assert_array_equal(class_ids, mask)
+    assert probabilities.dtype == np.float32 and probabilities.shape == (6, 256, 256)
+    np.testing.assert_array_equal(probabilities, expected_probabilities.astype(np.float32) / 255)
+    np.testing.assert_array_equal(segmenter.predict_array(read_image(tile)), mask)
+
+    # a batch: the sliding windows and test-time augmentation of infer_logits, bit for bit
+    batch = torch.stack([normalize_image(read_image(path)[:80, :120]) for path in reference.tiles[:2]])
+    expected = infer_logits(model, batch, window=96, stride=64, batch_size=2, scales=(0.75, 1.0), flip=True,
+                            blend="gaussian")
+    assert torch.equal(segmenter.logits(batch), expected)
+
+    # no window: the whole image in one pass, as infer_logits without a window
+    whole = Segmenter(segmenter.model, (segmenter.class_names, segmenter.palette), Protocol(flip=True))
+    assert torch.equal(whole.logits(batch), infer_logits(model, batch, flip=True))
+    pixels = read_image(tile)[:100, :72]  # taller than wide: predict_large_image's strips run down it
+    np.testing.assert_array_equal(whole.predict_array(pixels),
+                                  infer_logits(model, normalize_image(pixels)[None], flip=True).argmax(1)[0].numpy())
+
+
+def test_protocol_and_options_are_checked_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="--stride must be between 1 and --window"):
+        Protocol(window=64, stride=80)
+    with pytest.raises(ValueError, match="--blend"):
+        Protocol(blend="max")
+    with pytest.raises(ValueError, match="--scales"):
+        Protocol(scales=(1.0, 0.0))
+    with pytest.raises(ValueError, match="--batch_size"):
+        Protocol(batch=0)
+    assert Protocol(window=96).step == 64 and Protocol().step is None  # ceil(96 x 2/3)
+    assert (DEFAULT_PROTOCOL.window, DEFAULT_PROTOCOL.blend, DEFAULT_PROTOCOL.step) == (896, "gaussian", 598)
+    with pytest.raises(TypeError, match="unknown model option"):
+        Segmenter.from_checkpoint(tmp_path / "missing.pth", maxpool=4)
+    segmenter = Segmenter(torch.nn.Identity(), generic_classes(3))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        segmenter.predict_array(np.zeros((8, 8), np.uint8))
