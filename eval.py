@@ -48,7 +48,6 @@ from datasets.registry import DATASETS, names_text, val_splits_text
 from engine.cpu_precision import emulated_precision_note
 from evaluation import cli
 from evaluation.dataset_split import DATASET_NAMES, default_split, load_split
-from evaluation.inference import infer_logits
 from evaluation.metrics import (
     ConfusionMatrix,
     erode_class_boundaries,
@@ -59,7 +58,8 @@ from evaluation.metrics import (
     write_metrics_json,
 )
 from evaluation.report import make_sample, write_report
-from evaluation.restore import add_speed_flags, restore_model, speed_options
+from evaluation.restore import add_speed_flags
+from evaluation.segmenter import Protocol, Segmenter
 from network.options import add_model_flags
 from network.zoo import apply_weights_flag
 from utils.atomic import exit_on_write_error
@@ -286,21 +286,19 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     if args.eroded_masks:
         items = replace_masks(items, args.eroded_masks)
     exclude = parse_class_list(args.exclude_classes, class_names)
-    scales = (1.0,) if args.single_scale else cli.parse_scales(args.scales)
+    protocol = Protocol.from_args(args)
     read_options = cli.band_options(args)
-    sliding = args.inference_mode == "sliding"
+    sliding = protocol.window is not None
     if args.batch_size > 1 and not sliding and not args.resize_scale:
         raise ValueError("--batch_size > 1 in whole mode needs --resize_scale (images of one size)")
-    stride = cli.window_stride(args.window, args.stride, args.overlap) if sliding else None
     out_dir = output_dir(args)
     if (out_dir / "metrics.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out_dir / 'metrics.json'} exists; pass --overwrite or choose --out_dir")
     where = f"split {args.split} of {args.dataset} ({Path(root) / args.split})"
     check_split_masks(args, items, len(class_names), where)
     apply_weights_flag(args)
-    restored = restore_model(args, args.snapshot, len(class_names), device=args.device,
-                             trusted_pickle=args.trusted_pickle, **speed_options(args))
-    model, checkpoint_extras, resolved = restored.model, restored.extras, restored.resolved
+    segmenter = Segmenter.from_args(args, classes=(class_names, palette), protocol=protocol)
+    checkpoint_extras, resolved = segmenter.extras, segmenter.resolved
     class_mismatch = describe_class_mismatch(args, checkpoint_extras, class_names)
     if class_mismatch and not args.allow_class_mismatch:
         raise ValueError(f"{class_mismatch}: evaluate it on the dataset it was trained on, or pass "
@@ -318,9 +316,10 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     if class_mismatch:
         log.warning("warning: %s (--allow_class_mismatch): the scores compare different data or classes",
                     class_mismatch)
-    log.info("mode %s, scales %s, transforms %s, resize %s%s; output %s", args.inference_mode, scales,
-             cli.tta_options(args), args.resize_scale,
-             f", window {args.window} stride {stride} blend {args.blend}" if sliding else "", out_dir)
+    log.info("mode %s, scales %s, transforms %s, resize %s%s; output %s", args.inference_mode, protocol.scales,
+             protocol.transforms, args.resize_scale,
+             f", window {protocol.window} stride {protocol.step} blend {protocol.blend}" if sliding else "",
+             out_dir)
 
     dataset = ProtocolDataset(items, len(class_names), args.resize_scale, args.boundary_ignore, read_options)
     loader = DataLoader(dataset, batch_size=1 if sliding else args.batch_size, shuffle=False,
@@ -330,11 +329,7 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     images_scored = 0
     progress = tqdm(loader, desc=f"eval {args.split}", unit="batch")
     for batch_index, batch in enumerate(progress):
-        logits = infer_logits(
-            model, batch["image"].to(args.device), scales=scales, **cli.tta_options(args),
-            window=args.window if sliding else None, stride=stride, batch_size=args.batch_size, blend=args.blend,
-        )
-        predictions = logits.argmax(1)
+        predictions = segmenter.logits(batch["image"]).argmax(1)
         meter.update(predictions, batch["mask"])
         images_scored += len(predictions)
         progress.set_description(f"mIoU {100 * meter.compute()['miou']:.2f}")
@@ -357,10 +352,10 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
         else float(checkpoint_extras["mean_iu"]),
         "images": images_scored,
         "protocol": {
-            "inference_mode": args.inference_mode, "scales": list(scales), **cli.tta_options(args),
-            "blend": args.blend if sliding else None,
-            "resize_scale": args.resize_scale, "crop_size": args.window if sliding else None,
-            "stride": stride, "eroded_masks": args.eroded_masks, "boundary_ignore": args.boundary_ignore,
+            "inference_mode": args.inference_mode, "scales": list(protocol.scales), **protocol.transforms,
+            "blend": protocol.blend if sliding else None,
+            "resize_scale": args.resize_scale, "crop_size": protocol.window,
+            "stride": protocol.step, "eroded_masks": args.eroded_masks, "boundary_ignore": args.boundary_ignore,
         },
         "model_options": resolved.options,
         "model_option_sources": resolved.sources,

@@ -2,7 +2,7 @@
 
 Every image, whatever its size, is segmented with overlapping sliding windows blended with Gaussian
 weights (``--blend mean``: the uniform average); memory is bounded by the window, not the image (see
-``evaluation.inference.predict_large_image``; PNG/JPEG inputs are decoded whole, GeoTIFFs and VRTs are
+``evaluation.segmenter.Segmenter.predict_raster``; PNG/JPEG inputs are decoded whole, GeoTIFFs and VRTs are
 read window by window). Inputs are read by ``utils.image_io``: ``--bands`` picks three bands of a
 multi-band raster, 16-bit and float imagery is scaled by its stated rule (``--scaling``), nodata and
 alpha are respected (no prediction there: the mask holds 255).
@@ -41,7 +41,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -56,22 +55,18 @@ from evaluation.cli import (
     add_weights_argument,
     add_window_arguments,
     band_options,
-    check_batch_size,
-    parse_scales,
-    tta_options,
-    window_stride,
 )
 from evaluation.dataset_split import dataset_table
-from evaluation.inference import NODATA_CLASS, predict_large_image
-from evaluation.onnx_backend import add_backend_flags, check_backend_flags, onnx_backend_model
-from evaluation.restore import add_speed_flags, restore_model, saved_class_table, speed_options
+from evaluation.inference import NODATA_CLASS
+from evaluation.onnx_backend import add_backend_flags, check_backend_flags
+from evaluation.restore import add_speed_flags
+from evaluation.segmenter import DEFAULT_PROTOCOL, Protocol, Segmenter, require_valid_pixels
 from network.options import add_model_flags
 from network.zoo import apply_weights_flag
 from utils.atomic import atomic_write_bytes, exit_on_write_error, remove_stale_partial_files
 from utils.checkpoint import CheckpointMismatchError
 from utils.image_io import IMAGE_SUFFIXES, RASTER_SUFFIXES, ImageReadError, image_size, open_raster
-from utils.palette import default_palette
-from utils.raster_io import CogSink, PaletteMaskSink, write_polygons
+from utils.raster_io import write_polygons
 from utils.run_lock import FolderBusyError, FolderLock, lock_folder, utc_timestamp
 
 SUMMARY_FILE = "predict_summary.json"
@@ -118,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on an image that cannot be read or segmented: stop naming it (default), or skip it, "
                              "go on and list it at the end (a re-run retries it)")
     inference = parser.add_argument_group("inference")
-    add_window_arguments(inference, window=896, blend="gaussian")
+    add_window_arguments(inference, window=DEFAULT_PROTOCOL.window, blend=DEFAULT_PROTOCOL.blend)
     add_tta_arguments(inference, scales="1.0", flip=False)
     add_band_arguments(inference)
     add_run_arguments(parser)
@@ -203,14 +198,8 @@ def check_input(path: Path, read_options: dict) -> tuple[int, int]:
     if path.suffix.lower() not in RASTER_SUFFIXES:
         return image_size(path)
     with open_raster(path, **read_options) as source:
-        check_has_data(path, source)
+        require_valid_pixels(path, source)
         return source.height, source.width
-
-
-def check_has_data(path: Path, source) -> None:
-    """Raises ImageReadError naming ``path`` when the sampled pixels of ``source`` are all nodata."""
-    if source.sample_valid_fraction == 0:
-        raise ImageReadError(f"{path} has no valid pixels (all nodata or alpha 0): nothing to segment")
 
 
 def check_job(job: Job, read_options: dict, overwrite: bool) -> bool:
@@ -246,54 +235,17 @@ def check_out_dir(out_dir: Path) -> None:
     remove_stale_partial_files(out_dir)
 
 
-@dataclass
-class Settings:
-    """What every job of a run shares: the flags' values checked and parsed."""
-
-    stride: int
-    scales: tuple[float, ...]
-    read_options: dict
-    palette: np.ndarray
-    class_names: list[str]
-
-
-def predict_file(model, job: Job, settings: Settings, args: argparse.Namespace, show_progress: bool = True) -> None:
+def predict_file(segmenter: Segmenter, job: Job, read_options: dict, show_progress: bool = True) -> None:
     """Segment one image into its outputs (each published atomically; partial files removed on failure).
 
     Raises:
         ImageReadError: unreadable pixels, bands out of range or no valid pixel; utils.atomic.WriteError:
             an output could not be written.
     """
-    with open_raster(job.image, **settings.read_options) as source:
-        check_has_data(job.image, source)
-        if job.mask.suffix == ".png" and source.geo_profile is not None:
-            print(f"warning: {job.image} is georeferenced but {job.mask} is a PNG: the georeference is dropped "
-                  "(use --format tif to keep it)", file=sys.stderr)
-        size = (source.height, source.width)
-        sinks = []
-        try:  # on any failure every unfinished output is dropped: nothing partial is left
-            if job.mask.suffix == ".tif":
-                sinks.append(CogSink(job.mask, *size, geo_profile=source.geo_profile, nodata=NODATA_CLASS,
-                                     palette=settings.palette))
-            else:
-                sinks.append(PaletteMaskSink(job.mask, *size, settings.palette))
-            if job.probabilities is not None:
-                sinks.append(CogSink(job.probabilities, *size, count=len(settings.class_names),
-                                     geo_profile=source.geo_profile))
-            predict_large_image(
-                model, source.read, size, sinks[0].write, window=args.window, stride=settings.stride,
-                batch_size=args.batch_size, scales=settings.scales, **tta_options(args), blend=args.blend,
-                valid_region=source.valid_mask, write_probabilities=sinks[1].write if len(sinks) > 1 else None,
-                device=args.device, show_progress=show_progress,
-            )
-            for sink in sinks:
-                sink.close()
-        except BaseException:
-            for sink in sinks:
-                sink.abort()
-            raise
+    segmenter.predict_raster(job.image, job.mask, job.probabilities, read_options=read_options,
+                             show_progress=show_progress)
     if job.polygons is not None:
-        write_polygons(job.mask, job.polygons, settings.class_names, NODATA_CLASS)
+        write_polygons(job.mask, job.polygons, segmenter.class_names, NODATA_CLASS)
 
 
 def distributed_context(device: str) -> tuple[int, int, str]:
@@ -418,23 +370,18 @@ def lock_out_dir(out_dir: Path, lock_timeout: float, rank: int, world: int) -> F
     return lock
 
 
-def load_model(args: argparse.Namespace, todo: list[Job]) -> tuple[object, list[str], np.ndarray]:
-    """(model or None when there is nothing to do, class names, palette) from the checkpoint or ONNX file,
-    ``--dataset`` giving the classes when set (else the checkpoint's saved ones, else generic ones)."""
-    class_names, palette = dataset_table(args.dataset, args.dataset_spec) if args.dataset else ([], None)
+def load_segmenter(args: argparse.Namespace, protocol: Protocol, todo: list[Job]) -> Segmenter | None:
+    """The :class:`Segmenter` of the checkpoint or ONNX file (None when there is nothing to do), ``--dataset``
+    giving the classes when set (else the checkpoint's saved ones or the file's, else generic ones)."""
+    classes = dataset_table(args.dataset, args.dataset_spec) if args.dataset else None
     if not todo:  # nothing to do (all finished): no model to load
-        return None, class_names, palette
-    if args.backend == "onnxruntime":
-        return onnx_backend_model(args, class_names, palette)
-    restored = restore_model(args, args.snapshot, len(class_names) if args.dataset else None,
-                             device=args.device, trusted_pickle=args.trusted_pickle, **speed_options(args))
-    for warning in restored.resolved.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(f"model: {restored.resolved.describe()}")
-    if palette is None:  # the classes train.py saved in the checkpoint, else generic ones
-        class_names, palette = saved_class_table(restored.extras) or (
-            [f"class_{index}" for index in range(restored.num_classes)], default_palette(restored.num_classes))
-    return restored.model, class_names, palette
+        return None
+    segmenter = Segmenter.from_args(args, classes=classes, protocol=protocol)
+    if segmenter.resolved is not None:
+        for warning in segmenter.resolved.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"model: {segmenter.resolved.describe()}")
+    return segmenter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,10 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     started = utc_timestamp()
     try:
         check_backend_flags(args)
-        stride = window_stride(args.window, args.stride, args.overlap)
-        scales = parse_scales(args.scales)
+        protocol = Protocol.from_args(args)
         read_options = band_options(args)
-        check_batch_size(args.batch_size)
         if not args.lock_timeout >= 0:
             raise ValueError(f"--lock_timeout must be 0 or more seconds, got {args.lock_timeout}")
         out_dir = Path(args.out_dir)
@@ -477,14 +422,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             todo = sort_out_jobs(todo, read_options, args, results)  # another run may have finished some meanwhile
-            model, class_names, palette = load_model(args, todo)
+            segmenter = load_segmenter(args, protocol, todo)
         except USAGE_ERRORS as error:
             parser.error(str(error))
-        settings = Settings(stride, scales, read_options, palette, list(class_names))
         with tqdm(todo, desc="images", unit="img", disable=len(todo) < 2) as progress:  # closed before an error
             for job in progress:
                 try:
-                    predict_file(model, job, settings, args)
+                    predict_file(segmenter, job, read_options)
                 except (ValueError, ImportError, OSError) as error:
                     if args.on_error == "error":
                         progress.close()

@@ -1,6 +1,7 @@
 """Benchmark evaluation and large-tile prediction: throughput and peak memory.
 
-Each measurement runs in a fresh child process, so its peak resident memory (``ru_maxrss``, which
+Both go through ``evaluation.segmenter.Segmenter``, as eval.py and predict.py do. Each measurement runs in a
+fresh child process, so its peak resident memory (``ru_maxrss``, which
 includes the Python/torch runtime and the model) is its own. Weights are random (speed and memory
 do not depend on them). The model goes through ``network.optimize_for_inference`` as eval.py and
 predict.py do by default (``--no_optimize``: the model as built). Timings on a shared machine are
@@ -56,7 +57,7 @@ def child_eval_mode(args: argparse.Namespace) -> None:
     import torch
 
     import network
-    from evaluation.inference import infer_logits
+    from evaluation.segmenter import Protocol, Segmenter, generic_classes
 
     torch.manual_seed(0)
     model = network.get_model(args.arch, args.classes).eval().to(args.device)
@@ -64,15 +65,17 @@ def child_eval_mode(args: argparse.Namespace) -> None:
         model = network.optimize_for_inference(model)  # the plain copy is dropped, as in eval.py
     images = torch.randn(args.images + 1, 3, args.size, args.size, device=args.device)
     sliding = args.mode == "sliding"
-    options = {"window": args.window, "stride": math.ceil(args.window * (1 - args.overlap)),
-               "batch_size": args.batch_size} if sliding else {}
-    infer_logits(model, images[:1], **options)  # warm-up
+    protocol = Protocol(window=args.window if sliding else None, overlap=args.overlap, blend="mean",
+                        batch=args.batch_size)
+    segmenter = Segmenter(model, generic_classes(args.classes), protocol, args.device)
+    options = {"window": protocol.window, "stride": protocol.step, "batch_size": protocol.batch} if sliding else {}
+    segmenter.logits(images[:1])  # warm-up
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for index in range(1, args.images + 1):
-        infer_logits(model, images[index : index + 1], **options).argmax(1).cpu()
+        segmenter.logits(images[index : index + 1]).argmax(1).cpu()
     seconds = time.perf_counter() - start
     result = {"mode": args.mode, "size": args.size, "classes": args.classes, "optimized": not args.no_optimize,
               "images_per_s": round(args.images / seconds, 4), "threads": torch.get_num_threads(),
@@ -83,15 +86,21 @@ def child_eval_mode(args: argparse.Namespace) -> None:
 
 
 def child_predict(args: argparse.Namespace) -> None:
-    """Child: run predict.py on the prepared tile; print the wall time as a JSON line."""
+    """Child: segment the prepared tile as predict.py does (its protocol, a mask of the tile's format); print the
+    wall time, loading the checkpoint included, as a JSON line."""
+    import dataclasses
+
     import torch
 
-    import predict
+    from evaluation.segmenter import DEFAULT_PROTOCOL, Segmenter
 
     start = time.perf_counter()
-    predict.main([args.tile, "--snapshot", args.snapshot, "--out_dir", args.out_dir, "--window", str(args.window),
-                  "--batch_size", str(args.batch_size), "--device", args.device, "--overwrite",
-                  *optimize_flags(args)])
+    protocol = dataclasses.replace(DEFAULT_PROTOCOL, window=args.window, batch=args.batch_size)
+    segmenter = Segmenter.from_checkpoint(args.snapshot, device=args.device, protocol=protocol,
+                                          optimize=not args.no_optimize)
+    tile, out_dir = Path(args.tile), Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    segmenter.predict_raster(tile, out_dir / f"{tile.stem}_pred{tile.suffix}")
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": round(seconds, 1), "threads": torch.get_num_threads()}))
 

@@ -170,11 +170,6 @@ def band_options(args: argparse.Namespace) -> dict:
             "policy": source_policy(args)}
 
 
-def tta_options(args: argparse.Namespace) -> dict:
-    """``flip``, ``vflip`` and ``rot90`` keyword arguments of ``evaluation.inference`` from the parsed flags."""
-    return {"flip": args.flip, "vflip": args.vflip, "rot90": args.rot90}
-
-
 def check_batch_size(batch_size: int) -> None:
     """Raises ValueError naming ``--batch_size`` unless it is at least 1."""
     if batch_size < 1:

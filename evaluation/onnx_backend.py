@@ -2,8 +2,8 @@
 
 ``OnnxModel(path)(images)`` maps (N, 3, H, W) float32 normalised images to (N, K, H, W) float32 logits
 like an eval-mode PyTorch model, so ``evaluation.inference`` (sliding windows, blending, scales, flips,
-strips of large GeoTIFF tiles) runs unchanged on it. The class count, class names and palette come from
-the file's metadata (written by ``tools/export_onnx.py``).
+strips of large GeoTIFF tiles) runs unchanged on it, as ``evaluation.segmenter.Segmenter.from_onnx``. The
+class count, class names and palette come from the file's metadata (written by ``tools/export_onnx.py``).
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from evaluation.onnx_export import INPUT_NAME, MIN_SIZE, OUTPUT_NAME
-from utils.palette import default_palette
 
 
 class OnnxModel:
@@ -111,26 +110,3 @@ def check_backend_flags(args: argparse.Namespace) -> None:
     elif not args.snapshot and not args.weights:
         raise ValueError("--snapshot is required (or --weights NAME, or run an exported model: --backend "
                          "onnxruntime --onnx FILE)")
-
-
-def onnx_backend_model(args: argparse.Namespace, class_names: list[str],
-                       palette: np.ndarray | None) -> tuple[OnnxModel, list[str], np.ndarray]:
-    """The :class:`OnnxModel` of ``--onnx`` and the class names and palette to write outputs with.
-
-    ``class_names`` / ``palette`` are the dataset's when ``--dataset`` is given (empty list / None otherwise):
-    they win, and their class count must match the file's. Otherwise the file's metadata gives them, else
-    generic ones (``class_0``, ..., ``utils.palette.default_palette``).
-
-    Raises:
-        ValueError: the file's class count differs from the dataset's, or see :class:`OnnxModel`.
-        FileNotFoundError / ImportError: see :class:`OnnxModel`.
-    """
-    model = OnnxModel(args.onnx)
-    count = model.num_classes
-    if palette is not None:
-        if len(palette) != count:
-            raise ValueError(f"class-count mismatch: {args.onnx} predicts {count} classes but --dataset has "
-                             f"{len(palette)}")
-        return model, class_names, palette
-    names = model.class_names or [f"class_{index}" for index in range(count)]
-    return model, names, model.palette if model.palette is not None else default_palette(count)

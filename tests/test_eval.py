@@ -198,7 +198,7 @@ def test_boundary_ignore_drops_border_band(tmp_path, model_and_checkpoint):
 
 def test_output_folder_inferred_like_the_original():
     args = argparse.Namespace(out_dir=None, snapshot="runs/ckpts/exp1/r50/best.pth", exp_name=None, ckpt_path=None,
-                              split="val")
+                              split="val", weights=None)
     assert evaluation.output_dir(args) == Path("ckpts/exp1/val")
     args.ckpt_path, args.snapshot = "results", "iSAID_r50.pth"
     assert evaluation.output_dir(args) == Path("results/val")
