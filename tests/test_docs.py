@@ -58,12 +58,14 @@ def option_strings(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def code_text(markdown: str) -> list[str]:
-    """The command-like text of a Markdown page: each line of its fenced blocks (continuation lines joined) and
-    each inline code span."""
+    """The command-like text of a Markdown page: each line of its fenced and indented code blocks (continuation
+    lines joined) and each inline code span."""
     pieces = []
     for block in re.findall(r"```[^\n]*\n(.*?)```", markdown, re.S):
         pieces += block.replace("\\\n", " ").splitlines()
-    prose = re.sub(r"```.*?```", "", markdown, flags=re.S)
+    prose = re.sub(r"```.*?```", "", markdown, flags=re.S).replace("\\\n", " ")
+    pieces += re.findall(r"^ {4}(\S.*)$", prose, re.M)
+    prose = re.sub(r"^ {4}\S.*$", "", prose, flags=re.M)
     pieces += re.findall(r"`([^`\n]+)`", prose.replace("\n", " "))
     return pieces
 
@@ -146,6 +148,8 @@ def test_every_named_repository_path_exists():
     ("Run `python eval.py -im whole --no_flip | tee log` or `bash scripts/train.sh x.yaml 2 --amp bf16`.",
      [("eval.py", ["-im", "--no_flip"]), ("train.py", ["--amp"])]),
     ("`make test` and `python -m bench --smoke` name no entry point.", []),
+    ("Indented:\n\n    python predict.py a.tif --out_dir o \\\n        --window 512\n",
+     [("predict.py", ["--out_dir", "--window"])]),
 ])
 def test_commands_are_read_with_their_flags(markdown, expected):
     assert documented_commands(markdown) == expected
