@@ -229,6 +229,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
                 raise ConfigError(f"{config_path}: unknown flags {unknown}; see {parser.prog} --help for the names")
             parser.set_defaults(**{key: flag_value(settable[key], value, f"{config_path}: {key}")
                                    for key, value in file_flags.items()})
+            for key in file_flags:  # a required flag (eval.py's --dataset) is given by the file
+                settable[key].required = False
             merge_sections(config, cfg_sections, source=config_path)
         args = parser.parse_args(argv)
         for override in args.overrides:

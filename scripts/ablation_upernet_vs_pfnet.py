@@ -2,8 +2,8 @@
 
 Both models are trained by train.py with the recipe ``configs/pointflow/isaid_r50.yaml`` (UperNet
 has no edge maps, so train.py drops the joint edge loss for it and trains on the segmentation loss alone,
-OHEM included), then evaluated by eval.py with the official iSAID protocol of
-``scripts/pointflow/test/test_iSAID_pfnet_R50.sh`` (whole image at 896, single scale, no flip, val split).
+OHEM included), then evaluated by eval.py with the official iSAID protocol
+``configs/pointflow/test/isaid_r50.yaml`` (whole image at 896, single scale, no flip, val split).
 The table holds each model's mIoU and per-class IoU, its parameters, GFLOPs of one forward at the eval size
 and its eval throughput (images/s, one image per forward, ``bench/models.py``).
 
@@ -35,12 +35,9 @@ ARCHS = ("upernet_r50", "pfnet_r50")
 EXP = "ablation"
 # The iSAID recipe; the command line names --arch, --exp and the output folders.
 TRAIN_RECIPE = REPO / "configs" / "pointflow" / "isaid_r50.yaml"
-# scripts/pointflow/test/test_iSAID_pfnet_R50.sh without --arch, --snapshot and the output folder.
-EVAL_PROTOCOL = {
-    "--dataset": "iSAID", "--inference_mode": "whole", "--single_scale": None, "--scales": "1.0", "--split": "val",
-    "--cv_split": "0", "--maxpool_size": "14", "--avgpool_size": "9", "--edge_points": "128", "--match_dim": "64",
-    "--resize_scale": "896", "--mode": "semantic", "--no_flip": None,
-}
+# The official iSAID protocol; the command line names --arch, --snapshot and the output folder.
+EVAL_PROTOCOL = REPO / "configs" / "pointflow" / "test" / "isaid_r50.yaml"
+EVAL_SIZE = 896  # the protocol's resize_scale, for the GFLOPs and images/s columns
 # --smoke: the same recipe on 64 px synthetic iSAID patches, one epoch on the CPU, no ImageNet file.
 SMOKE_TRAIN = {"--max_epoch": "1", "--crop_size": "64", "--bs_mult": "4", "--device": "cpu",
                "--num_workers": "0", "--print_freq": "1"}
@@ -82,7 +79,7 @@ def best_checkpoint(args: argparse.Namespace, arch: str) -> Path:
 
 def eval_command(args: argparse.Namespace, arch: str, snapshot: Path) -> list[str]:
     """eval.py command line of ``arch``'s best snapshot with the official protocol."""
-    protocol = {**EVAL_PROTOCOL, **(SMOKE_EVAL if args.smoke else {})}
+    protocol: dict[str, str | None] = {"--config": str(EVAL_PROTOCOL), **(SMOKE_EVAL if args.smoke else {})}
     if args.data:
         protocol["--dataset_dir"] = str(args.data)
     return [sys.executable, str(REPO / "eval.py"), *flag_list(protocol), "--arch", arch, "--snapshot", str(snapshot),
@@ -152,7 +149,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     if args.smoke:
         args.data = make_smoke_data(args.out / "data")
-    size = SMOKE_SIZE if args.smoke else int(EVAL_PROTOCOL["--resize_scale"])
+    size = SMOKE_SIZE if args.smoke else EVAL_SIZE
     for arch in ARCHS:
         run(train_command(args, arch))
         run(eval_command(args, arch, best_checkpoint(args, arch)))

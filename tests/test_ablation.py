@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+import config
 import eval as evaluation
 import network
 import train
@@ -56,13 +57,6 @@ def test_smoke_ablation_prints_the_table(tmp_path):
     assert configs[0]["joint_edge_loss_pfnet"] is True and configs[0]["ohem"] is True
 
 
-def shipped_eval_flags(script: Path) -> list[str]:
-    """The eval.py flags a shipped test script passes (its two arguments replaced by example paths)."""
-    body = script.read_text().split('eval.py" \\\n', 1)[1].split('"$@"', 1)[0]
-    body = body.replace('"${output_root}"', "/tmp/out").replace('"${checkpoint}"', "/tmp/best.pth")
-    return body.replace("\\\n", " ").split()
-
-
 def test_recipe_and_protocol_are_the_shipped_ones():
     spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
     ablation = importlib.util.module_from_spec(spec)
@@ -78,9 +72,11 @@ def test_recipe_and_protocol_are_the_shipped_ones():
     assert {k: v for k, v in vars(ours).items() if k not in outputs} == (
         {k: v for k, v in vars(shipped).items() if k not in outputs})
     assert ours_config == shipped_config
-    parser = evaluation.build_parser()
-    run = ["--arch", "pfnet_r50", "--snapshot", "/tmp/best.pth"]
-    ours = parser.parse_args(ablation.flag_list(ablation.EVAL_PROTOCOL) + run)
-    shipped = parser.parse_args(shipped_eval_flags(REPO / "scripts" / "pointflow" / "test" / "test_iSAID_pfnet_R50.sh")
-                                + run)
-    assert {k for k in vars(ours) if getattr(ours, k) != getattr(shipped, k)} == {"ckpt_path"}  # the output root
+    command = ablation.eval_command(options, "pfnet_r50", Path("/tmp/best.pth"))
+    assert command[:2] == [sys.executable, str(REPO / "eval.py")]
+    ours, _ = config.parse_with_config(evaluation.build_parser(), command[2:])
+    shipped, _ = config.parse_with_config(evaluation.build_parser(), [
+        "--config", str(REPO / "configs" / "pointflow" / "test" / "isaid_r50.yaml"), "--arch", "pfnet_r50",
+        "--snapshot", "/tmp/best.pth", "--dataset_dir", "/data/iSAID"])
+    assert {k for k in vars(ours) if getattr(ours, k) != getattr(shipped, k)} == {"out_dir", "overwrite"}
+    assert ablation.EVAL_SIZE == shipped.resize_scale

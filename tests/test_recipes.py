@@ -1,4 +1,5 @@
-"""The training recipes: configs/pointflow/*.yaml, the scripts/train.sh launcher and the original's script names."""
+"""The recipes: configs/pointflow/*.yaml (training) and configs/pointflow/test/*.yaml (evaluation protocols), their
+launchers scripts/train.sh and scripts/test.sh, and the original's script names that wrap them."""
 import os
 import subprocess
 from pathlib import Path
@@ -6,10 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+import config
+import eval as evaluation
 import train
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "configs" / "pointflow"
+PROTOCOLS = RECIPES / "test"
 
 # The recipe of the original's scripts as it ran (/work/shared/reference/NOTES.md, "Official scripts"), written out
 # here rather than read from the code: 8 GPUs x --bs_mult 2, SyncBN, poly LR (exponent 0.9), point flow 14 / 9 /
@@ -38,8 +42,27 @@ WRAPPERS = {"train_iSAID_pfnet_r50.sh": "isaid_r50", "train_iSAID_pfnet_r101.sh"
             "train_loveda_pfnet_r50.sh": "loveda_r50"}
 
 
-def test_every_recipe_is_checked():
+# The original's test scripts (NOTES.md): whole image, single scale, no flip, resized to 896 (768 for Vaihingen);
+# iSAID scored on val, Potsdam and Vaihingen on test; point flow as trained. LoveDA: val, whole 1024 x 1024 images.
+PROTOCOL = dict(inference_mode="whole", single_scale=True, flip=False, maxpool_size=14, avgpool_size=9,
+                edge_points=128, match_dim=64)
+EXPECTED_PROTOCOLS = {
+    "isaid_r50": dict(dataset="iSAID", split="val", resize_scale=896, arch="pfnet_r50"),
+    "isaid_r101": dict(dataset="iSAID", split="val", resize_scale=896, arch="pfnet_r101"),
+    "potsdam_r50": dict(dataset="Posdam", split="test", resize_scale=896, arch="pfnet_r50"),
+    "vaihingen_r50": dict(dataset="Vaihingen", split="test", resize_scale=768, arch="pfnet_r50"),
+    "loveda_r50": dict(dataset="LoveDA", split="val", resize_scale=None, arch="pfnet_r50"),
+}
+TEST_WRAPPERS = {"test_iSAID_pfnet_R50.sh": "isaid_r50", "test_iSAID_pfnet_R101.sh": "isaid_r101",
+                 "test_posdam896_pfnet_r50.sh": "potsdam_r50", "test_vaihingen768_pfnet_r50.sh": "vaihingen_r50",
+                 "test_loveda_pfnet_r50.sh": "loveda_r50"}
+
+
+def test_every_recipe_and_protocol_is_checked():
     assert sorted(path.stem for path in RECIPES.glob("*.yaml")) == sorted(EXPECTED)
+    assert sorted(path.stem for path in PROTOCOLS.glob("*.yaml")) == sorted(EXPECTED_PROTOCOLS)
+    assert sorted(path.name for path in (REPO / "scripts" / "pointflow").glob("train_*.sh")) == sorted(WRAPPERS)
+    assert sorted(path.name for path in (REPO / "scripts" / "pointflow" / "test").glob("*.sh")) == sorted(TEST_WRAPPERS)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -120,3 +143,36 @@ def test_launcher_refuses_a_missing_config_or_endpoint(tmp_path, arguments, env,
     completed = launch(tmp_path, [str(REPO / "scripts" / "train.sh"), *arguments], **env)
     assert completed.returncode != 0 and message in completed.stderr
     assert not (tmp_path / "argv").exists()
+
+
+@pytest.mark.parametrize("script", sorted(TEST_WRAPPERS))
+def test_original_test_script_evaluates_with_its_protocol(tmp_path, script):
+    """The original's command line (CHECKPOINT OUTPUT_ROOT [flags]) reaches eval.py with the protocol file, and
+    eval.py reads it as the original's test script meant it."""
+    completed = launch(tmp_path, [str(REPO / "scripts" / "pointflow" / "test" / script), "ckpt.pth", "out",
+                                  "--device", "cpu"])
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == ["Running inference on ckpt.pth", "Saving Results : out"]
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert Path(argv[0]).resolve() == REPO / "eval.py" and argv[1] == "--config"
+    assert Path(argv[2]).resolve() == PROTOCOLS / f"{TEST_WRAPPERS[script]}.yaml"
+    assert argv[3:] == ["--ckpt_path", "out", "--snapshot", "ckpt.pth", "--device", "cpu"]
+    args, _ = config.parse_with_config(evaluation.build_parser(), argv[1:])
+    expected = {**PROTOCOL, **EXPECTED_PROTOCOLS[TEST_WRAPPERS[script]], "snapshot": "ckpt.pth", "ckpt_path": "out"}
+    assert {key: getattr(args, key) for key in expected} == expected
+    assert len((REPO / "scripts" / "pointflow" / "test" / script).read_text().splitlines()) == 3
+
+
+def test_original_test_script_without_its_two_arguments_is_a_usage_error(tmp_path):
+    completed = launch(tmp_path, [str(REPO / "scripts" / "pointflow" / "test" / "test_iSAID_pfnet_R50.sh"), "ckpt"])
+    assert completed.returncode == 2 and "usage: sh" in completed.stderr
+    assert not (tmp_path / "argv").exists()
+
+
+def test_protocol_file_gives_eval_py_its_required_dataset():
+    args, _ = config.parse_with_config(evaluation.build_parser(),
+                                       ["--config", str(PROTOCOLS / "vaihingen_r50.yaml"), "--snapshot", "x.pth"])
+    assert args.dataset == "Vaihingen"
+    args, _ = config.parse_with_config(evaluation.build_parser(), ["--config", str(PROTOCOLS / "vaihingen_r50.yaml"),
+                                                                   "--dataset", "iSAID", "--snapshot", "x.pth"])
+    assert args.dataset == "iSAID"  # the command line wins
