@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 import config
@@ -20,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "ablation_upernet_vs_pfnet.py"
 
 
+@pytest.mark.workflow
 def test_smoke_ablation_prints_the_table(tmp_path):
     out = tmp_path / "ablation"
     completed = subprocess.run([sys.executable, str(SCRIPT), "--out",

@@ -28,6 +28,9 @@ import torch
 import train
 from utils.checkpoint import unwrap_model
 
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = pytest.mark.workflow
+
 save_epoch = train.save_epoch
 
 
