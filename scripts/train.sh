@@ -23,9 +23,12 @@ if [ "$#" -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then
 fi
 NNODES=${NNODES:-1}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+if [ "${NNODES}" -gt 1 ] && [ -z "${RDZV_ENDPOINT:-}" ]; then
+  echo "$0: NNODES=${NNODES}: set RDZV_ENDPOINT=host:port of the first node" >&2
+  exit 2
+fi
 if [ "${NNODES}" -gt 1 ]; then
-  LAUNCH=(--nnodes="${NNODES}" --rdzv_backend=c10d --rdzv_id=pfnet
-          --rdzv_endpoint="${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port of the first node}")
+  LAUNCH=(--nnodes="${NNODES}" --rdzv_backend=c10d --rdzv_id=pfnet --rdzv_endpoint="${RDZV_ENDPOINT}")
 else
   LAUNCH=(--standalone)
 fi

@@ -174,7 +174,7 @@ def test_launcher_takes_gpus_and_nodes(tmp_path):
 ])
 def test_launcher_refuses_a_missing_config_or_endpoint(tmp_path, arguments, env, message):
     completed = launch(tmp_path, [str(REPO / "scripts" / "train.sh"), *arguments], **env)
-    assert completed.returncode != 0 and message in completed.stderr
+    assert completed.returncode == 2 and message in completed.stderr
     assert not (tmp_path / "argv").exists()
 
 
