@@ -1,11 +1,12 @@
-# Two commands: `make demo` and `make test`. Both create .venv on first use.
+# Two commands: `make demo` and `make test`. Both create .venv on first use. `make test-fast` is the edit-test
+# loop (the suite without the `workflow` and `slow` tests, under 3 minutes on 2 cores).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench bench-smoke clean-venv gpu-check
+.PHONY: demo test test-fast test-all lint bench bench-smoke clean-venv gpu-check
 
 $(STAMP): requirements.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not workflow"
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m ""

@@ -219,6 +219,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
     pre_parser.add_argument("--config", default=None)
     config_path = pre_parser.parse_known_args(argv)[0].config
     settable = {action.dest: action for action in parser._actions if action.dest not in NOT_SETTABLE}
+    # flags whose own default is None (e.g. --pretrained): --set KEY=null clears a value the file gave
+    nullable = {dest for dest, action in settable.items() if action.default is None}
     try:
         if config_path:
             file_flags, cfg_sections = read_experiment_file(config_path)
@@ -227,13 +229,15 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
                 raise ConfigError(f"{config_path}: unknown flags {unknown}; see {parser.prog} --help for the names")
             parser.set_defaults(**{key: flag_value(settable[key], value, f"{config_path}: {key}")
                                    for key, value in file_flags.items()})
+            for key in file_flags:  # a required flag (eval.py's --dataset) is given by the file
+                settable[key].required = False
             merge_sections(config, cfg_sections, source=config_path)
         args = parser.parse_args(argv)
         for override in args.overrides:
             key, text = parse_override(override)
             value = yaml_value(text, f"--set {override}")
             if key in settable:
-                setattr(args, key, flag_value(settable[key], value, f"--set {override}"))
+                setattr(args, key, flag_value(settable[key], value, f"--set {override}", key in nullable))
             else:
                 set_dotted(config, key, value, source=f"--set {override}")
     except ConfigError as error:
@@ -241,7 +245,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
     return args, config
 
 
-def flag_value(action: argparse.Action, value: Any, source: str) -> Any:
+def flag_value(action: argparse.Action, value: Any, source: str, nullable: bool | None = None) -> Any:
     """A flag's value from an experiment file or ``--set``, checked as argparse checks the command line.
 
     Args:
@@ -249,6 +253,7 @@ def flag_value(action: argparse.Action, value: Any, source: str) -> Any:
         value: the file's YAML value, or the ``--set`` text read as YAML; text given to a numeric flag is
             converted with its type (``"1e-3"``, a string in YAML, -> 0.001).
         source: where the value came from, for errors (``exp.yaml: amp`` or ``--set amp=fp8``).
+        nullable: whether None (YAML ``null``) is accepted; default: when the action's default is None.
 
     Returns:
         The value typed as the flag: bool for on/off flags, int or float for numeric flags, str otherwise
@@ -261,7 +266,7 @@ def flag_value(action: argparse.Action, value: Any, source: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {value!r} is not an on/off value; use true or false")
         return value
-    if value is None and action.default is None:
+    if value is None and (action.default is None if nullable is None else nullable):
         return None
     if action.type in (int, float):
         value = number_value(action.type, value, source)

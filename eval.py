@@ -12,12 +12,16 @@ Writes to the output folder (``--out_dir``, else ``{ckpt_path}/{exp_name}/{split
 ``eval_{date}.log`` and, with ``--dump_images``, ``rgb/``, ``pred/``, ``compose/``, ``diff/`` (and
 ``side_by_side/`` with ``--dump_side_by_side``).
 
-Example (what scripts/pointflow/test/test_iSAID_pfnet_R50.sh runs)::
+Example: an official iSAID checkpoint with the published protocol (the model and its options come from the
+checkpoint, else from the registry's recommended values: PFNet-R50, 14 / 9 / 128 / 64; the split defaults to
+iSAID's val)::
 
-    python eval.py --dataset iSAID --arch network.pointflow_resnet_with_max_avg_pool.DeepR50_PF_maxavg_deeply \\
-        --inference_mode whole --single_scale --scales 1.0 --split val --cv_split 0 --maxpool_size 14 \\
-        --avgpool_size 9 --edge_points 128 --match_dim 64 --resize_scale 896 --mode semantic --no_flip \\
-        --ckpt_path results --snapshot iSAID_pfnet_r50.pth
+    python eval.py --dataset iSAID --snapshot iSAID_pfnet_r50.pth -im whole --single_scale --no_flip \\
+        --resize_scale 896 --out_dir results/isaid
+
+The original's long form (``scripts/pointflow/test/test_iSAID_pfnet_R50.sh``, with ``--arch
+network.pointflow_resnet_with_max_avg_pool.DeepR50_PF_maxavg_deeply --cv_split 0 --mode semantic ...``) runs
+unchanged.
 """
 from __future__ import annotations
 

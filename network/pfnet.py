@@ -48,7 +48,7 @@ class PFNet(UperNet):
 
 
 _ORIGINAL_MODULE = "network.pointflow_resnet_with_max_avg_pool"
-# The official scripts' point-flow settings (scripts/pointflow/*.sh pass them to train and test alike).
+# The official scripts' point-flow settings (the recipes in configs/pointflow/ and the test scripts pass them).
 PFNET_DEFAULTS = {"maxpool_size": 14, "avgpool_size": 9, "edge_points": 128, "match_dim": 64}
 PFNET_CLASSIFIER = "head.conv_last.1.weight"
 

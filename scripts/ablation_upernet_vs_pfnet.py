@@ -1,9 +1,9 @@
 """The paper's ablation as one command: UperNet-R50 against PFNet-R50, same iSAID recipe, same protocol, one table.
 
-Both models are trained by train.py with the flags of ``scripts/pointflow/train_iSAID_pfnet_r50.sh`` (UperNet
+Both models are trained by train.py with the recipe ``configs/pointflow/isaid_r50.yaml`` (UperNet
 has no edge maps, so train.py drops the joint edge loss for it and trains on the segmentation loss alone,
-OHEM included), then evaluated by eval.py with the official iSAID protocol of
-``scripts/pointflow/test/test_iSAID_pfnet_R50.sh`` (whole image at 896, single scale, no flip, val split).
+OHEM included), then evaluated by eval.py with the official iSAID protocol
+``configs/pointflow/test/isaid_r50.yaml`` (whole image at 896, single scale, no flip, val split).
 The table holds each model's mIoU and per-class IoU, its parameters, GFLOPs of one forward at the eval size
 and its eval throughput (images/s, one image per forward, ``bench/models.py``).
 
@@ -33,22 +33,15 @@ from utils.atomic import atomic_write_bytes  # noqa: E402
 
 ARCHS = ("upernet_r50", "pfnet_r50")
 EXP = "ablation"
-# scripts/pointflow/train_iSAID_pfnet_r50.sh without --arch, --exp and the output folders.
-TRAIN_RECIPE = {
-    "--dataset": "iSAID", "--cv": "0", "--pretrained": "./pretrained_models/resnet50-deep.pth", "--lr": "0.007",
-    "--lr_schedule": "poly", "--poly_exp": "0.9", "--max_epoch": "16", "--syncbn": None, "--maxpool_size": "14",
-    "--avgpool_size": "9", "--edge_points": "128", "--match_dim": "64", "--joint_edge_loss_pfnet": None,
-    "--edge_weight": "25.0", "--ohem": None, "--crop_size": "896", "--bs_mult": "2",
-}
-# scripts/pointflow/test/test_iSAID_pfnet_R50.sh without --arch, --snapshot and the output folder.
-EVAL_PROTOCOL = {
-    "--dataset": "iSAID", "--inference_mode": "whole", "--single_scale": None, "--scales": "1.0", "--split": "val",
-    "--cv_split": "0", "--maxpool_size": "14", "--avgpool_size": "9", "--edge_points": "128", "--match_dim": "64",
-    "--resize_scale": "896", "--mode": "semantic", "--no_flip": None,
-}
+# The iSAID recipe; the command line names --arch, --exp and the output folders.
+TRAIN_RECIPE = REPO / "configs" / "pointflow" / "isaid_r50.yaml"
+# The official iSAID protocol; the command line names --arch, --snapshot and the output folder.
+EVAL_PROTOCOL = REPO / "configs" / "pointflow" / "test" / "isaid_r50.yaml"
+EVAL_SIZE = 896  # the protocol's resize_scale, for the GFLOPs and images/s columns
 # --smoke: the same recipe on 64 px synthetic iSAID patches, one epoch on the CPU, no ImageNet file.
 SMOKE_TRAIN = {"--max_epoch": "1", "--crop_size": "64", "--bs_mult": "4", "--device": "cpu",
                "--num_workers": "0", "--print_freq": "1"}
+SMOKE_SETTINGS = ["pretrained=null"]  # no ImageNet file: random initialisation
 SMOKE_EVAL = {"--resize_scale": "64", "--device": "cpu", "--num_workers": "0", "--report_samples": "0"}
 SMOKE_SIZE = 64
 
@@ -60,17 +53,19 @@ def flag_list(flags: dict[str, str | None]) -> list[str]:
 
 def train_command(args: argparse.Namespace, arch: str) -> list[str]:
     """train.py command line of ``arch``: one process, or ``--gpus`` processes under torchrun."""
-    recipe = dict(TRAIN_RECIPE)
+    recipe: dict[str, str | None] = {"--config": str(TRAIN_RECIPE)}
+    settings = []
     if args.smoke:
-        del recipe["--pretrained"]  # no ImageNet file: random initialisation
         recipe.update(SMOKE_TRAIN)
+        settings += SMOKE_SETTINGS
     if args.data:
-        recipe["--set"] = f"DATASET.ISAID_DIR={args.data}"
+        settings.append(f"DATASET.ISAID_DIR={args.data}")
     launcher = [sys.executable]
     if args.gpus > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}"]
     outputs = ["--exp", EXP, "--ckpt", str(args.out / "ckpt"), "--tb_path", str(args.out / "tb"), "--arch", arch]
-    return launcher + [str(REPO / "train.py"), *flag_list(recipe), *outputs, *args.train_flags]
+    overrides = ["--set", *settings] if settings else []
+    return launcher + [str(REPO / "train.py"), *flag_list(recipe), *overrides, *outputs, *args.train_flags]
 
 
 def best_checkpoint(args: argparse.Namespace, arch: str) -> Path:
@@ -84,7 +79,7 @@ def best_checkpoint(args: argparse.Namespace, arch: str) -> Path:
 
 def eval_command(args: argparse.Namespace, arch: str, snapshot: Path) -> list[str]:
     """eval.py command line of ``arch``'s best snapshot with the official protocol."""
-    protocol = {**EVAL_PROTOCOL, **(SMOKE_EVAL if args.smoke else {})}
+    protocol: dict[str, str | None] = {"--config": str(EVAL_PROTOCOL), **(SMOKE_EVAL if args.smoke else {})}
     if args.data:
         protocol["--dataset_dir"] = str(args.data)
     return [sys.executable, str(REPO / "eval.py"), *flag_list(protocol), "--arch", arch, "--snapshot", str(snapshot),
@@ -154,7 +149,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     if args.smoke:
         args.data = make_smoke_data(args.out / "data")
-    size = SMOKE_SIZE if args.smoke else int(EVAL_PROTOCOL["--resize_scale"])
+    size = SMOKE_SIZE if args.smoke else EVAL_SIZE
     for arch in ARCHS:
         run(train_command(args, arch))
         run(eval_command(args, arch, best_checkpoint(args, arch)))

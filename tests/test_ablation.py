@@ -1,6 +1,7 @@
 """The ablation script's CPU smoke run: both models trained and evaluated by the same commands, one table."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -8,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
+import config
 import eval as evaluation
 import network
 import train
@@ -18,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "ablation_upernet_vs_pfnet.py"
 
 
+@pytest.mark.workflow
 def test_smoke_ablation_prints_the_table(tmp_path):
     out = tmp_path / "ablation"
     completed = subprocess.run([sys.executable, str(SCRIPT), "--out",
@@ -55,29 +59,26 @@ def test_smoke_ablation_prints_the_table(tmp_path):
     assert configs[0]["joint_edge_loss_pfnet"] is True and configs[0]["ohem"] is True
 
 
-def shipped_flags(script: Path, entry_point: str) -> list[str]:
-    """The flags a shipped recipe passes to ``entry_point`` (shell variables replaced by their defaults)."""
-    body = script.read_text().split(f'{entry_point}" \\\n' if entry_point == "eval.py" else f"{entry_point} \\\n",
-                                    1)[1].split('"$@"', 1)[0]
-    for variable, value in [('"${BS_MULT}"', "2"), ('"${EXP_DIR}"', "/tmp/exp"), ('"${output_root}"', "/tmp/out"),
-                            ('"${checkpoint}"', "/tmp/best.pth")]:
-        body = body.replace(variable, value)
-    return body.replace("\\\n", " ").split()
-
-
-def test_recipe_and_protocol_are_the_shipped_scripts():
+def test_recipe_and_protocol_are_the_shipped_ones():
     spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
-    ours, _, _ = train.parse_args(ablation.flag_list(ablation.TRAIN_RECIPE) + ["--arch", "pfnet_r50"])
-    shipped, _, _ = train.parse_args(shipped_flags(REPO / "scripts" / "pointflow" / "train_iSAID_pfnet_r50.sh",
-                                                "train.py"))
+    options = argparse.Namespace(smoke=False, data=Path("/data/iSAID"), gpus=1, out=Path("/tmp/ablation"),
+                                 train_flags=[])
+    command = ablation.train_command(options, "pfnet_r50")
+    assert command[:2] == [sys.executable, str(REPO / "train.py")]
+    ours, ours_config, _ = train.parse_args(command[2:])
+    shipped, shipped_config, _ = train.parse_args(["--config", str(REPO / "configs" / "pointflow" / "isaid_r50.yaml"),
+                                                   "--set", "DATASET.ISAID_DIR=/data/iSAID"])
     outputs = {"exp", "ckpt", "tb_path"}
     assert {k: v for k, v in vars(ours).items() if k not in outputs} == (
         {k: v for k, v in vars(shipped).items() if k not in outputs})
-    parser = evaluation.build_parser()
-    run = ["--arch", "pfnet_r50", "--snapshot", "/tmp/best.pth"]
-    ours = parser.parse_args(ablation.flag_list(ablation.EVAL_PROTOCOL) + run)
-    shipped = parser.parse_args(shipped_flags(REPO / "scripts" / "pointflow" / "test" / "test_iSAID_pfnet_R50.sh",
-                                              "eval.py") + run)
-    assert {k for k in vars(ours) if getattr(ours, k) != getattr(shipped, k)} == {"ckpt_path"}  # the output root
+    assert ours_config == shipped_config
+    command = ablation.eval_command(options, "pfnet_r50", Path("/tmp/best.pth"))
+    assert command[:2] == [sys.executable, str(REPO / "eval.py")]
+    ours, _ = config.parse_with_config(evaluation.build_parser(), command[2:])
+    shipped, _ = config.parse_with_config(evaluation.build_parser(), [
+        "--config", str(REPO / "configs" / "pointflow" / "test" / "isaid_r50.yaml"), "--arch", "pfnet_r50",
+        "--snapshot", "/tmp/best.pth", "--dataset_dir", "/data/iSAID"])
+    assert {k for k in vars(ours) if getattr(ours, k) != getattr(shipped, k)} == {"out_dir", "overwrite"}
+    assert ablation.EVAL_SIZE == shipped.resize_scale

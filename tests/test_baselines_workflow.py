@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = [pytest.mark.workflow, pytest.mark.usefixtures("one_thread")]
 
 
 def run_train(*flags: str) -> subprocess.CompletedProcess:

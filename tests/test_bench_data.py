@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from datasets.base import IMAGENET_MEAN, IMAGENET_STD, normalize_image
@@ -14,6 +15,7 @@ from datasets.base import IMAGENET_MEAN, IMAGENET_STD, normalize_image
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.workflow
 def test_smoke_run_reports_both_pipelines(tmp_path):
     report_path = tmp_path / "data.json"
     result = subprocess.run([sys.executable, "bench/bench_data.py", "--smoke", "--json", str(report_path)],

@@ -10,6 +10,9 @@ import pytest
 
 import network
 
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = pytest.mark.workflow
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -13,6 +13,9 @@ import network
 from bench.run import parse_args
 from engine.cpu_precision import cpu_capability
 
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = pytest.mark.workflow
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -7,7 +7,11 @@ import sys
 from pathlib import Path
 
 import cv2
+import pytest
 from file_trees import tree_digest
+
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = pytest.mark.workflow
 
 REPO = Path(__file__).resolve().parents[1]
 

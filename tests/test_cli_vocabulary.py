@@ -1,14 +1,8 @@
 """eval.py and predict.py speak one flag vocabulary (evaluation/cli.py); the original's names stay as aliases."""
-import re
-import shlex
-from pathlib import Path
-
-import pytest
 
 import eval as eval_script
 import predict
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = ["--window", "--crop_size", "--stride", "--overlap", "--sliding_overlap", "--blend", "--scales", "--flip",
           "--hflip", "--no_flip", "--vflip", "--rot90", "--batch_size", "--device", "--trusted-pickle",
           "--trusted_pickle", "--bands", "--scaling", "--precision", "--weights"]
@@ -40,13 +34,3 @@ def test_same_values_parse_alike_and_defaults_follow_each_protocol():
     assert (eval_defaults.window, eval_defaults.flip, eval_defaults.blend) == (513, True, "mean")
     assert (predict_defaults.window, predict_defaults.flip, predict_defaults.blend) == (896, False, "gaussian")
 
-
-@pytest.mark.parametrize("script", sorted((REPO / "scripts" / "pointflow" / "test").glob("*.sh")), ids=lambda p: p.name)
-def test_original_test_scripts_still_parse(script):
-    text = script.read_text().replace("\\\n", " ")
-    command = re.search(r'eval\.py"\s+(.*?)"\$@"', text, re.S).group(1)
-    argv = [word.replace("${output_root}", "out").replace("${checkpoint}", "ckpt.pth")
-            for word in shlex.split(command)]
-    args = eval_script.build_parser().parse_args(argv)
-    assert args.flip is False and args.single_scale and args.inference_mode == "whole"
-    assert args.snapshot == "ckpt.pth" and args.ckpt_path == "out"

@@ -96,6 +96,7 @@ def run_predict_on_cpu(flags_file: Path, *flags: str) -> subprocess.CompletedPro
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.workflow
 def test_predict_warns_once_and_goes_on(tmp_path):
     torch.manual_seed(0)
     checkpoint = tmp_path / "model.pth"

@@ -34,7 +34,8 @@ OFFSETS = ((0, 0), (16, 32), (37, 100), (64, 64), (90, 5), (128, 128))
 WINDOWS = (128, 96)
 BACKENDS = ("optimize_for_inference", "torch.compile", "ONNX fp32", "ONNX fp16")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = [pytest.mark.workflow, pytest.mark.usefixtures("one_thread")]
 
 
 def documented_bounds() -> dict[tuple[str, str], tuple[float, float]]:

@@ -187,6 +187,7 @@ def test_eval_commands_for_custom_sets_in_the_docs_are_the_fast_ones():
             "whole", True, False, False, False), flags
 
 
+@pytest.mark.workflow
 def test_workflow_raw_prepare_train_eval_predict(raw, tmp_path):
     spec = _spec(tmp_path, raw, name="my_tiles")
     data = tmp_path / "prepared"
@@ -214,6 +215,7 @@ def test_workflow_raw_prepare_train_eval_predict(raw, tmp_path):
     np.testing.assert_array_equal(palette, [item["color"] for item in CLASSES])
 
 
+@pytest.mark.workflow
 def test_export_of_a_custom_dataset_checkpoint_needs_no_dataset_flag(raw, tmp_path):
     onnx = pytest.importorskip("onnx", reason="onnx is in requirements.txt")
     import network

@@ -35,6 +35,9 @@ from utils.atomic import PARTIAL_MARK
 from utils.checkpoint import checkpoint_class_table, save_checkpoint
 from utils.run_lock import LOCK_FILE, lock_folder
 
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = pytest.mark.workflow
+
 MODEL_FLAGS = ["--arch", "pfnet_r50", "--maxpool_size", "4", "--avgpool_size", "4", "--edge_points", "16"]
 EVAL_FLAGS = ["--dataset", "Posdam", "--split", "test", "-im", "whole", "--single_scale", "--no_flip",
               "--device", "cpu", "--num_workers", "0", *MODEL_FLAGS]

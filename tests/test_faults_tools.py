@@ -34,6 +34,9 @@ from tools.prepare_dataset import prepare
 from utils.atomic import PARTIAL_MARK
 from utils.image_io import MAX_IMAGE_PIXELS, SCALING_FILE
 
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = pytest.mark.workflow
+
 PREPARE = "tools/prepare_dataset.py"
 POTSDAM_IMAGE = "2_Ortho_RGB/top_potsdam_{}_RGB.tif"
 POTSDAM_LABEL = "5_Labels_all/top_potsdam_{}_label.tif"

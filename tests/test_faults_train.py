@@ -20,6 +20,9 @@ from datasets.file_check import DataFileError
 from datasets.loveda import LoveDADataset
 from utils.checkpoint import checkpoint_class_table
 
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = pytest.mark.workflow
+
 RUN = "Posdam-pfnet_r50"
 
 

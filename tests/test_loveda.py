@@ -112,6 +112,7 @@ def _official_isaid_checkpoint(path: Path) -> dict:
     return state
 
 
+@pytest.mark.workflow
 def test_workflow_raw_prepare_finetune_eval_predict(raw, tmp_path):
     """Fine-tuning an official 16-class iSAID checkpoint onto LoveDA's 7 classes is the documented command:
     train.py --snapshot OFFICIAL.pth --snapshot_partial (docs/data_custom.md)."""

@@ -28,7 +28,8 @@ TINY_OPTIONS = {"maxpool_size": 4, "avgpool_size": 4, "edge_points": 16}
 # Two input sizes for one exported file: neither a multiple of the other, windows of the pools uneven.
 PARITY_SHAPES = ((2, 3, 64, 96), (1, 3, 96, 128))
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = [pytest.mark.workflow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -203,6 +203,7 @@ def write_images(folder, names, seed=7):
     return paths
 
 
+@pytest.mark.workflow
 def test_two_runs_into_one_folder_take_turns_and_share_the_summary(tmp_path, model_and_checkpoint):
     _, checkpoint = model_and_checkpoint
     a, b, c = write_images(tmp_path / "images", ["a", "b", "c"])

@@ -22,7 +22,8 @@ from rasterio.transform import Affine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 6
-pytestmark = [pytest.mark.usefixtures("one_thread"),
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = [pytest.mark.workflow, pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")]
 
 

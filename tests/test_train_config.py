@@ -1,6 +1,5 @@
-"""train.py flags, YAML experiment files, dotted overrides, and the shipped training scripts."""
+"""train.py flags, YAML experiment files and dotted overrides (the shipped recipes: test_recipes.py)."""
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -9,8 +8,6 @@ from train_data import RUN_CONTROL_KEYS
 import config
 import eval as evaluation
 import train
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_precedence_defaults_file_flags_overrides(tmp_path):
@@ -114,37 +111,6 @@ def test_invalid_combinations_exit_with_a_message(argv, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(argv)
     assert "error" in capsys.readouterr().err
-
-
-def script_flags(script: Path) -> list[str]:
-    """The train.py flags of a shipped script (shell variables replaced by their defaults)."""
-    text = script.read_text()
-    body = text.split("train.py \\\n", 1)[1].split('"$@"', 1)[0]
-    body = body.replace('"${BS_MULT}"', "2").replace('"${EXP_DIR}"', "/tmp/exp")
-    return body.replace("\\\n", " ").split()
-
-
-@pytest.mark.parametrize(
-    ("script", "expected"),
-    [
-        ("train_iSAID_pfnet_r50.sh", dict(dataset="iSAID", arch="pfnet_r50", lr=0.007, max_epoch=16, crop_size=896,
-                                          with_aug=False)),
-        ("train_iSAID_pfnet_r101.sh", dict(dataset="iSAID", arch="pfnet_r101", lr=0.007, max_epoch=16, crop_size=896,
-                                           with_aug=False)),
-        ("train_posdam896_pfnet_r50.sh", dict(dataset="Posdam", arch="pfnet_r50", lr=0.01, max_epoch=100, crop_size=896,
-                                              with_aug=True, scale_min=0.5, scale_max=2.0)),
-        ("train_vaihingen768_pfnet_r50.sh", dict(dataset="Vaihingen", arch="pfnet_r50", lr=0.01, max_epoch=200,
-                                                 crop_size=768,
-                                                 with_aug=True, scale_min=0.5, scale_max=2.0)),
-    ],
-)
-def test_shipped_scripts_hold_the_recipe_as_it_ran(script, expected):
-    args, _, notes = train.parse_args(script_flags(REPO / "scripts" / "pointflow" / script))
-    recipe = dict(lr_schedule="poly", poly_exp=0.9, syncbn=True, maxpool_size=14, avgpool_size=9, edge_points=128,
-                  match_dim=64, joint_edge_loss_pfnet=True, edge_weight=25.0, ohem=True, bs_mult=2, amp="off",
-                  class_uniform_pct=0.0, **expected)
-    assert {key: getattr(args, key) for key in recipe} == recipe
-    assert notes == []
 
 
 @pytest.mark.parametrize(("cores", "local_processes", "expected"),

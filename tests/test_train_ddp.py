@@ -11,6 +11,9 @@ import pytest
 import torch
 from train_data import make_tiny_potsdam, tiny_run_flags
 
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = pytest.mark.workflow
+
 REPO = Path(__file__).resolve().parents[1]
 # 8 patches over 2 processes x 2 patches: 2 iterations per epoch. The schedule has 3 epochs, so both
 # runs below stop after epoch 1, which still trains at a non-zero LR (the last epoch's is 0).

@@ -31,6 +31,9 @@ from engine.run_checkpoint import TrainingState, record_validation
 from utils.atomic import PARTIAL_MARK
 from utils.checkpoint import load_checkpoint
 
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = pytest.mark.workflow
+
 REPO = Path(__file__).resolve().parents[1]
 MAX_EPOCH = 3
 # 8 patches, batch 4: 2 iterations per epoch; a data-loading worker, so its seeding is resumed too; random

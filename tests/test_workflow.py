@@ -12,6 +12,9 @@ from PIL import Image
 from script_run import run_script as run
 from train_data import make_tiny_potsdam
 
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = pytest.mark.workflow
+
 TINY_OPTIONS = {"maxpool_size": 2, "avgpool_size": 3, "edge_points": 8, "match_dim": 16}
 
 

@@ -31,7 +31,8 @@ ENTRIES = [
      "drive_file_id": "TEST-FILE-ID"},
 ]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
+pytestmark = [pytest.mark.workflow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

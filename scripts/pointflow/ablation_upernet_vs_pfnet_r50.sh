@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The paper's ablation: UperNet-R50 against PFNet-R50, both trained with the iSAID recipe of
-# train_iSAID_pfnet_r50.sh and evaluated with the protocol of test/test_iSAID_pfnet_R50.sh, one table
+# The paper's ablation: UperNet-R50 against PFNet-R50, both trained with the iSAID recipe
+# configs/pointflow/isaid_r50.yaml and evaluated with the protocol of test/test_iSAID_pfnet_R50.sh, one table
 # (mIoU, per-class IoU, parameters, GFLOPs, images/s). UperNet has no edge maps: train.py trains it on the
 # segmentation loss alone (OHEM) and says so.
 #
