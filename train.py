@@ -10,7 +10,7 @@ One machine, G GPUs (one process each; NCCL)::
 
 Several machines: the same command on every machine with ``--nnodes=N --node_rank=i
 --rdzv_endpoint=HOST:PORT --rdzv_backend=c10d`` (see docs/training.md). CPU processes use gloo.
-The official recipes are in ``scripts/pointflow/train_*.sh``.
+The official recipes are in ``configs/pointflow/*.yaml`` (``scripts/train.sh CONFIG [GPUS]`` launches one).
 
 The file reads top to bottom: the flags, the parts of a run (data, model, optimisation, resume), one
 epoch (train, validate, save), the loop over the epochs, and ``main``.
