@@ -29,7 +29,7 @@ import argparse
 import logging
 import os
 import sys
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -368,9 +368,29 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     write_metrics_json(out_dir / "metrics.json", summary, extra)
     write_metrics_csv(out_dir / "metrics.csv", summary)
     report = write_report(out_dir, summary, palette, samples,
-                          title=f"{args.dataset} {args.split}: {Path(args.snapshot).name}")
+                          title=f"{args.dataset} {args.split}: {Path(args.snapshot).name}",
+                          facts=report_facts(args, extra, resolved))
     log.info("wrote %s, %s, %s and %s", out_dir / "metrics.json", out_dir / "metrics.csv", report, log_path)
     return summary
+
+
+def report_facts(args: argparse.Namespace, extra: dict, resolved) -> dict[str, str]:
+    """The run's facts for the report's header: checkpoint, data, model options and their sources, protocol,
+    date and command (``extra``: the run's entries of metrics.json)."""
+    protocol = extra["protocol"]
+    window = (f", window {protocol['crop_size']} stride {protocol['stride']} blend {protocol['blend']}"
+              if protocol["crop_size"] else "")
+    transforms = ", ".join(name for name in ("flip", "vflip", "rot90") if protocol.get(name)) or "none"
+    epoch = extra["checkpoint_epoch"]
+    return {
+        "checkpoint": f"{args.weights or args.snapshot}" + (f" (epoch {epoch})" if epoch is not None else ""),
+        "data": f"{args.dataset}, split {args.split}: {extra['images']} images",
+        "model": resolved.describe(),
+        "protocol": f"{protocol['inference_mode']}, scales {protocol['scales']}, test-time transforms "
+                    f"{transforms}{window}",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": extra["command"],
+    }
 
 
 def check_split_masks(args: argparse.Namespace, items: list[tuple[str, str]], num_classes: int, where: str) -> None:

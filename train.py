@@ -741,7 +741,7 @@ def validate(run: Run, parts: Parts):
         predictions = logits.argmax(dim=1)
         confusion.update(predictions, masks)
         wanted = min(len(images), NUM_VAL_PANELS - len(panels)) if ctx.is_main else 0
-        panels += [prediction_panel(images[i], masks[i], predictions[i], dataset_cls.palette,
+        panels += [prediction_panel(images[i], masks[i], predictions[i], dataset_cls.palette, dataset_cls.class_names,
                                     datasets.IMAGENET_MEAN, datasets.IMAGENET_STD) for i in range(wanted)]
     all_reduce_sum(confusion.matrix)
     all_reduce_sum(loss_and_pixels)

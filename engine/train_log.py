@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.palette import colorize, side_by_side
+from evaluation.report import Sample, figure_pixels, titled_panels
 
 LOGGER_NAME = "pfnet.train"
 
@@ -130,16 +130,17 @@ def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 
 
 def prediction_panel(image: torch.Tensor, truth: torch.Tensor, prediction: torch.Tensor, palette: np.ndarray,
-                     mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Image, coloured truth and coloured prediction side by side: uint8 (H, 3 W + gaps, 3).
+                     class_names: Sequence[str], mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Image, coloured truth and coloured prediction with column titles, the pixel accuracy and the class
+    legend (the eval report's figure, :func:`evaluation.report.titled_panels`): uint8 (H, W, 3) RGB.
 
     Args:
         image: normalised float (3, H, W).
         truth, prediction: (H, W) class ids (255 ignored, drawn black).
         palette: (K, 3) uint8 RGB.
+        class_names: K names for the legend.
         mean, std: the normalisation applied to ``image``.
     """
-    truth_ids = truth.detach().cpu().numpy().astype(np.uint8)
-    prediction_ids = prediction.detach().cpu().numpy().astype(np.uint8)
-    return side_by_side([denormalize(image, mean, std), colorize(truth_ids, palette),
-                         colorize(prediction_ids, palette)])
+    sample = Sample("validation image", denormalize(image, mean, std),
+                    truth.detach().cpu().numpy().astype(np.uint8), prediction.detach().cpu().numpy().astype(np.uint8))
+    return figure_pixels(titled_panels([sample], palette, class_names))

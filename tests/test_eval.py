@@ -108,8 +108,8 @@ def test_original_protocol_confusion_and_outputs(tmp_path, model_and_checkpoint,
         assert Image.open(out / "diff" / f"{name}_diff.png").size == (64, 64)
         assert Image.open(out / "side_by_side" / f"{name}.png").size == (3 * 64 + 2 * 4, 64)
     assert (out / "report.html").read_text().count("<tr>") == 7
-    assert Image.open(out / "report_samples.png").size[1] == 2 * (64 + 6)
-    assert (out / "report_iou.png").stat().st_size > 0
+    for figure in ("report_iou.png", "report_confusion.png", "report_samples.png"):  # tests/test_report.py: content
+        assert Image.open(out / figure).size[0] > 0
     assert list(out.glob("eval_*.log"))
 
 

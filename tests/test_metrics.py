@@ -134,28 +134,3 @@ def test_erode_class_boundaries_by_hand():
     np.testing.assert_array_equal(eroded, expected)
     assert (erode_class_boundaries(mask, 2)[2] == [0, 0, 255, 255, 255, 255, 1, 1]).all()
     np.testing.assert_array_equal(erode_class_boundaries(mask, 0), mask)
-
-
-def test_samples_panel_pads_samples_of_different_sizes():
-    import numpy as np
-
-    from evaluation.report import Sample, samples_panel
-
-    palette = np.array([[10, 20, 30], [200, 100, 0]], dtype=np.uint8)
-    rng = np.random.default_rng(0)
-    small = Sample("small", rng.integers(0, 256, (4, 6, 3), dtype=np.uint8),
-                   np.zeros((4, 6), dtype=np.uint8), np.ones((4, 6), dtype=np.uint8))
-    wide = Sample("wide", rng.integers(0, 256, (3, 9, 3), dtype=np.uint8),
-                  np.ones((3, 9), dtype=np.uint8), np.zeros((3, 9), dtype=np.uint8))
-    panel = samples_panel([small, wide], palette)
-    # rows are 4 and 3 px high plus a 6 px white band each; widths 3*6+2*4 = 26 and 3*9+2*4 = 35
-    assert panel.shape == (4 + 6 + 3 + 6, 35, 3) and panel.dtype == np.uint8
-    np.testing.assert_array_equal(panel[:4, :6], small.image)
-    np.testing.assert_array_equal(panel[:4, 10:16], np.broadcast_to([10, 20, 30], (4, 6, 3)))
-    np.testing.assert_array_equal(panel[:4, 20:26], np.broadcast_to([200, 100, 0], (4, 6, 3)))
-    assert (panel[:4, 26:] == 255).all()  # the narrower row is padded white on the right
-    assert (panel[:4, 6:10] == 255).all() and (panel[4:10] == 255).all()  # gap and band
-    np.testing.assert_array_equal(panel[10:13, :9], wide.image)
-    np.testing.assert_array_equal(panel[10:13, 13:22], np.broadcast_to([200, 100, 0], (3, 9, 3)))
-    np.testing.assert_array_equal(panel[10:13, 26:35], np.broadcast_to([10, 20, 30], (3, 9, 3)))
-    assert (panel[13:] == 255).all()
