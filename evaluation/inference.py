@@ -16,6 +16,10 @@ towards the window's border (``"gaussian"``).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from datasets import normalize_image
+from evaluation.pipeline import RunNow, WriteBehind, read_ahead
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -242,6 +247,10 @@ NODATA_CLASS = 255
 """Class id written where the input has no valid data (also the ignore label of the datasets)."""
 BAND_WINDOWS = 4
 """Windows per band across the tile in :func:`predict_large_image` (memory ~ K x window x this many windows)."""
+READ_AHEAD_STRIPS = 2
+"""Strips read and normalised ahead of the model by :func:`predict_large_image` (memory: their pixels)."""
+WRITE_BEHIND_STRIPS = 2
+"""Finished strips waiting for their writer in :func:`predict_large_image` (memory: their uint8 blocks)."""
 
 
 class _Oriented:
@@ -277,6 +286,57 @@ def band_ranges(starts: list[int], window: int, length: int, band_windows: int) 
     return bands
 
 
+@dataclass
+class _StripWork:
+    """One strip of one band, read and normalised ahead of the model (see :func:`_read_strips`).
+
+    ``span_begin`` and ``span`` give the band's columns that its windows cover (the logit buffer's width);
+    ``batches`` holds (window starts across, normalised crops (n, 3, h, w) in strip orientation) per batch of
+    windows with a valid pixel; ``finished`` is the number of the strip's first rows no later window reaches.
+    """
+
+    band_begin: int
+    band_end: int
+    span_begin: int
+    span: int
+    outer: int
+    first_in_band: bool
+    finished: int
+    windows: int
+    valid: np.ndarray | None
+    batches: list[tuple[list[int], torch.Tensor]]
+
+
+def _read_strips(read_region: ReadRegion, valid_region: ValidRegion | None, orient: _Oriented,
+                 outer_starts: list[int], bands: list[tuple[int, int, list[int]]], outer_window: int,
+                 inner_window: int, batch_size: int, pin: bool) -> Iterator[_StripWork]:
+    """Band by band, strip by strip: read the pixels, find the windows with a valid pixel and normalise them
+    in batches of ``batch_size`` (in pinned memory with ``pin``, for non-blocking copies to a GPU)."""
+    for band_begin, band_end, band_starts in bands:
+        span_begin, span_end = band_starts[0], band_starts[-1] + inner_window
+        for strip_index, outer in enumerate(outer_starts):
+            pixels = orient.region(read_region, outer, span_begin, outer_window, span_end - span_begin)
+            valid = (None if valid_region is None else
+                     orient.region(valid_region, outer, span_begin, outer_window, span_end - span_begin))
+            useful = [inner for inner in band_starts
+                      if valid is None or valid[:, inner - span_begin : inner - span_begin + inner_window].any()]
+            batches = []
+            for first in range(0, len(useful), batch_size):
+                batch_starts = useful[first : first + batch_size]
+                crops = torch.stack([
+                    normalize_image(np.ascontiguousarray(
+                        pixels[:, inner - span_begin : inner - span_begin + inner_window]))
+                    for inner in batch_starts
+                ])
+                if orient.transposed:
+                    crops = crops.transpose(2, 3).contiguous()
+                batches.append((batch_starts, crops.pin_memory() if pin else crops))
+            is_last = strip_index == len(outer_starts) - 1
+            finished = outer_window if is_last else outer_starts[strip_index + 1] - outer
+            yield _StripWork(band_begin, band_end, span_begin, span_end - span_begin, outer, strip_index == 0,
+                             finished, len(band_starts), valid, batches)
+
+
 @torch.inference_mode()
 def predict_large_image(
     model: Callable[[torch.Tensor], torch.Tensor],
@@ -297,6 +357,7 @@ def predict_large_image(
     band_windows: int = BAND_WINDOWS,
     device: torch.device | str = "cpu",
     show_progress: bool = True,
+    pipelined: bool = True,
 ) -> tuple[int, ...]:
     """Segment a tile of any size with memory bounded by the window size, not the tile's.
 
@@ -312,6 +373,12 @@ def predict_large_image(
     summing over the whole tile at once. Windows without a valid pixel are skipped and invalid pixels get
     ``NODATA_CLASS``.
 
+    With ``pipelined`` (the default) reading and normalising run up to :data:`READ_AHEAD_STRIPS` strips
+    ahead of the model in one thread, and writing finished blocks up to :data:`WRITE_BEHIND_STRIPS` strips
+    behind it in another (:mod:`evaluation.pipeline`): the writers receive the same calls in the same order
+    as without, so the outputs are the same bytes. On CUDA the crops are read into pinned memory and copied
+    without blocking.
+
     Args:
         model: eval-mode model on ``device`` (any callable (N, 3, h, w) -> (N, K, h, w) logits).
         read_region: ``(top, left, height, width) -> uint8 (height, width, 3)`` RGB pixels.
@@ -323,6 +390,7 @@ def predict_large_image(
             blended logits times 255, rounded (0 under nodata); None = not computed. Blocks without a valid
             pixel before the first window ran wait until K is known (a tile without any gets none).
         band_windows: windows per band across the tile.
+        pipelined: read ahead and write behind in two threads (False: everything in the calling thread).
 
     Returns:
         The shape of the logit buffer, (K, rows, columns) in strip orientation (for tests and logs).
@@ -337,90 +405,87 @@ def predict_large_image(
     if weights is not None:
         weights = weights.to(device)
     total = len(outer_starts) * sum(len(band_starts) for _, _, band_starts in bands)
+    strips = _read_strips(read_region, valid_region, orient, outer_starts, bands, outer_window, inner_window,
+                          batch_size, pin=torch.device(device).type == "cuda")
+    if pipelined:
+        strips = read_ahead(strips, READ_AHEAD_STRIPS)
+    writer = WriteBehind(WRITE_BEHIND_STRIPS) if pipelined else RunNow()
     # closed on an error too, so that the error message is the last line printed
-    with tqdm(total=total, desc="windows", unit="win", disable=not show_progress) as progress:
+    with tqdm(total=total, desc="windows", unit="win", disable=not show_progress) as progress, writer, \
+            closing(strips):
         buffer_shape = ()
         num_classes, waiting = None, []  # all-nodata probability blocks met before the first forward pass
-        for band_begin, band_end, band_starts in bands:
-            span_begin, span_end = band_starts[0], band_starts[-1] + inner_window
-            logit_buffer = weight_buffer = None
-            for strip_index, outer in enumerate(outer_starts):
-                pixels = orient.region(read_region, outer, span_begin, outer_window, span_end - span_begin)
-                valid = (None if valid_region is None else
-                         orient.region(valid_region, outer, span_begin, outer_window, span_end - span_begin))
-                useful = [inner for inner in band_starts
-                          if valid is None or valid[:, inner - span_begin : inner - span_begin + inner_window].any()]
-                for first in range(0, len(useful), batch_size):
-                    batch_starts = useful[first : first + batch_size]
-                    crops = torch.stack([
-                        normalize_image(np.ascontiguousarray(
-                            pixels[:, inner - span_begin : inner - span_begin + inner_window]))
-                        for inner in batch_starts
-                    ]).to(device)
-                    if orient.transposed:
-                        crops = crops.transpose(2, 3).contiguous()
-                    crop_logits = infer_logits(model, crops, scales=scales, flip=flip, vflip=vflip, rot90=rot90)
-                    if orient.transposed:
-                        crop_logits = crop_logits.transpose(2, 3)
-                    if num_classes is None:
-                        num_classes = crop_logits.shape[1]
-                        if num_classes > 256:
-                            raise ValueError(f"{num_classes} classes do not fit a uint8 class-id mask")
-                        for block_outer, block_inner, shape in waiting:
-                            zeros = np.zeros((num_classes, *shape), np.uint8)
-                            orient.block(write_probabilities, block_outer, block_inner, zeros)
-                    if logit_buffer is None:
-                        logit_buffer = torch.zeros((num_classes, outer_window, span_end - span_begin),
-                                                   dtype=torch.float32, device=device)
-                        weight_buffer = torch.zeros((outer_window, span_end - span_begin), dtype=torch.float32,
-                                                    device=device)
-                    for inner, logits in zip(batch_starts, crop_logits):
-                        columns = slice(inner - span_begin, inner - span_begin + inner_window)
-                        if weights is None:
-                            logit_buffer[:, :, columns] += logits
-                            weight_buffer[:, columns] += 1
-                        else:
-                            logit_buffer[:, :, columns] += logits * weights
-                            weight_buffer[:, columns] += weights
-                progress.update(len(band_starts))
-                is_last = strip_index == len(outer_starts) - 1
-                finished = outer_window if is_last else outer_starts[strip_index + 1] - outer
-                _write_finished(orient, write_block, write_probabilities, logit_buffer, weight_buffer, valid,
-                                outer, finished, band_begin - span_begin, band_end - span_begin, band_begin)
-                if logit_buffer is None and write_probabilities is not None:  # no valid pixel yet in this band
-                    if num_classes is None:
-                        waiting.append((outer, band_begin, (finished, band_end - band_begin)))
+        logit_buffer = weight_buffer = None
+        for strip in strips:
+            if strip.first_in_band:
+                logit_buffer = weight_buffer = None
+            for batch_starts, crops in strip.batches:
+                crop_logits = infer_logits(model, crops.to(device, non_blocking=True), scales=scales, flip=flip,
+                                           vflip=vflip, rot90=rot90)
+                if orient.transposed:
+                    crop_logits = crop_logits.transpose(2, 3)
+                if num_classes is None:
+                    num_classes = crop_logits.shape[1]
+                    if num_classes > 256:
+                        raise ValueError(f"{num_classes} classes do not fit a uint8 class-id mask")
+                    for block_outer, block_inner, shape in waiting:
+                        zeros = np.zeros((num_classes, *shape), np.uint8)
+                        writer.submit(partial(orient.block, write_probabilities, block_outer, block_inner, zeros))
+                if logit_buffer is None:
+                    logit_buffer = torch.zeros((num_classes, outer_window, strip.span), dtype=torch.float32,
+                                               device=device)
+                    weight_buffer = torch.zeros((outer_window, strip.span), dtype=torch.float32, device=device)
+                for inner, logits in zip(batch_starts, crop_logits):
+                    columns = slice(inner - strip.span_begin, inner - strip.span_begin + inner_window)
+                    if weights is None:
+                        logit_buffer[:, :, columns] += logits
+                        weight_buffer[:, columns] += 1
                     else:
-                        orient.block(write_probabilities, outer, band_begin,
-                                     np.zeros((num_classes, finished, band_end - band_begin), np.uint8))
-                if logit_buffer is not None:
-                    buffer_shape = tuple(logit_buffer.shape)
-                    kept = outer_window - finished
-                    logit_buffer[:, :kept] = logit_buffer[:, finished:].clone()
-                    logit_buffer[:, kept:] = 0
-                    weight_buffer[:kept] = weight_buffer[finished:].clone()
-                    weight_buffer[kept:] = 0
+                        logit_buffer[:, :, columns] += logits * weights
+                        weight_buffer[:, columns] += weights
+            progress.update(strip.windows)
+            finished, band_columns = strip.finished, (strip.band_begin - strip.span_begin,
+                                                      strip.band_end - strip.span_begin)
+            class_ids, probabilities = _finished_blocks(logit_buffer, weight_buffer, strip.valid, finished,
+                                                        *band_columns, write_probabilities is not None)
+            writer.submit(partial(orient.block, write_block, strip.outer, strip.band_begin, class_ids))
+            if probabilities is not None:
+                writer.submit(partial(orient.block, write_probabilities, strip.outer, strip.band_begin,
+                                      probabilities))
+            elif write_probabilities is not None:  # no valid pixel yet in this band
+                shape = (finished, strip.band_end - strip.band_begin)
+                if num_classes is None:
+                    waiting.append((strip.outer, strip.band_begin, shape))
+                else:
+                    writer.submit(partial(orient.block, write_probabilities, strip.outer, strip.band_begin,
+                                          np.zeros((num_classes, *shape), np.uint8)))
+            if logit_buffer is not None:
+                buffer_shape = tuple(logit_buffer.shape)
+                kept = outer_window - finished
+                logit_buffer[:, :kept] = logit_buffer[:, finished:].clone()
+                logit_buffer[:, kept:] = 0
+                weight_buffer[:kept] = weight_buffer[finished:].clone()
+                weight_buffer[kept:] = 0
     return buffer_shape
 
 
-def _write_finished(orient: _Oriented, write_block: WriteBlock, write_probabilities: WriteBlock | None,
-                    logit_buffer: torch.Tensor | None, weight_buffer: torch.Tensor | None,
-                    valid: np.ndarray | None, outer: int, rows: int, column_begin: int, column_end: int,
-                    inner: int) -> None:
-    """Write the first ``rows`` buffer rows of the band's columns: class ids (and probabilities)."""
+def _finished_blocks(logit_buffer: torch.Tensor | None, weight_buffer: torch.Tensor | None,
+                     valid: np.ndarray | None, rows: int, column_begin: int, column_end: int,
+                     with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first ``rows`` buffer rows of the band's columns as uint8 class ids (h, w) and, when asked for and a
+    window has run in this band, uint8 probabilities (K, h, w); all ``NODATA_CLASS`` and None before any has."""
     shape = (rows, column_end - column_begin)
     if logit_buffer is None:  # no valid pixel yet in this band: all nodata (probabilities: the caller's)
-        orient.block(write_block, outer, inner, np.full(shape, NODATA_CLASS, np.uint8))
-        return
+        return np.full(shape, NODATA_CLASS, np.uint8), None
     logits = logit_buffer[:, :rows, column_begin:column_end]
     class_ids = logits.argmax(0).to(torch.uint8).cpu().numpy()
     invalid = None if valid is None else ~valid[:rows, column_begin:column_end]
     if invalid is not None:
         class_ids[invalid] = NODATA_CLASS
-    orient.block(write_block, outer, inner, class_ids)
-    if write_probabilities is not None:
-        weight_sum = weight_buffer[:rows, column_begin:column_end].clamp_min(torch.finfo(torch.float32).tiny)
-        probabilities = torch.softmax(logits / weight_sum, dim=0).mul(255).round().to(torch.uint8).cpu().numpy()
-        if invalid is not None:
-            probabilities[:, invalid] = 0
-        orient.block(write_probabilities, outer, inner, probabilities)
+    if not with_probabilities:
+        return class_ids, None
+    weight_sum = weight_buffer[:rows, column_begin:column_end].clamp_min(torch.finfo(torch.float32).tiny)
+    probabilities = torch.softmax(logits / weight_sum, dim=0).mul(255).round().to(torch.uint8).cpu().numpy()
+    if invalid is not None:
+        probabilities[:, invalid] = 0
+    return class_ids, probabilities
