@@ -62,7 +62,8 @@ def test_folder_of_images_with_overlapping_windows(tmp_path, model_and_checkpoin
     (folder / "notes.txt").write_text("not an image")
     predict.main([str(folder), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
                   "--window", "64", "--stride", "40", "--batch_size", "3", "--device", "cpu"])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_pred.png", "b_pred.png", "predict_summary.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a_pred.png", "a_pred.qml", "b_pred.png", "b_pred.qml", "predict_summary.json"]
     assert_clear_decisions_match(np.asarray(Image.open(tmp_path / "out" / "a_pred.png")),
                                  expected_logits(model, tall, 64, 40))
 
@@ -102,7 +103,8 @@ def test_geotiff_keeps_georeference(tmp_path, model_and_checkpoint):
         assert result.transform == transform
         assert result.colormap(1)[1][:3] == (128, 0, 0)
         assert_clear_decisions_match(result.read(1), expected_logits(model, pixels, 64, 48))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predict_summary.json", "tile_pred.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "predict_summary.json", "tile_pred.qml", "tile_pred.tif", "tile_pred.tif.aux.xml"]
 
 
 @pytest.mark.filterwarnings("ignore:Dataset has no geotransform")
@@ -221,8 +223,8 @@ def test_two_runs_into_one_folder_take_turns_and_share_the_summary(tmp_path, mod
     summary = json.loads((out / "predict_summary.json").read_text())
     assert sorted(summary["written"] + summary["kept"]) == sorted(map(str, (a, b, c)))
     assert len(summary["runs"]) == 2 and summary["failed"] == []
-    assert sorted(path.name for path in out.iterdir()) == ["a_pred.png", "b_pred.png", "c_pred.png",
-                                                            "predict_summary.json"]
+    assert sorted(path.name for path in out.iterdir()) == ["a_pred.png", "a_pred.qml", "b_pred.png", "b_pred.qml",
+                                                            "c_pred.png", "c_pred.qml", "predict_summary.json"]
 
 
 def test_summary_merges_runs_newest_result_wins(tmp_path, model_and_checkpoint, capsys):
@@ -252,5 +254,5 @@ def test_a_run_waits_for_the_folder_and_goes_on_when_it_is_free(tmp_path, model_
                          "--device", "cpu", "--lock_timeout", "60"]) == 0
     captured = capsys.readouterr()
     assert f"waiting up to 60 s for another run (pid {os.getpid()}" in captured.err
-    assert sorted(path.name for path in out.iterdir()) == ["a_pred.png", "predict_summary.json"]
+    assert sorted(path.name for path in out.iterdir()) == ["a_pred.png", "a_pred.qml", "predict_summary.json"]
     assert not (out / LOCK_FILE).exists()
