@@ -38,6 +38,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import socket
@@ -521,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = Path(args.out_dir)
         if args.simplify < 0 or args.min_area < 0:
             raise ValueError("--simplify and --min_area must be 0 or more")
+        if args.polygons == "gpkg" and importlib.util.find_spec("pyogrio") is None:
+            raise ImportError("--polygons gpkg writes GeoPackages with pyogrio: pip install pyogrio (or use "
+                              "--polygons geojson)")
         jobs = plan_jobs(collect_inputs(args.inputs), out_dir, args.format, args.probabilities, args.polygons,
                          args.areas)
         rank, world, args.device = distributed_context(args.device)
