@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--polygons", nargs="?", const="gpkg", default=None, choices=VECTOR_FORMATS,
                         help="also write the mask's polygons per class (fields class_id, class_name, area): gpkg "
                              "(the default) = {stem}_pred.gpkg in the input's CRS; geojson = {stem}_pred.geojson, "
-                             "RFC 7946 (WGS 84 longitude/latitude; pixel coordinates for inputs without a CRS)")
+                             "RFC 7946 (WGS 84 longitude/latitude; pixel coordinates for inputs without a CRS); "
+                             "name the format when inputs follow the flag")
     output.add_argument("--simplify", type=float, default=0.0, metavar="TOLERANCE",
                         help="with --polygons: simplify outlines (Douglas-Peucker) by TOLERANCE in the input CRS's "
                              "units (default 0: exact pixel outlines)")
