@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from utils.atomic import atomic_write_bytes
-from utils.image_io import import_rasterio
+from utils.vector_io import open_mask
 
 STRIP_ROWS = 1024
 COLUMNS = ("class_id", "class_name", "pixels", "area", "unit", "share")
@@ -39,9 +39,8 @@ def class_pixel_counts(mask_path: str | os.PathLike, nodata: int | None) -> tupl
     """(pixel count per class id 0..255 (256,) int64 with ``nodata`` zeroed, pixel area, unit) of a mask file."""
     from rasterio.windows import Window
 
-    rasterio = import_rasterio()
     counts = np.zeros(256, dtype=np.int64)
-    with rasterio.open(mask_path) as dataset:
+    with open_mask(mask_path) as dataset:
         for top in range(0, dataset.height, STRIP_ROWS):
             rows = min(STRIP_ROWS, dataset.height - top)
             strip = dataset.read(1, window=Window(0, top, dataset.width, rows))

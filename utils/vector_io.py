@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -306,6 +307,17 @@ def _polygon_wkb(rings: list[np.ndarray]) -> bytes:
     return b"".join(parts)
 
 
+def open_mask(path: str | os.PathLike):
+    """Open a class-id mask with rasterio; a PNG mask without georeference is read in pixel coordinates
+    without rasterio's NotGeoreferencedWarning."""
+    rasterio = import_rasterio()
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
+
+
 def _features(dataset, class_names: list[str], nodata: int | None, options: VectorOptions
               ) -> Iterator[tuple[int, str, float, list[np.ndarray]]]:
     """(class id, class name, area in CRS units², rings in map coordinates) of every polygon kept."""
@@ -352,7 +364,6 @@ def write_geopackage(mask_path: str | os.PathLike, out_path: str | os.PathLike, 
     """
     import pyogrio.raw
 
-    rasterio = import_rasterio()
     out_path = Path(out_path)
     temp_name = temporary_path_beside(out_path)
     os.remove(temp_name)  # GDAL's GeoPackage driver creates the file itself
@@ -363,17 +374,19 @@ def write_geopackage(mask_path: str | os.PathLike, out_path: str | os.PathLike, 
     def flush(crs: str | None) -> None:
         ids, names, areas, geometries = zip(*batch) if batch else ((), (), (), ())
         try:
-            pyogrio.raw.write(
-                temp_name, np.array(geometries, dtype=object),
-                [np.array(ids, dtype=np.int32), np.array(names, dtype=object), np.array(areas, dtype=np.float64)],
-                fields, layer=GPKG_LAYER, driver="GPKG", geometry_type="Polygon", crs=crs, append=written > 0)
+            with warnings.catch_warnings():  # a mask without CRS is written without one, as documented
+                warnings.filterwarnings("ignore", message="'crs' was not provided")
+                pyogrio.raw.write(
+                    temp_name, np.array(geometries, dtype=object),
+                    [np.array(ids, dtype=np.int32), np.array(names, dtype=object), np.array(areas, dtype=np.float64)],
+                    fields, layer=GPKG_LAYER, driver="GPKG", geometry_type="Polygon", crs=crs, append=written > 0)
         except Exception as error:  # pyogrio's DataSourceError & co.: one line naming the target
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise WriteError(out_path, reason) from None
         batch.clear()
 
     try:
-        with rasterio.open(mask_path) as dataset:
+        with open_mask(mask_path) as dataset:
             crs = dataset.crs.to_wkt() if dataset.crs else None
             for class_id, name, area, rings in _features(dataset, class_names, nodata, options):
                 batch.append((class_id, name, area, _polygon_wkb(_oriented(rings))))
@@ -416,9 +429,8 @@ def write_geojson(mask_path: str | os.PathLike, out_path: str | os.PathLike, cla
     """
     from rasterio.warp import transform as reproject
 
-    rasterio = import_rasterio()
     count = 0
-    with rasterio.open(mask_path) as dataset, atomic_path(out_path) as temp_name, \
+    with open_mask(mask_path) as dataset, atomic_path(out_path) as temp_name, \
             open(temp_name, "w", encoding="utf-8") as handle:
         check_reprojectable(dataset.crs, mask_path)
         handle.write('{"type": "FeatureCollection", "features": [')
