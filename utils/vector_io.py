@@ -20,6 +20,7 @@ Rings follow the right-hand rule of RFC 7946 in the output coordinates (outer co
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -307,15 +308,23 @@ def _polygon_wkb(rings: list[np.ndarray]) -> bytes:
     return b"".join(parts)
 
 
-def open_mask(path: str | os.PathLike):
-    """Open a class-id mask with rasterio; a PNG mask without georeference is read in pixel coordinates
+READ_CACHE_BYTES = 16 * 2**20
+"""GDAL's block cache while a mask is read strip by strip (its default, 5% of the RAM, would keep the
+whole decoded mask: 61 MiB for 8000²)."""
+
+
+@contextlib.contextmanager
+def open_mask(path: str | os.PathLike) -> Iterator:
+    """Open a class-id mask with rasterio for one pass of strip reads: GDAL's block cache is held to
+    ``READ_CACHE_BYTES`` meanwhile, and a mask without georeference (a PNG) is read in pixel coordinates
     without rasterio's NotGeoreferencedWarning."""
     rasterio = import_rasterio()
     from rasterio.errors import NotGeoreferencedWarning
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return rasterio.open(path)
+        with rasterio.open(path) as dataset:
+            yield dataset
 
 
 def _features(dataset, class_names: list[str], nodata: int | None, options: VectorOptions
