@@ -1,6 +1,6 @@
 """Polygons of a class-id raster, streamed in row strips, written as a GeoPackage or RFC 7946 GeoJSON.
 
-The mask is read in strips of ``STRIP_ROWS`` full-width rows; each strip is polygonised by
+The mask is read in strips of full-width rows (``STRIP_PIXELS`` pixels, 8 to 256 rows); each strip is polygonised by
 ``rasterio.features.shapes`` (4-connectivity) in pixel coordinates. A polygon that touches no strip
 border is final at once. Polygons cut at a seam between two strips are merged by class: their outlines
 are directed edges with the inside on the left (outer rings counter-clockwise, holes clockwise), so the
@@ -34,8 +34,9 @@ import numpy as np
 from utils.atomic import WriteError, atomic_path, publish, temporary_path_beside
 from utils.image_io import import_rasterio
 
-STRIP_ROWS = 256
-"""Rows of the mask polygonised at a time."""
+STRIP_PIXELS = 2**19
+"""Pixels of the mask polygonised at a time (rows: this over the width, 8 to 256): GDAL's polygoniser holds
+every polygon of a strip in an in-memory layer, so a strip's memory grows with its area."""
 VECTOR_FORMATS = ("gpkg", "geojson")
 """Values of predict.py's ``--polygons``: the GeoPackage or the GeoJSON file."""
 GPKG_LAYER = "polygons"
@@ -166,14 +167,20 @@ def _find(parents: list[int], index: int) -> int:
     return index
 
 
-def iter_class_polygons(dataset, nodata: int | None, strip_rows: int = STRIP_ROWS
+def strip_rows_for(width: int) -> int:
+    """Rows per strip for a mask ``width`` pixels wide: ``STRIP_PIXELS / width``, from 8 to 256."""
+    return max(8, min(256, STRIP_PIXELS // max(width, 1)))
+
+
+def iter_class_polygons(dataset, nodata: int | None, strip_rows: int | None = None
                         ) -> Iterator[tuple[int, list[np.ndarray]]]:
     """Polygons of each class of band 1 of an open rasterio dataset, read ``strip_rows`` rows at a time.
 
     Args:
         dataset: an open rasterio dataset of class ids (uint8).
         nodata: pixels with this value get no polygon (None: every pixel counts).
-        strip_rows: rows per strip (memory: ``strip_rows`` x width bytes plus the open polygons).
+        strip_rows: rows per strip (None: :func:`strip_rows_for` the width); memory holds a strip and its
+            polygons plus the polygons open at the seam.
 
     Yields:
         ``(class_id, [shell, *holes])``: rings (n + 1, 2) float64 closed, in pixel corner coordinates (x = column,
@@ -184,6 +191,7 @@ def iter_class_polygons(dataset, nodata: int | None, strip_rows: int = STRIP_ROW
     from rasterio.windows import Window
 
     height, width = dataset.height, dataset.width
+    strip_rows = strip_rows or strip_rows_for(width)
     open_regions: dict[Edge, tuple[int, _Region]] = {}  # bottom-seam edge -> (class id, region)
     for top in range(0, height, strip_rows):
         bottom = min(top + strip_rows, height)
