@@ -9,8 +9,13 @@ alpha are respected (no prediction there: the mask holds 255).
 
 Outputs per input, in ``--out_dir``: ``{stem}_pred.png`` (palette PNG, pixel values = class ids) or
 ``{stem}_pred.tif`` (a Cloud-Optimized GeoTIFF of class ids with the input's CRS and transform or GCPs, a
-colour table, nodata 255 and overviews); with ``--probabilities`` ``{stem}_prob.tif`` (one uint8 band per
-class, softmax x 255); with ``--polygons`` ``{stem}_pred.geojson`` (polygons per class). Then
+colour table, nodata 255 and overviews; GDAL category names in ``{stem}_pred.tif.aux.xml``) and its QGIS
+style ``{stem}_pred.qml`` (class colours and names); with ``--probabilities`` ``{stem}_prob.tif`` (one uint8
+band per class, softmax x 255, described by class name, nodata in an internal mask); with ``--polygons``
+``{stem}_pred.gpkg`` (GeoPackage in the input's CRS) or, with ``--polygons geojson``, ``{stem}_pred.geojson``
+(RFC 7946: WGS 84 longitude/latitude), polygons per class streamed by ``utils.vector_io``; with ``--areas``
+``{stem}_areas.csv``/``.json`` (pixels, area and share per class) and ``area_summary.csv``/``.json`` for the
+folder. Then
 ``predict_summary.json``: what was written, kept and failed, merged with the summaries of earlier runs
 into the folder (an input's newest result wins; one record per run).
 
@@ -33,6 +38,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import socket
@@ -41,6 +47,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -63,13 +70,17 @@ from evaluation.restore import add_speed_flags
 from evaluation.segmenter import DEFAULT_PROTOCOL, Protocol, Segmenter, require_valid_pixels
 from network.options import add_model_flags
 from network.zoo import apply_weights_flag
+from utils.area_summary import folder_summary, tile_summary
 from utils.atomic import atomic_write_bytes, exit_on_write_error, remove_stale_partial_files
 from utils.checkpoint import CheckpointMismatchError
 from utils.image_io import IMAGE_SUFFIXES, RASTER_SUFFIXES, ImageReadError, image_size, open_raster
-from utils.raster_io import write_polygons
+from utils.qgis_style import aux_path, style_path, write_category_names, write_qml
 from utils.run_lock import FolderBusyError, FolderLock, lock_folder, utc_timestamp
+from utils.vector_io import VECTOR_FORMATS, VectorOptions, check_reprojectable, write_polygons
 
 SUMMARY_FILE = "predict_summary.json"
+AREA_SUMMARY = "area_summary"
+"""Stem of the folder's area summary (``area_summary.csv`` and ``.json``, with ``--areas``)."""
 LOCK_HINT = "wait for it to finish, pass --lock_timeout SECONDS to wait, or choose another --out_dir"
 USAGE_ERRORS = (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError, OSError,
                 CheckpointMismatchError)
@@ -101,8 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--probabilities", action="store_true",
                         help="also write {stem}_prob.tif: one uint8 band per class, softmax of the blended logits "
                              "x 255")
-    output.add_argument("--polygons", action="store_true",
-                        help="also write {stem}_pred.geojson: the mask's polygons per class (in the input's CRS)")
+    output.add_argument("--polygons", nargs="?", const="gpkg", default=None, choices=VECTOR_FORMATS,
+                        help="also write the mask's polygons per class (fields class_id, class_name, area): gpkg "
+                             "(the default) = {stem}_pred.gpkg in the input's CRS; geojson = {stem}_pred.geojson, "
+                             "RFC 7946 (WGS 84 longitude/latitude; pixel coordinates for inputs without a CRS); "
+                             "name the format when inputs follow the flag")
+    output.add_argument("--simplify", type=float, default=0.0, metavar="TOLERANCE",
+                        help="with --polygons: simplify outlines (Douglas-Peucker) by TOLERANCE in the input CRS's "
+                             "units (default 0: exact pixel outlines)")
+    output.add_argument("--min_area", type=float, default=0.0, metavar="AREA",
+                        help="with --polygons: leave out polygons smaller than AREA (CRS units squared, m² when "
+                             "projected in metres; default 0)")
+    output.add_argument("--areas", action="store_true",
+                        help="also write {stem}_areas.csv/.json (per class: pixels, area in CRS units, share of the "
+                             "valid area) and area_summary.csv/.json for all inputs of --out_dir")
     output.add_argument("--overwrite", action="store_true",
                         help="redo finished inputs and replace files in the way (default: skip finished inputs, "
                              "refuse other existing files)")
@@ -132,10 +155,12 @@ class Job:
     mask: Path
     probabilities: Path | None
     polygons: Path | None
+    sidecars: tuple[Path, ...] = ()
+    """The mask's QGIS style and category names, and the area summary with ``--areas``."""
 
     def outputs(self) -> list[Path]:
         """Every output path of this input."""
-        return [path for path in (self.mask, self.probabilities, self.polygons) if path is not None]
+        return [path for path in (self.mask, self.probabilities, self.polygons, *self.sidecars) if path is not None]
 
 
 def collect_inputs(entries: list[str]) -> list[Path]:
@@ -161,14 +186,21 @@ def collect_inputs(entries: list[str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def plan_jobs(inputs: list[Path], out_dir: Path, fmt: str, probabilities: bool, polygons: bool) -> list[Job]:
-    """One job per input (``{out_dir}/{stem}_pred.{png|tif}`` ...); refuse two inputs sharing an output name."""
+def plan_jobs(inputs: list[Path], out_dir: Path, fmt: str, probabilities: bool, polygons: str | None,
+              areas: bool = False) -> list[Job]:
+    """One job per input (``{out_dir}/{stem}_pred.{png|tif}`` ...); refuse two inputs sharing an output name.
+    ``polygons``: None or a format of ``utils.vector_io.VECTOR_FORMATS``."""
     jobs, seen = [], {}
     for image_path in inputs:
         mask_format = fmt if fmt != "auto" else ("tif" if image_path.suffix.lower() in RASTER_SUFFIXES else "png")
-        job = Job(image=image_path, mask=out_dir / f"{image_path.stem}_pred.{mask_format}",
+        mask = out_dir / f"{image_path.stem}_pred.{mask_format}"
+        sidecars = [Path(style_path(mask))] + ([Path(aux_path(mask))] if mask_format == "tif" else [])
+        if areas:
+            sidecars += [out_dir / f"{image_path.stem}_areas.csv", out_dir / f"{image_path.stem}_areas.json"]
+        job = Job(image=image_path, mask=mask,
                   probabilities=out_dir / f"{image_path.stem}_prob.tif" if probabilities else None,
-                  polygons=out_dir / f"{image_path.stem}_pred.geojson" if polygons else None)
+                  polygons=out_dir / f"{image_path.stem}_pred.{polygons}" if polygons else None,
+                  sidecars=tuple(sidecars))
         if job.mask in seen:
             raise ValueError(f"{image_path} and {seen[job.mask]} would both be written to {job.mask}; "
                              "predict them into different --out_dir folders")
@@ -179,9 +211,9 @@ def plan_jobs(inputs: list[Path], out_dir: Path, fmt: str, probabilities: bool, 
 
 def is_own_output(path: Path, size: tuple[int, int]) -> bool:
     """Whether ``path`` is an output this input gets: a raster (mask, probabilities) whose header has the
-    input's size, or the polygons file. Outputs are published atomically, so such a file is complete."""
-    if path.suffix == ".geojson":
-        return True
+    input's size, or a vector or sidecar file. Outputs are published atomically, so such a file is complete."""
+    if path.suffix in (".geojson", ".gpkg", ".qml", ".xml", ".csv", ".json"):
+        return path.is_file()
     try:
         return image_size(path) == size
     except ImageReadError:
@@ -210,6 +242,14 @@ def check_job(job: Job, read_options: dict, overwrite: bool) -> bool:
             an output of this input (:func:`is_own_output`) and ``overwrite`` is not set.
     """
     size = check_input(job.image, read_options)
+    for path in job.outputs():
+        if path.is_dir():
+            raise FileExistsError(f"{path} is a folder, so {job.image}'s output cannot be written there: remove it "
+                                  "or choose another --out_dir")
+    if job.polygons is not None and job.polygons.suffix == ".geojson" and \
+            job.image.suffix.lower() in RASTER_SUFFIXES:
+        with open_raster(job.image, **read_options) as source:
+            check_reprojectable((source.geo_profile or {}).get("crs"), job.image)
     if overwrite:
         return False
     existing = [path for path in job.outputs() if path.exists()]
@@ -235,8 +275,10 @@ def check_out_dir(out_dir: Path) -> None:
     remove_stale_partial_files(out_dir)
 
 
-def predict_file(segmenter: Segmenter, job: Job, read_options: dict, show_progress: bool = True) -> None:
-    """Segment one image into its outputs (each published atomically; partial files removed on failure).
+def predict_file(segmenter: Segmenter, job: Job, read_options: dict, vector_options: VectorOptions,
+                 show_progress: bool = True) -> None:
+    """Segment one image into its outputs (each published atomically; partial files removed on failure), then
+    write the mask's sidecars (:func:`write_mask_sidecars`).
 
     Raises:
         ImageReadError: unreadable pixels, bands out of range or no valid pixel; utils.atomic.WriteError:
@@ -244,8 +286,28 @@ def predict_file(segmenter: Segmenter, job: Job, read_options: dict, show_progre
     """
     segmenter.predict_raster(job.image, job.mask, job.probabilities, read_options=read_options,
                              show_progress=show_progress)
+    write_mask_sidecars(job, segmenter.class_names, segmenter.palette, vector_options)
+
+
+def write_mask_sidecars(job: Job, class_names: list[str], palette: np.ndarray, vector_options: VectorOptions) -> None:
+    """The files derived from a published mask: its QGIS style and category names, polygons, area summary."""
+    write_qml(job.mask, class_names, palette, NODATA_CLASS)
+    if job.mask.suffix == ".tif":
+        write_category_names(job.mask, class_names)
     if job.polygons is not None:
-        write_polygons(job.mask, job.polygons, segmenter.class_names, NODATA_CLASS)
+        write_polygons(job.mask, job.polygons, class_names, NODATA_CLASS, vector_options)
+    areas = [path for path in job.sidecars if path.name.endswith("_areas.json")]
+    if areas:
+        tile_summary(job.mask, areas[0].with_suffix(""), class_names, NODATA_CLASS)
+
+
+def write_area_summary(jobs: list[Job], out_dir: Path, class_names: list[str]) -> None:
+    """The folder's area summary (``area_summary.csv``/``.json``) from the per-tile summaries present."""
+    tiles = [json.loads(path.read_text(encoding="utf-8")) for job in jobs for path in job.sidecars
+             if path.name.endswith("_areas.json") and path.is_file()]
+    if tiles:  # a run that only kept finished tiles loaded no model: the names are in the tiles' summaries
+        names = class_names or [row["class_name"] for row in tiles[0]["classes"]]
+        folder_summary(tiles, out_dir / AREA_SUMMARY, names)
 
 
 def distributed_context(device: str) -> tuple[int, int, str]:
@@ -404,7 +466,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.lock_timeout >= 0:
             raise ValueError(f"--lock_timeout must be 0 or more seconds, got {args.lock_timeout}")
         out_dir = Path(args.out_dir)
-        jobs = plan_jobs(collect_inputs(args.inputs), out_dir, args.format, args.probabilities, args.polygons)
+        if args.simplify < 0 or args.min_area < 0:
+            raise ValueError("--simplify and --min_area must be 0 or more")
+        if args.polygons == "gpkg" and importlib.util.find_spec("pyogrio") is None:
+            raise ImportError("--polygons gpkg writes GeoPackages with pyogrio: pip install pyogrio (or use "
+                              "--polygons geojson)")
+        jobs = plan_jobs(collect_inputs(args.inputs), out_dir, args.format, args.probabilities, args.polygons,
+                         args.areas)
         rank, world, args.device = distributed_context(args.device)
         note = emulated_precision_note(args.precision, args.device) if args.backend == "pytorch" else None
         if note and rank == 0:
@@ -425,10 +493,11 @@ def main(argv: list[str] | None = None) -> int:
             segmenter = load_segmenter(args, protocol, todo)
         except USAGE_ERRORS as error:
             parser.error(str(error))
+        vector_options = VectorOptions(simplify=args.simplify, min_area=args.min_area)
         with tqdm(todo, desc="images", unit="img", disable=len(todo) < 2) as progress:  # closed before an error
             for job in progress:
                 try:
-                    predict_file(segmenter, job, read_options)
+                    predict_file(segmenter, job, read_options, vector_options)
                 except (ValueError, ImportError, OSError) as error:
                     if args.on_error == "error":
                         progress.close()
@@ -439,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{job.image} -> {', '.join(map(str, job.outputs()))}")
         per_process = gather_results(results, world)
         if rank == 0:
+            if args.areas:
+                write_area_summary(jobs, out_dir, segmenter.class_names if segmenter is not None else [])
             print(write_summary(out_dir, per_process, time.perf_counter() - start, started))
     finally:
         if lock is not None:

@@ -329,7 +329,8 @@ class Segmenter:
                     sinks.append(PaletteMaskSink(dst, *size, self.palette))
                 if probabilities is not None:
                     sinks.append(CogSink(probabilities, *size, count=self.num_classes,
-                                         geo_profile=source.geo_profile))
+                                         geo_profile=source.geo_profile, band_descriptions=self.class_names,
+                                         mask_all_zero=True))
                 self.segment(source.read, size, sinks[0].write, valid_region=source.valid_mask,
                              write_probabilities=sinks[1].write if len(sinks) > 1 else None,
                              show_progress=show_progress)

@@ -251,7 +251,7 @@ def test_predict_removes_the_partial_file_of_a_killed_run(data, one_thread):
     stale.write_bytes(b"half a mask")
     assert predict.main([str(data["images"]), "--snapshot", str(data["checkpoint"]), "--out_dir", str(out),
                          "--window", "64", "--device", "cpu", *MODEL_FLAGS]) == 0
-    assert sorted(path.name for path in out.iterdir()) == ["predict_summary.json", "scene_pred.png"]
+    assert sorted(path.name for path in out.iterdir()) == ["predict_summary.json", "scene_pred.png", "scene_pred.qml"]
 
 
 @pytest.mark.skipif(not full_disk_available(), reason="no private mount namespace with tmpfs here (unshare)")
@@ -319,4 +319,4 @@ def test_lock_of_a_killed_run_is_taken_over(data, capsys, one_thread):
     (out / LOCK_FILE).write_text(json.dumps(dead))  # left by a run killed with kill -9 (its flock went with it)
     assert predict.main(predict_argv(data, out)) == 0
     assert "locked by predict.py (pid 999999999" in capsys.readouterr().err
-    assert sorted(path.name for path in out.iterdir()) == ["predict_summary.json", "scene_pred.png"]
+    assert sorted(path.name for path in out.iterdir()) == ["predict_summary.json", "scene_pred.png", "scene_pred.qml"]

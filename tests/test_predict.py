@@ -62,7 +62,8 @@ def test_folder_of_images_with_overlapping_windows(tmp_path, model_and_checkpoin
     (folder / "notes.txt").write_text("not an image")
     predict.main([str(folder), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
                   "--window", "64", "--stride", "40", "--batch_size", "3", "--device", "cpu"])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_pred.png", "b_pred.png", "predict_summary.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a_pred.png", "a_pred.qml", "b_pred.png", "b_pred.qml", "predict_summary.json"]
     assert_clear_decisions_match(np.asarray(Image.open(tmp_path / "out" / "a_pred.png")),
                                  expected_logits(model, tall, 64, 40))
 
@@ -102,7 +103,8 @@ def test_geotiff_keeps_georeference(tmp_path, model_and_checkpoint):
         assert result.transform == transform
         assert result.colormap(1)[1][:3] == (128, 0, 0)
         assert_clear_decisions_match(result.read(1), expected_logits(model, pixels, 64, 48))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predict_summary.json", "tile_pred.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "predict_summary.json", "tile_pred.qml", "tile_pred.tif", "tile_pred.tif.aux.xml"]
 
 
 @pytest.mark.filterwarnings("ignore:Dataset has no geotransform")
@@ -222,8 +224,8 @@ def test_two_runs_into_one_folder_take_turns_and_share_the_summary(tmp_path, mod
     summary = json.loads((out / "predict_summary.json").read_text())
     assert sorted(summary["written"] + summary["kept"]) == sorted(map(str, (a, b, c)))
     assert len(summary["runs"]) == 2 and summary["failed"] == []
-    assert sorted(path.name for path in out.iterdir()) == ["a_pred.png", "b_pred.png", "c_pred.png",
-                                                            "predict_summary.json"]
+    assert sorted(path.name for path in out.iterdir()) == ["a_pred.png", "a_pred.qml", "b_pred.png", "b_pred.qml",
+                                                            "c_pred.png", "c_pred.qml", "predict_summary.json"]
 
 
 def test_summary_merges_runs_newest_result_wins(tmp_path, model_and_checkpoint, capsys):
@@ -253,5 +255,32 @@ def test_a_run_waits_for_the_folder_and_goes_on_when_it_is_free(tmp_path, model_
                          "--device", "cpu", "--lock_timeout", "60"]) == 0
     captured = capsys.readouterr()
     assert f"waiting up to 60 s for another run (pid {os.getpid()}" in captured.err
-    assert sorted(path.name for path in out.iterdir()) == ["a_pred.png", "predict_summary.json"]
+    assert sorted(path.name for path in out.iterdir()) == ["a_pred.png", "a_pred.qml", "predict_summary.json"]
     assert not (out / LOCK_FILE).exists()
+
+
+def test_png_mask_gets_a_style_polygons_in_pixels_and_areas_in_pixels(tmp_path, model_and_checkpoint):
+    """A non-georeferenced PNG: the style beside the mask, a GeoPackage without CRS in pixel coordinates whose
+    areas add up to the image, and an area summary in pixels; a re-run keeps every one of them."""
+    import pyogrio
+
+    _, checkpoint = model_and_checkpoint
+    Image.fromarray(blocky_image(np.random.default_rng(5), 40, 56)).save(tmp_path / "plain.png")
+    flags = [str(tmp_path / "plain.png"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
+             "--window", "64", "--device", "cpu", "--polygons", "--areas"]
+    assert predict.main(flags) == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "area_summary.csv", "area_summary.json", "plain_areas.csv", "plain_areas.json", "plain_pred.gpkg",
+        "plain_pred.png", "plain_pred.qml", "predict_summary.json"]
+    mask = np.asarray(Image.open(out / "plain_pred.png"))
+    info = pyogrio.read_info(out / "plain_pred.gpkg")
+    assert info["crs"] is None and info["features"] > 0
+    _, _, _, (class_ids, _, areas) = pyogrio.raw.read(out / "plain_pred.gpkg")
+    assert areas.sum() == mask.size and set(class_ids.tolist()) == set(np.unique(mask).tolist())
+    summary = json.loads((out / "plain_areas.json").read_text())
+    assert summary["unit"] == "px" and [row["pixels"] for row in summary["classes"]] == \
+        np.bincount(mask.ravel(), minlength=NUM_CLASSES).tolist()
+    before = {path.name: path.stat().st_mtime_ns for path in out.iterdir() if path.name.startswith("plain_")}
+    assert predict.main(flags) == 0  # finished: every output present, nothing redone
+    assert {name: (out / name).stat().st_mtime_ns for name in before} == before

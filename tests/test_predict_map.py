@@ -19,6 +19,7 @@ rasterio = pytest.importorskip("rasterio")
 from rasterio.control import GroundControlPoint  # noqa: E402
 from rasterio.shutil import copy as copy_raster  # noqa: E402
 from rasterio.transform import Affine  # noqa: E402
+from rasterio.warp import transform_bounds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 6
@@ -75,7 +76,8 @@ def test_geotiff_to_valid_cog_with_probabilities_and_polygons(tmp_path, model_an
     transform = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4100000.0)
     write_geotiff(tmp_path / "scene.tif", pixels.transpose(2, 0, 1), crs="EPSG:32632", transform=transform)
     assert predict.main([str(tmp_path / "scene.tif"), "--snapshot", str(checkpoint), "--out_dir", str(tmp_path / "out"),
-                         "--window", "128", "--stride", "128", "--probabilities", "--polygons", "--device", "cpu"]) == 0
+                         "--window", "128", "--stride", "128", "--probabilities", "--polygons", "geojson", "--device",
+                         "cpu"]) == 0
     mask_path = tmp_path / "out" / "scene_pred.tif"
     with rasterio.open(mask_path) as result:
         mask = result.read(1)
@@ -103,13 +105,15 @@ def test_geotiff_to_valid_cog_with_probabilities_and_polygons(tmp_path, model_an
     assert abs(values.sum(0) - 255).max() <= NUM_CLASSES
     agree = values.argmax(0) == mask
     assert agree.mean() > 0.99
-    # polygons per class, in map coordinates, covering the mask's area
+    # polygons per class, RFC 7946: WGS 84 longitude/latitude (no crs member), covering the mask's extent
     collection = json.loads((tmp_path / "out" / "scene_pred.geojson").read_text())
-    assert collection["crs"]["properties"]["name"] == "EPSG:32632"
+    assert "crs" not in collection
     assert {feature["properties"]["class_id"] for feature in collection["features"]} == set(np.unique(mask).tolist())
     xs = [point[0] for feature in collection["features"] for ring in feature["geometry"]["coordinates"]
           for point in ring]
-    assert min(xs) == 500000.0 and max(xs) == 500000.0 + 0.5 * 384
+    west, _, east, _ = transform_bounds("EPSG:32632", "EPSG:4326", 500000.0, 4100000.0 - 128,
+                                                      500000.0 + 0.5 * 384, 4100000.0)
+    assert min(xs) == pytest.approx(west, abs=1e-6) and max(xs) == pytest.approx(east, abs=1e-6)
     summary = json.loads((tmp_path / "out" / "predict_summary.json").read_text())
     assert summary["written"] == [str(tmp_path / "scene.tif")] and summary["failed"] == []
 
@@ -139,7 +143,8 @@ def test_folder_survives_a_bad_file_and_resumes(tmp_path, model_and_checkpoint, 
     assert predict.main([str(folder), *flags, "--on-error", "skip"]) == 0
     skipped = capsys.readouterr().out
     assert "1 input(s) failed" in skipped and "c.tif" in skipped
-    assert sorted(path.name for path in out.glob("*_pred.*")) == ["a_pred.png", "b_pred.tif"]
+    assert sorted(path.name for path in out.glob("*_pred.*")) == [
+        "a_pred.png", "a_pred.qml", "b_pred.qml", "b_pred.tif", "b_pred.tif.aux.xml"]
     before = {path.name: path.stat().st_mtime_ns for path in out.glob("*_pred.*")}
     # the file repaired, a re-run resumes: only c is segmented, a and b are kept untouched
     (folder / "c.tif").unlink()
@@ -172,7 +177,8 @@ def test_two_processes_match_one_byte_for_byte(tmp_path, model_and_checkpoint):
     double = run_predict(str(folder), *flags, "--out_dir", str(tmp_path / "two"), launcher=launcher)
     assert double.returncode == 0, double.stderr
     names = sorted(path.name for path in (tmp_path / "one").glob("*_pred.*"))
-    assert names == ["g_pred.tif", "p0_pred.png", "p1_pred.png", "p2_pred.png"]
+    assert names == ["g_pred.qml", "g_pred.tif", "g_pred.tif.aux.xml", "p0_pred.png", "p0_pred.qml", "p1_pred.png",
+                     "p1_pred.qml", "p2_pred.png", "p2_pred.qml"]
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     summary = json.loads((tmp_path / "two" / "predict_summary.json").read_text())

@@ -10,11 +10,17 @@ names and palette go into the ONNX metadata, chosen as predict.py chooses them: 
 datasets included: no dataset flag needed), else the built-in dataset its saved configuration names; see
 docs/deployment.md.
 
+With ``--deepness`` the file is one the QGIS plugin Deepness runs as it is: input (N, 3, T, T) RGB in [0, 1]
+with T = ``--tile_size`` fixed, the normalisation inside, output ``probabilities`` (N, K, T, T) (softmax),
+and the metadata keys the plugin reads (``model_type``, ``class_names``, ``tile_size``, ``tiles_overlap``,
+``resolution``, ``seg_thresh``); see ``evaluation.onnx_export.deepness_metadata`` and docs/deployment.md.
+
 Example::
 
     python tools/export_onnx.py --snapshot potsdam_r50.pth --dataset Posdam --out potsdam_r50.onnx
     python tools/export_onnx.py --weights pfnet_r50.potsdam --out potsdam_r50.onnx
     python predict.py --backend onnxruntime --onnx potsdam_r50.onnx --out_dir preds top_potsdam_2_13_RGB.tif
+    python tools/export_onnx.py --weights pfnet_r50.potsdam --deepness --resolution_cm 5 --out potsdam_qgis.onnx
 """
 from __future__ import annotations
 
@@ -29,7 +35,15 @@ if __package__ in (None, ""):
 from datasets.registry import names_text  # noqa: E402
 from evaluation.cli import add_weights_argument  # noqa: E402
 from evaluation.dataset_split import dataset_table  # noqa: E402
-from evaluation.onnx_export import DEFAULT_OPSET, export_onnx, onnx_metadata  # noqa: E402
+from evaluation.onnx_export import (  # noqa: E402
+    DEEPNESS_OUTPUT,
+    DEFAULT_OPSET,
+    MIN_SIZE,
+    DeepnessModel,
+    deepness_metadata,
+    export_onnx,
+    onnx_metadata,
+)
 from evaluation.restore import restore_model, saved_class_table  # noqa: E402
 from network.options import add_model_flags  # noqa: E402
 from network.zoo import apply_weights_flag  # noqa: E402
@@ -55,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset, {DEFAULT_OPSET} or newer (default {DEFAULT_OPSET})")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    deepness = parser.add_argument_group("QGIS Deepness plugin profile")
+    deepness.add_argument("--deepness", action="store_true",
+                          help="write a file the QGIS plugin Deepness runs as it is: RGB in [0, 1] of a fixed "
+                               "--tile_size, normalisation inside, per-class probabilities out, Deepness metadata")
+    deepness.add_argument("--tile_size", type=int, default=512,
+                          help="with --deepness: the tile side in pixels, fixed in the file (default 512)")
+    deepness.add_argument("--tiles_overlap", type=int, default=15,
+                          help="with --deepness: overlap of neighbouring tiles in percent (default 15)")
+    deepness.add_argument("--resolution_cm", type=float, default=None,
+                          help="with --deepness: ground resolution of the training imagery in cm per pixel (Potsdam "
+                               "5, Vaihingen 9); Deepness resamples the map to it (default: not stored, set in QGIS)")
     parser.add_argument("--trusted-pickle", dest="trusted_pickle", action="store_true",
                         help="allow arbitrary pickled objects in the checkpoint (only for files you trust)")
     add_model_flags(parser)
@@ -74,6 +99,12 @@ def check_flags(args: argparse.Namespace) -> None:
         raise ValueError(f"--out must name a .onnx file, got {out}")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if args.deepness and args.fp16:
+        raise ValueError("--deepness writes a float32 file: leave out --fp16")
+    if args.deepness and not (args.tile_size >= MIN_SIZE and 0 <= args.tiles_overlap < 100):
+        raise ValueError(f"--tile_size must be {MIN_SIZE} or more and --tiles_overlap 0..99 percent")
+    if args.resolution_cm is not None and not args.resolution_cm > 0:
+        raise ValueError(f"--resolution_cm must be positive, got {args.resolution_cm}")
     if args.opset < DEFAULT_OPSET:
         raise ValueError(f"--opset must be {DEFAULT_OPSET} or newer, got {args.opset}")
     for package in ("onnx", "onnxscript"):
@@ -95,9 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         restored = restore_model(args, args.snapshot, len(named[0]) if named else None, device="cpu",
                                  trusted_pickle=args.trusted_pickle, optimize=False)
         class_names, palette = named or saved_class_table(restored.extras) or (None, None)
-        metadata = onnx_metadata(num_classes=restored.num_classes, arch=restored.resolved.arch,
-                                 options=restored.resolved.options, snapshot=args.snapshot,
-                                 class_names=class_names, palette=palette)
+        if args.deepness:
+            names = class_names or [f"class_{index}" for index in range(restored.num_classes)]
+            metadata = deepness_metadata(class_names=names, tile_size=args.tile_size,
+                                         tiles_overlap=args.tiles_overlap, resolution_cm=args.resolution_cm,
+                                         arch=restored.resolved.arch, snapshot=args.snapshot)
+        else:
+            metadata = onnx_metadata(num_classes=restored.num_classes, arch=restored.resolved.arch,
+                                     options=restored.resolved.options, snapshot=args.snapshot,
+                                     class_names=class_names, palette=palette)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError, CheckpointMismatchError) as error:
         parser.error(str(error))
     for warning in restored.resolved.warnings:
@@ -105,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {restored.resolved.describe()}, {restored.num_classes} classes")
     print(f"exporting to {args.out} ({'float16' if args.fp16 else 'float32'}, opset {args.opset}); "
           "this takes a few minutes on a 2-core CPU")
-    export_onnx(restored.model, args.out, metadata, fp16=args.fp16, opset=args.opset)
+    if args.deepness:
+        export_onnx(DeepnessModel(restored.model).eval(), args.out, metadata, opset=args.opset,
+                    tile_size=args.tile_size, output_name=DEEPNESS_OUTPUT)
+    else:
+        export_onnx(restored.model, args.out, metadata, fp16=args.fp16, opset=args.opset)
     size_mb = Path(args.out).stat().st_size / 2**20
     print(f"wrote {args.out} ({size_mb:.1f} MB)")
     return 0

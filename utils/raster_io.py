@@ -15,13 +15,16 @@ finished blocks (``write(top, left, block)``) and publishes its file atomically 
   written; otherwise :class:`utils.atomic.WriteError` names the file and nothing is published. What GDAL
   and libtiff print meanwhile is held back (:func:`gdal_write_guard`): a full disk is reported once, as
   "No space left on device" naming the target, at the first block that fails, and nothing follows it.
-* :func:`write_polygons`: polygons per class (``rasterio.features.shapes``) of a class-id GeoTIFF, as GeoJSON.
+  Bands may carry descriptions (the class names of a probability raster) and an internal mask marking pixels
+  whose bands are all 0 as nodata (a probability raster's nodata: a valid pixel's softmax x 255 never sums
+  to 0).
+
+Polygons are written by ``utils.vector_io``, the class names and styles beside a mask by ``utils.qgis_style``.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import sys
 import tempfile
@@ -30,7 +33,7 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from utils.atomic import WriteError, atomic_path, atomic_write_bytes, publish, temporary_path_beside
+from utils.atomic import WriteError, atomic_path, publish, temporary_path_beside
 from utils.image_io import gdal_errors, import_rasterio
 from utils.palette import full_palette, palette_image
 
@@ -180,14 +183,19 @@ class CogSink:
         geo_profile: ``{"crs", "transform"}`` or ``{"gcps", "gcps_crs"}`` of the input, or None.
         nodata: the nodata value stored in the file (None: none).
         palette: (K, 3) uint8 class colours for a single-band class-id mask's colour table (None: no table).
+        band_descriptions: one description per band (GDAL band descriptions, e.g. class names), or None.
+        mask_all_zero: store an internal mask (GDAL's per-dataset mask) that marks pixels whose bands are all 0
+            as nodata.
     """
 
     def __init__(self, path: str | os.PathLike, height: int, width: int, count: int = 1,
-                 geo_profile: dict | None = None, nodata: int | None = None, palette: np.ndarray | None = None):
+                 geo_profile: dict | None = None, nodata: int | None = None, palette: np.ndarray | None = None,
+                 band_descriptions: list[str] | None = None, mask_all_zero: bool = False):
         rasterio = import_rasterio()
         self.path = Path(path)
         self.shape = (count, height, width)
         self.checksum = 0
+        self.mask_all_zero = mask_all_zero
         self.stream_path = temporary_path_beside(self.path)
         geo = dict(geo_profile or {})
         gcps = geo.pop("gcps", None), geo.pop("gcps_crs", None)
@@ -202,6 +210,8 @@ class CogSink:
                 if palette is not None:
                     table = full_palette(palette)
                     self.dataset.write_colormap(1, {index: (*map(int, table[index]), 255) for index in range(256)})
+                for band, description in enumerate(band_descriptions or [], start=1):
+                    self.dataset.set_band_description(band, str(description))
         except WriteError:
             self.abort()
             raise
@@ -211,7 +221,10 @@ class CogSink:
 
         bands = block if block.ndim == 3 else block[np.newaxis]
         with gdal_write_guard(self.path):
-            self.dataset.write(bands, window=Window(left, top, bands.shape[2], bands.shape[1]))
+            window = Window(left, top, bands.shape[2], bands.shape[1])
+            self.dataset.write(bands, window=window)
+            if self.mask_all_zero:
+                self.dataset.write_mask(np.where(bands.any(axis=0), 255, 0).astype(np.uint8), window=window)
         self.checksum += _checksum(top, left, bands)
 
     def close(self) -> None:
@@ -261,30 +274,3 @@ class CogSink:
     def _remove(name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(name)
-
-
-def write_polygons(mask_path: str | os.PathLike, out_path: str | os.PathLike, class_names: list[str],
-                   nodata: int) -> int:
-    """Polygons of each class of a class-id raster as a GeoJSON FeatureCollection; returns the polygon count.
-
-    Coordinates are in the raster's CRS (pixel coordinates when it has none), named in the legacy ``crs``
-    member that GDAL and QGIS read. The mask is read whole (1 byte per pixel). Properties: ``class_id``,
-    ``class_name``. Pixels equal to ``nodata`` get no polygon.
-    """
-    rasterio = import_rasterio()
-    from rasterio.features import shapes
-
-    with rasterio.open(mask_path) as dataset:
-        class_ids = dataset.read(1)
-        transform, crs = dataset.transform, dataset.crs
-    features = []
-    for geometry, value in shapes(class_ids, mask=class_ids != nodata, connectivity=4, transform=transform):
-        class_id = int(value)
-        name = class_names[class_id] if class_id < len(class_names) else str(class_id)
-        features.append({"type": "Feature", "geometry": geometry,
-                         "properties": {"class_id": class_id, "class_name": name}})
-    collection = {"type": "FeatureCollection", "features": features}
-    if crs is not None:
-        collection["crs"] = {"type": "name", "properties": {"name": crs.to_string()}}
-    atomic_write_bytes(out_path, json.dumps(collection).encode())
-    return len(features)
