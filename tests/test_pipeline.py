@@ -90,7 +90,9 @@ def test_a_read_error_is_raised_in_the_caller():
     with pytest.raises(OSError, match="row 64"):
         predict_large_image(model, unreadable, (160, 96), lambda top, left, block: blocks.append(top), window=32,
                             stride=32, show_progress=False)
-    assert blocks == [0, 32], "strips read before the error are written, as in a serial run"
+    # strips finished before the error may or may not have reached the writer (the caller aborts its outputs on
+    # an error), but none after it
+    assert blocks in ([], [0], [0, 32])
 
 
 def test_read_ahead_keeps_order_and_stays_within_its_depth():
