@@ -75,7 +75,8 @@ PERCENTILES = (2.0, 98.0)
 SCALING_FILE = "scaling.json"
 """Name of the scaling parameters saved beside a prepared dataset."""
 GDAL_CACHE_BYTES = 64 * 2**20
-"""GDAL block cache limit; its default (5 % of the RAM) would grow with the tile."""
+"""GDAL block cache limit; its default (5 % of the RAM) would grow with the tile. A ``GDAL_CACHEMAX``
+environment variable (GDAL's syntax: megabytes below 100000, bytes above, or a percentage of the RAM) wins."""
 MAX_IMAGE_PIXELS = 2**30
 """Largest image (pixels) decoded whole: OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS); iSAID's largest scenes
 have ~0.06e9 pixels. A header claiming more is a decompression bomb or a corrupt file."""
@@ -562,9 +563,16 @@ def dataset_scaling(paths: list[str | os.PathLike], bands: tuple[int, ...] | Non
     return ImageScaling(low=tuple(map(float, np.min(lows, axis=0))), high=tuple(map(float, np.max(highs, axis=0))))
 
 
+def gdal_cache_max() -> int | str:
+    """GDAL's block cache limit for this process: the ``GDAL_CACHEMAX`` environment variable when set (passed to
+    GDAL as given), else :data:`GDAL_CACHE_BYTES`."""
+    return os.environ.get("GDAL_CACHEMAX") or GDAL_CACHE_BYTES
+
+
 def gdal_env(policy: SourcePolicy = STRICT_SOURCES):
-    """The ``rasterio.Env`` GDAL inputs are opened and read in: bounded block cache, ``policy``'s GDAL options."""
-    return import_rasterio().Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, **policy.gdal_options())
+    """The ``rasterio.Env`` GDAL files are opened, read and written in: bounded block cache
+    (:func:`gdal_cache_max`), ``policy``'s GDAL options."""
+    return import_rasterio().Env(GDAL_CACHEMAX=gdal_cache_max(), **policy.gdal_options())
 
 
 def open_raster_header(path: str | os.PathLike, policy: SourcePolicy = STRICT_SOURCES):

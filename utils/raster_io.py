@@ -31,7 +31,7 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from utils.atomic import WriteError, atomic_path, atomic_write_bytes, publish, temporary_path_beside
-from utils.image_io import gdal_errors, import_rasterio
+from utils.image_io import gdal_env, gdal_errors, import_rasterio
 from utils.palette import full_palette, palette_image
 
 COG_BLOCK = 256
@@ -194,6 +194,10 @@ class CogSink:
         profile = {"driver": "GTiff", "height": height, "width": width, "count": count, "dtype": "uint8",
                    "compress": "deflate", "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
                    "nodata": nodata, **geo}
+        # The stream, the COG copy and the read-back share GDAL's block cache: bounded (utils.image_io.gdal_env)
+        # from here to close / abort, whatever the reader of the input does.
+        self.gdal_env = gdal_env()
+        self.gdal_env.__enter__()
         try:
             with gdal_write_guard(self.path):
                 self.dataset = rasterio.open(self.stream_path, "w", **profile)
@@ -218,7 +222,7 @@ class CogSink:
         """Copy the stream into the COG, read it back, publish it; on failure raise ``WriteError``."""
         from rasterio.shutil import copy as copy_raster
 
-        with gdal_write_guard(self.path):
+        with self._leaving_env(), gdal_write_guard(self.path):
             try:
                 self.dataset.close()
                 cog_path = temporary_path_beside(self.path)
@@ -251,11 +255,22 @@ class CogSink:
 
     def abort(self) -> None:
         """Drop the unfinished file."""
-        with _gdal_silenced(), contextlib.suppress(Exception):
-            dataset = getattr(self, "dataset", None)
-            if dataset is not None:
-                dataset.close()
-        self._remove(self.stream_path)
+        with self._leaving_env():
+            with _gdal_silenced(), contextlib.suppress(Exception):
+                dataset = getattr(self, "dataset", None)
+                if dataset is not None:
+                    dataset.close()
+            self._remove(self.stream_path)
+
+    @contextlib.contextmanager
+    def _leaving_env(self) -> Iterator[None]:
+        """Run the block, then leave the GDAL environment entered in ``__init__`` (once, even if called again)."""
+        try:
+            yield
+        finally:
+            env, self.gdal_env = self.gdal_env, None
+            if env is not None:
+                env.__exit__(None, None, None)
 
     @staticmethod
     def _remove(name: str) -> None:
@@ -274,7 +289,7 @@ def write_polygons(mask_path: str | os.PathLike, out_path: str | os.PathLike, cl
     rasterio = import_rasterio()
     from rasterio.features import shapes
 
-    with rasterio.open(mask_path) as dataset:
+    with gdal_env(), rasterio.open(mask_path) as dataset:
         class_ids = dataset.read(1)
         transform, crs = dataset.transform, dataset.crs
     features = []
