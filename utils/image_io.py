@@ -563,10 +563,25 @@ def dataset_scaling(paths: list[str | os.PathLike], bands: tuple[int, ...] | Non
     return ImageScaling(low=tuple(map(float, np.min(lows, axis=0))), high=tuple(map(float, np.max(highs, axis=0))))
 
 
-def gdal_cache_max() -> int | str:
-    """GDAL's block cache limit for this process: the ``GDAL_CACHEMAX`` environment variable when set (passed to
-    GDAL as given), else :data:`GDAL_CACHE_BYTES`."""
-    return os.environ.get("GDAL_CACHEMAX") or GDAL_CACHE_BYTES
+def gdal_cache_max() -> int:
+    """GDAL's block cache limit for this process in bytes: the ``GDAL_CACHEMAX`` environment variable when set,
+    read as GDAL reads it (megabytes below 100000, else bytes; ``N%``: that share of the physical RAM), else
+    :data:`GDAL_CACHE_BYTES`. rasterio sets the limit from an integer only, hence the conversion here.
+
+    Raises:
+        ValueError: ``GDAL_CACHEMAX`` is neither a number nor a percentage (the message names the variable).
+    """
+    text = os.environ.get("GDAL_CACHEMAX", "").strip()
+    if not text:
+        return GDAL_CACHE_BYTES
+    try:
+        if text.endswith("%"):
+            return int(float(text[:-1]) / 100 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"GDAL_CACHEMAX={text!r}: give megabytes (64), bytes (67108864) or a share of the RAM "
+                         "(5%)") from None
+    return value * 2**20 if value < 100000 else value
 
 
 def gdal_env(policy: SourcePolicy = STRICT_SOURCES):
