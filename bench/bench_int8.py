@@ -13,8 +13,8 @@ Measured, with ``--threads`` intra-op threads for both sessions:
   on a shared machine hits both alike; median of ``--repeats`` after ``--warmup`` rounds;
 - mask agreement (share of equal argmax pixels) on windows of those sizes from a held-out synthetic tile
   (seed 1, never trained on);
-- mIoU of both files on the held-out split: that tile and a second one (seed 1), prepared into 512 px patches
-  with their masks, each patch segmented whole.
+- mIoU of both files on the held-out data, each patch segmented whole: the calibration dataset's ``test`` split
+  (the reference model's held-out tile), and two synthetic tiles of seed 1 prepared into 512 px patches.
 
     python bench/bench_int8.py                                    # 512² and 896², 2 threads
     python bench/bench_int8.py --checkpoint run/last.pth --calibration data/potsdam --sizes 512
@@ -117,14 +117,15 @@ def time_alternating(models: dict, images: torch.Tensor, warmup: int, repeats: i
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
-def miou(model, root: Path, num_classes: int) -> float:
-    """mIoU (%) of ``model`` over every prepared patch of ``root`` (both splits), each patch segmented whole."""
+def miou(model, folders: list[Path], num_classes: int) -> float:
+    """mIoU (%) of ``model`` over every prepared patch of ``folders`` (``{root}/{split}/images``, masks beside),
+    each patch segmented whole."""
     from datasets import normalize_image
     from evaluation.metrics import ConfusionMatrix
     from utils.image_io import read_as_stored, read_image
 
     matrix = ConfusionMatrix(num_classes)
-    for images in sorted(root.glob("*/images")):
+    for images in folders:
         for path in sorted(images.glob("*.png")):
             mask = read_as_stored(images.parent / "masks" / f"{path.stem}_gray_mask.png")
             logits = model(normalize_image(read_image(path))[None])
@@ -168,10 +169,14 @@ def main(argv: list[str] | None = None) -> dict:
                      "speedup": medians["fp32"] / medians["int8"], "agreement_min": min(agreements),
                      "agreement_mean": statistics.mean(agreements), "windows": len(windows)})
     num_classes = models["fp32"].num_classes
-    scores = {name: miou(model, held_out, num_classes) for name, model in models.items()}
+    splits = {"seed-1 tiles": sorted(held_out.glob("*/images"))}
+    test_split = (calibration.parent.parent if calibration.name == "images" else calibration) / "test" / "images"
+    if test_split.is_dir():
+        splits["test split"] = [test_split]
+    scores = {split: {name: miou(model, folders, num_classes) for name, model in models.items()}
+              for split, folders in splits.items()}
     result = {"checkpoint": str(checkpoint), "cpu": cpu_capability(), "threads": args.threads, "rows": rows,
-              "miou_fp32": scores["fp32"], "miou_int8": scores["int8"],
-              "calibration_windows": args.calibration_windows}
+              "miou": scores, "calibration_windows": args.calibration_windows}
     print(f"{checkpoint}: CPU {result['cpu']}, {args.threads} threads, onnxruntime, batch 1")
     print("| input | fp32 ms | int8 ms | fp32 / int8 | equal mask pixels (min / mean) | CPU | threads |")
     print("|---|---:|---:|---:|---:|---|---:|")
@@ -179,8 +184,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {row['size']}² | {row['fp32_ms']:.0f} | {row['int8_ms']:.0f} | {row['speedup']:.2f}x | "
               f"{100 * row['agreement_min']:.2f} % / {100 * row['agreement_mean']:.2f} % ({row['windows']} windows) | "
               f"{result['cpu']} | {args.threads} |")
-    print(f"held-out mIoU: fp32 {scores['fp32']:.2f}, int8 {scores['int8']:.2f} "
-          f"(difference {scores['int8'] - scores['fp32']:+.2f} points)")
+    for split, score in scores.items():
+        print(f"held-out mIoU, {split}: fp32 {score['fp32']:.2f}, int8 {score['int8']:.2f} "
+              f"(difference {score['int8'] - score['fp32']:+.2f} points)")
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
     return result

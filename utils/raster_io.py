@@ -247,9 +247,11 @@ class CogSink:
             if (dataset.count, dataset.height, dataset.width) != self.shape:
                 raise ValueError(f"size {dataset.count}x{dataset.height}x{dataset.width}, expected "
                                  f"{count}x{height}x{width}")
+            # Tile by tile, not row strips: a strip's checksum temporaries (8-byte integers) grow with the width.
             for top in range(0, height, COG_BLOCK):
-                rows = min(COG_BLOCK, height - top)
-                checksum += _checksum(top, 0, dataset.read(window=Window(0, top, width, rows)))
+                for left in range(0, width, COG_BLOCK):
+                    window = Window(left, top, min(COG_BLOCK, width - left), min(COG_BLOCK, height - top))
+                    checksum += _checksum(top, left, dataset.read(window=window))
         if checksum != self.checksum:
             raise ValueError("its pixels differ from those written (is the disk full?)")
 
