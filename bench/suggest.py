@@ -162,7 +162,7 @@ def suggest(args: argparse.Namespace) -> str:
     correct = [candidate for candidate in candidates if candidate.correct and candidate.ms is not None]
     best = min(correct, key=lambda candidate: candidate.ms)
     lines.append(f"fastest correct configuration on this CPU ({capability}): {best.backend} {best.precision}, "
-                 f"{best.threads} threads, {best.ms:.0f} ms at {size}²: {best.how}")
+                 f"{best.threads} thread{'s' if best.threads > 1 else ''}, {best.ms:.0f} ms at {size}²: {best.how}")
     if not args.onnx:
         lines.append("(pass --onnx FILE [FILE ...] to include exported files, e.g. an fp32 and an --int8 export)")
     text = "\n".join(lines)
