@@ -16,6 +16,13 @@ have thus reached the whole run's peak (``--whole`` runs every window).
     python bench/bench_memory.py --whole                 # every tile to its end (hours on 2 shared cores)
     python bench/bench_memory.py --sizes 2000,4000 --window 512 --json /tmp/memory.json
     python bench/bench_memory.py --smoke                 # tiny sizes: checks it runs (CI)
+    python bench/bench_memory.py --command --sizes 1000,3000   # the full predict.py command (see below)
+
+``--command`` measures the real command instead: ``python predict.py TILE --snapshot CKPT --out_dir OUT
+--window 512`` on a random uint8 RGB GeoTIFF of each size (tiled, georeferenced) with a randomly initialised
+``--arch`` checkpoint of ``--classes`` classes (default UperNet-R18, 16 classes), writing the default
+Cloud-Optimized GeoTIFF (overviews, read-back check); the peak RSS is the child's ``ru_maxrss`` (``wait4``),
+everything included: Python, torch, the model, GDAL's block cache, the COG copy.
 """
 from __future__ import annotations
 
@@ -129,6 +136,44 @@ def run_sizes(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def run_command_sizes(args: argparse.Namespace) -> list[dict]:
+    """``--command``: run predict.py on a random GeoTIFF of each size; return the peak RSS and seconds of each."""
+    import os
+    import tempfile
+
+    import torch
+
+    import network
+    from bench.bench_eval import write_tile
+    from utils.checkpoint import save_checkpoint
+
+    results = []
+    with tempfile.TemporaryDirectory() as temp:
+        temp = Path(temp)
+        torch.manual_seed(0)
+        checkpoint = temp / "model.pth"
+        save_checkpoint(checkpoint, {"state_dict": network.get_model(args.arch, args.classes).state_dict()})
+        for size in (int(value) for value in args.sizes.split(",")):
+            tile = temp / f"tile_{size}.tif"
+            write_tile(tile, size, size)
+            command = [sys.executable, "predict.py", str(tile), "--snapshot", str(checkpoint), "--arch", args.arch,
+                       "--out_dir", str(temp / f"out_{size}"), "--window", str(args.window)]
+            start = time.perf_counter()
+            process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                       env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+            stderr = process.stderr.read().decode()
+            _, status, usage = os.wait4(process.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                sys.exit(f"error: predict.py on the {size}² tile failed: {stderr.strip().splitlines()[-1]}")
+            row = {"size": size, "window": args.window, "arch": args.arch, "classes": args.classes,
+                   "threads": args.threads, "gdal_cachemax": os.environ.get("GDAL_CACHEMAX", "default"),
+                   "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "seconds": round(time.perf_counter() - start, 1)}
+            results.append(row)
+            print(f"| {size}² | {args.arch} | {args.classes} | {args.window} | {row['gdal_cachemax']} | "
+                  f"{row['peak_rss_mib']:.0f} | {row['seconds']:.1f} | {args.threads} |", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the flags; run the children (or, with ``--child``, one measurement)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,6 +188,9 @@ def main(argv: list[str] | None = None) -> None:
                              "where the run's peak has been reached; see the module docstring)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--smoke", action="store_true", help=f"tiny run for CI: {SMOKE}")
+    parser.add_argument("--command", action="store_true",
+                        help="measure the full predict.py command instead (see the module doc)")
+    parser.add_argument("--arch", default="upernet_r18", help="with --command: the random model (default upernet_r18)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -151,9 +199,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.smoke:
         args.sizes, args.window = SMOKE["sizes"], SMOKE["window"]
-    print("| tile | window / stride | K | windows | RSS before MiB | peak RSS MiB | old strip buffer MiB | seconds |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    results = run_sizes(args)
+    if args.command:
+        print("| tile | model | K | window | GDAL_CACHEMAX | peak RSS MiB | seconds | threads |")
+        print("|---|---|---:|---:|---|---:|---:|---:|")
+        results = run_command_sizes(args)
+    else:
+        print("| tile | window / stride | K | windows | RSS before MiB | peak RSS MiB | old strip buffer MiB "
+              "| seconds |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        results = run_sizes(args)
     if args.json:
         from utils.atomic import atomic_write_bytes
 

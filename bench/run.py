@@ -377,10 +377,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each configuration (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
+    parser.add_argument("--suggest", action="store_true",
+                        help="measure the candidate configurations on this machine (PyTorch fp32, native bf16, the "
+                             "--onnx files; 1 thread and the default) and print the fastest correct one "
+                             "(bench/suggest.py); at the first --eval-sizes")
+    parser.add_argument("--onnx", nargs="*", default=[], metavar="FILE",
+                        help="with --suggest: exported files to include (fp32, fp16, int8 from tools/export_onnx.py)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny CI mode (figures not meaningful): 64x64 eval, 2x64x64 train, 256 matmul, "
                              "64x64 per-model table, no warm-up, 2 repeats")
     args = parser.parse_args(argv)
+    if args.onnx and not args.suggest:
+        parser.error("--onnx is read only with --suggest; add --suggest")
+    missing = [path for path in args.onnx if not os.path.isfile(path)]
+    if missing:
+        parser.error(f"--onnx: no such file: {missing[0]}")
     device_type = torch.device(args.device).type
     if args.models == []:
         args.models = network.list_models()
@@ -409,6 +420,10 @@ def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.suggest:
+        from bench.suggest import suggest
+
+        return suggest(args)
     device = torch.device(args.device)
     machine = machine_description(device)
     if args.models is not None:

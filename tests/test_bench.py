@@ -75,3 +75,24 @@ def test_parity_variation_measures_this_cpu_within_the_tests_bound(tmp_path):
     assert all(0 <= deviation <= 1e-4 for deviation in deviations)  # the parity tests' bound (parity_case.py)
     # within the bound no point of case A can move: its closest calls are further apart (test_model.py)
     assert row["run_to_run"] == 0 and row["points_moved"] == 0
+
+
+def test_suggest_measures_this_cpu_and_names_the_fastest_correct_configuration():
+    completed = subprocess.run([sys.executable, "-m", "bench", "--suggest", "--smoke", "--arch", "upernet_r18"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0].startswith(f"CPU: {cpu_capability()}; PyTorch runs upernet_r18")
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| pytorch ")]
+    assert {(cells[1].strip(), int(cells[2])) for cells in rows} >= {("fp32", 1)}
+    assert all(cells[4].strip() == "100.00 %" for cells in rows if cells[1].strip() == "fp32")
+    (suggestion,) = [line for line in lines if line.startswith("fastest correct configuration on this CPU")]
+    assert f"({cpu_capability()})" in suggestion and "predict.py" in suggestion
+
+
+def test_suggest_onnx_flag_needs_suggest_and_an_existing_file(tmp_path):
+    for flags, message in ((["--onnx", str(tmp_path / "a.onnx")], "--onnx is read only with --suggest"),
+                           (["--suggest", "--onnx", str(tmp_path / "a.onnx")], "--onnx: no such file")):
+        completed = subprocess.run([sys.executable, "-m", "bench", *flags], cwd=REPO_ROOT, capture_output=True,
+                                   text=True, timeout=120)
+        assert completed.returncode == 2 and message in completed.stderr, completed.stderr

@@ -19,6 +19,8 @@ Example::
 
     python tools/export_onnx.py --snapshot potsdam_r50.pth --dataset Posdam --out potsdam_r50.onnx
     python tools/export_onnx.py --weights pfnet_r50.potsdam --out potsdam_r50.onnx
+    python tools/export_onnx.py --snapshot potsdam_r50.pth --out potsdam_r50_int8.onnx --int8 \
+        --calibration data/potsdam            # int8 for CPUs, calibrated on 32 training windows
     python predict.py --backend onnxruntime --onnx potsdam_r50.onnx --out_dir preds top_potsdam_2_13_RGB.tif
     python tools/export_onnx.py --weights pfnet_r50.potsdam --deepness --resolution_cm 5 --out potsdam_qgis.onnx
 """
@@ -44,9 +46,18 @@ from evaluation.onnx_export import (  # noqa: E402
     export_onnx,
     onnx_metadata,
 )
+from evaluation.onnx_quantize import (  # noqa: E402
+    DEFAULT_SEED,
+    DEFAULT_WINDOW,
+    DEFAULT_WINDOWS,
+    calibration_images,
+    calibration_windows,
+    quantize_onnx,
+)
 from evaluation.restore import restore_model, saved_class_table  # noqa: E402
 from network.options import add_model_flags  # noqa: E402
 from network.zoo import apply_weights_flag  # noqa: E402
+from utils.atomic import temporary_path_beside  # noqa: E402
 from utils.checkpoint import CheckpointMismatchError  # noqa: E402
 
 
@@ -66,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fp16", action="store_true",
                         help="float16 weights and computation behind a float32 input and output (half the file "
                              "size; for GPU runtimes: onnxruntime's CPU provider runs float32 faster)")
+    parser.add_argument("--int8", action="store_true",
+                        help="int8 for CPUs: onnxruntime static quantisation (QDQ, per-channel int8 weights, uint8 "
+                             "activations) of the float32 export, calibrated on --calibration; the point "
+                             "selection stays float32 (docs/deployment.md)")
+    parser.add_argument("--calibration", default=None,
+                        help="with --int8: a prepared dataset root (its train/images are used) or a folder of "
+                             "training images")
+    parser.add_argument("--calibration_windows", type=int, default=DEFAULT_WINDOWS,
+                        help=f"with --int8: windows drawn (seed {DEFAULT_SEED}) from the calibration images "
+                             f"(default {DEFAULT_WINDOWS})")
+    parser.add_argument("--calibration_window", type=int, default=DEFAULT_WINDOW,
+                        help=f"with --int8: side of the calibration windows in pixels, at most the image's "
+                             f"(default {DEFAULT_WINDOW})")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset, {DEFAULT_OPSET} or newer (default {DEFAULT_OPSET})")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -99,8 +123,8 @@ def check_flags(args: argparse.Namespace) -> None:
         raise ValueError(f"--out must name a .onnx file, got {out}")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    if args.deepness and args.fp16:
-        raise ValueError("--deepness writes a float32 file: leave out --fp16")
+    if args.deepness and (args.fp16 or args.int8):
+        raise ValueError("--deepness writes a float32 file: leave out --fp16 / --int8")
     if args.deepness and not (args.tile_size >= MIN_SIZE and 0 <= args.tiles_overlap < 100):
         raise ValueError(f"--tile_size must be {MIN_SIZE} or more and --tiles_overlap 0..99 percent")
     if args.resolution_cm is not None and not args.resolution_cm > 0:
@@ -110,6 +134,35 @@ def check_flags(args: argparse.Namespace) -> None:
     for package in ("onnx", "onnxscript"):
         if importlib.util.find_spec(package) is None:
             raise ImportError(f"exporting needs {package}: pip install onnx onnxscript")
+    if not args.int8:
+        if args.calibration:
+            raise ValueError("--calibration is read only with --int8; add --int8 or drop --calibration")
+        return
+    if args.fp16:
+        raise ValueError("--int8 and --fp16 exclude each other; pass one of them")
+    if not args.calibration:
+        raise ValueError("--int8 needs --calibration DIR: a prepared dataset root or a folder of training images")
+    if args.calibration_windows < 1 or args.calibration_window < 33:
+        raise ValueError("--calibration_windows must be >= 1 and --calibration_window >= 33 px")
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ImportError("--int8 needs onnxruntime: pip install onnxruntime")
+    args.calibration_images = calibration_images(args.calibration)
+
+
+def export_int8(model, args: argparse.Namespace, metadata: dict[str, str]) -> None:
+    """Export ``model`` in float32 to a temporary file beside ``--out``, then write its int8 form to ``--out``."""
+    float_path = temporary_path_beside(args.out)
+    try:
+        export_onnx(model, float_path, metadata, opset=args.opset)
+        images = args.calibration_images
+        print(f"calibrating on {args.calibration_windows} windows of {args.calibration_window} px from "
+              f"{len(images)} images in {images[0].parent}")
+        windows = calibration_windows(images, args.calibration_windows, args.calibration_window, DEFAULT_SEED)
+        quantize_onnx(float_path, args.out, windows,
+                      {"source": str(images[0].parent), "images": len(images), "windows": args.calibration_windows,
+                       "window": args.calibration_window, "seed": DEFAULT_SEED})
+    finally:
+        Path(float_path).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,11 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     for warning in restored.resolved.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"model: {restored.resolved.describe()}, {restored.num_classes} classes")
-    print(f"exporting to {args.out} ({'float16' if args.fp16 else 'float32'}, opset {args.opset}); "
-          "this takes a few minutes on a 2-core CPU")
+    precision = "int8" if args.int8 else "float16" if args.fp16 else "float32"
+    print(f"exporting to {args.out} ({precision}, opset {args.opset}); this takes a few minutes on a 2-core CPU")
     if args.deepness:
         export_onnx(DeepnessModel(restored.model).eval(), args.out, metadata, opset=args.opset,
                     tile_size=args.tile_size, output_name=DEEPNESS_OUTPUT)
+    elif args.int8:
+        export_int8(restored.model, args, metadata)
     else:
         export_onnx(restored.model, args.out, metadata, fp16=args.fp16, opset=args.opset)
     size_mb = Path(args.out).stat().st_size / 2**20

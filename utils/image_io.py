@@ -75,7 +75,8 @@ PERCENTILES = (2.0, 98.0)
 SCALING_FILE = "scaling.json"
 """Name of the scaling parameters saved beside a prepared dataset."""
 GDAL_CACHE_BYTES = 64 * 2**20
-"""GDAL block cache limit; its default (5 % of the RAM) would grow with the tile."""
+"""GDAL block cache limit; its default (5 % of the RAM) would grow with the tile. A ``GDAL_CACHEMAX``
+environment variable (GDAL's syntax: megabytes below 100000, bytes above, or a percentage of the RAM) wins."""
 MAX_IMAGE_PIXELS = 2**30
 """Largest image (pixels) decoded whole: OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS); iSAID's largest scenes
 have ~0.06e9 pixels. A header claiming more is a decompression bomb or a corrupt file."""
@@ -562,9 +563,31 @@ def dataset_scaling(paths: list[str | os.PathLike], bands: tuple[int, ...] | Non
     return ImageScaling(low=tuple(map(float, np.min(lows, axis=0))), high=tuple(map(float, np.max(highs, axis=0))))
 
 
+def gdal_cache_max() -> int:
+    """GDAL's block cache limit for this process in bytes: the ``GDAL_CACHEMAX`` environment variable when set,
+    read as GDAL reads it (megabytes below 100000, else bytes; ``N%``: that share of the physical RAM), else
+    :data:`GDAL_CACHE_BYTES`. rasterio sets the limit from an integer only, hence the conversion here.
+
+    Raises:
+        ValueError: ``GDAL_CACHEMAX`` is neither a number nor a percentage (the message names the variable).
+    """
+    text = os.environ.get("GDAL_CACHEMAX", "").strip()
+    if not text:
+        return GDAL_CACHE_BYTES
+    try:
+        if text.endswith("%"):
+            return int(float(text[:-1]) / 100 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"GDAL_CACHEMAX={text!r}: give megabytes (64), bytes (67108864) or a share of the RAM "
+                         "(5%)") from None
+    return value * 2**20 if value < 100000 else value
+
+
 def gdal_env(policy: SourcePolicy = STRICT_SOURCES):
-    """The ``rasterio.Env`` GDAL inputs are opened and read in: bounded block cache, ``policy``'s GDAL options."""
-    return import_rasterio().Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, **policy.gdal_options())
+    """The ``rasterio.Env`` GDAL files are opened, read and written in: bounded block cache
+    (:func:`gdal_cache_max`), ``policy``'s GDAL options."""
+    return import_rasterio().Env(GDAL_CACHEMAX=gdal_cache_max(), **policy.gdal_options())
 
 
 def open_raster_header(path: str | os.PathLike, policy: SourcePolicy = STRICT_SOURCES):

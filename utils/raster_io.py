@@ -34,7 +34,7 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from utils.atomic import WriteError, atomic_path, publish, temporary_path_beside
-from utils.image_io import gdal_errors, import_rasterio
+from utils.image_io import gdal_env, gdal_errors, import_rasterio
 from utils.palette import full_palette, palette_image
 
 COG_BLOCK = 256
@@ -202,6 +202,10 @@ class CogSink:
         profile = {"driver": "GTiff", "height": height, "width": width, "count": count, "dtype": "uint8",
                    "compress": "deflate", "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
                    "nodata": nodata, **geo}
+        # The stream, the COG copy and the read-back share GDAL's block cache: bounded (utils.image_io.gdal_env)
+        # from here to close / abort, whatever the reader of the input does.
+        self.gdal_env = gdal_env()
+        self.gdal_env.__enter__()
         try:
             with gdal_write_guard(self.path):
                 self.dataset = rasterio.open(self.stream_path, "w", **profile)
@@ -231,7 +235,7 @@ class CogSink:
         """Copy the stream into the COG, read it back, publish it; on failure raise ``WriteError``."""
         from rasterio.shutil import copy as copy_raster
 
-        with gdal_write_guard(self.path):
+        with self._leaving_env(), gdal_write_guard(self.path):
             try:
                 self.dataset.close()
                 cog_path = temporary_path_beside(self.path)
@@ -256,19 +260,32 @@ class CogSink:
             if (dataset.count, dataset.height, dataset.width) != self.shape:
                 raise ValueError(f"size {dataset.count}x{dataset.height}x{dataset.width}, expected "
                                  f"{count}x{height}x{width}")
+            # Tile by tile, not row strips: a strip's checksum temporaries (8-byte integers) grow with the width.
             for top in range(0, height, COG_BLOCK):
-                rows = min(COG_BLOCK, height - top)
-                checksum += _checksum(top, 0, dataset.read(window=Window(0, top, width, rows)))
+                for left in range(0, width, COG_BLOCK):
+                    window = Window(left, top, min(COG_BLOCK, width - left), min(COG_BLOCK, height - top))
+                    checksum += _checksum(top, left, dataset.read(window=window))
         if checksum != self.checksum:
             raise ValueError("its pixels differ from those written (is the disk full?)")
 
     def abort(self) -> None:
         """Drop the unfinished file."""
-        with _gdal_silenced(), contextlib.suppress(Exception):
-            dataset = getattr(self, "dataset", None)
-            if dataset is not None:
-                dataset.close()
-        self._remove(self.stream_path)
+        with self._leaving_env():
+            with _gdal_silenced(), contextlib.suppress(Exception):
+                dataset = getattr(self, "dataset", None)
+                if dataset is not None:
+                    dataset.close()
+            self._remove(self.stream_path)
+
+    @contextlib.contextmanager
+    def _leaving_env(self) -> Iterator[None]:
+        """Run the block, then leave the GDAL environment entered in ``__init__`` (once, even if called again)."""
+        try:
+            yield
+        finally:
+            env, self.gdal_env = self.gdal_env, None
+            if env is not None:
+                env.__exit__(None, None, None)
 
     @staticmethod
     def _remove(name: str) -> None:
