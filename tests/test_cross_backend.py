@@ -7,7 +7,6 @@ are stated once; the figures measured on them are in bench/RESULTS.md.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import re
 from pathlib import Path
@@ -16,22 +15,16 @@ import numpy as np
 import pytest
 import torch
 from script_run import run_script
+from trained_models import WINDOWS, agreement, read_raster, restore, windows
 
 import network
-from datasets import normalize_image
-from evaluation.restore import restore_model
-from network.options import add_model_flags
 from network.point_flow import PointFlowModule
-from utils.image_io import read_image
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements.txt")
 from evaluation.onnx_backend import OnnxModel  # noqa: E402
 from evaluation.onnx_export import export_onnx, onnx_metadata  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# Window corners (row, column) in the 256 px tile: the origin, odd and even offsets, the last full window.
-OFFSETS = ((0, 0), (16, 32), (37, 100), (64, 64), (90, 5), (128, 128))
-WINDOWS = (128, 96)
 BACKENDS = ("optimize_for_inference", "torch.compile", "ONNX fp32", "ONNX fp16")
 
 # end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
@@ -48,13 +41,6 @@ def documented_bounds() -> dict[tuple[str, str], tuple[float, float]]:
         backend, arch, relative, agreement = row
         bounds[backend, arch] = (float(relative.replace("×", "").replace(" ", "")), round(float(agreement) / 100, 6))
     return bounds
-
-
-def windows(tile: Path, size: int) -> list[torch.Tensor]:
-    """(1, 3, size, size) normalised windows of ``tile`` (read by the project's reader) at :data:`OFFSETS`."""
-    image = normalize_image(read_image(tile))
-    return [image[None, :, top:top + size, left:left + size] for top, left in OFFSETS
-            if top + size <= image.shape[1] and left + size <= image.shape[2]]
 
 
 def batches(tiles: tuple[Path, ...]) -> list[torch.Tensor]:
@@ -89,26 +75,6 @@ def edge_point_ties(model: torch.nn.Module, batch: torch.Tensor) -> bool:
     for hook in hooks:
         hook.remove()
     return any(ties)
-
-
-def agreement(expected: torch.Tensor, logits: torch.Tensor) -> tuple[float, float]:
-    """(max |logits - expected| / max |expected|, share of pixels with the same argmax)."""
-    relative = float((logits - expected).abs().max() / expected.abs().max())
-    return relative, float((logits.argmax(1) == expected.argmax(1)).float().mean())
-
-
-def restore(checkpoint: Path) -> tuple[torch.nn.Module, object]:
-    """The eager model of ``checkpoint`` (no inference optimisation) and its restore record."""
-    args = add_model_flags_namespace()
-    restored = restore_model(args, checkpoint, optimize=False)
-    return restored.model, restored
-
-
-def add_model_flags_namespace() -> argparse.Namespace:
-    """The model flags of eval.py / predict.py, none given: everything comes from the checkpoint."""
-    parser = argparse.ArgumentParser()
-    add_model_flags(parser)
-    return parser.parse_args([])
 
 
 def export_fp32(reference, folder: Path) -> Path:
@@ -224,11 +190,3 @@ def test_custom_dataset_checkpoint_exports_without_a_dataset_flag_and_agrees(tra
             relative, agree = agreement(model(window), onnx_model(window))
             assert agree >= agreement_bound
             assert relative <= relative_bound or edge_point_ties(model, window), relative
-
-
-def read_raster(path: Path) -> np.ndarray:
-    """Every band of a GeoTIFF written by predict.py: (bands, H, W)."""
-    import rasterio
-
-    with rasterio.open(path) as source:
-        return source.read()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from script_run import run_script
-from test_cross_backend import WINDOWS, agreement, read_mask, restore, windows
+from trained_models import WINDOWS, agreement, read_raster, restore, windows
 
 onnx = pytest.importorskip("onnx", reason="onnx is in requirements.txt")
 pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements.txt")
@@ -102,7 +102,7 @@ def test_predict_runs_the_int8_file_unchanged(int8_export, tmp_path):
         result = run_script("predict.py", str(reference.tiles[0]), "--backend", backend, *model_flags,
                             "--window", "128", "--out_dir", str(out), timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
-        masks[backend] = read_mask(out / f"{reference.tiles[0].stem}_pred.tif")
+        masks[backend] = read_raster(out / f"{reference.tiles[0].stem}_pred.tif")
     assert masks["onnxruntime"].shape == (256, 256)
     assert np.mean(masks["pytorch"] == masks["onnxruntime"]) >= documented_int8_agreement()
 

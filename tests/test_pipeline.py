@@ -9,22 +9,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from trained_models import restore
 
 from evaluation.inference import predict_large_image
 from evaluation.pipeline import WriteBehind, read_ahead
-from evaluation.restore import restore_model
-from network.options import add_model_flags
 from utils.image_io import read_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def restored(checkpoint):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_model_flags(parser)
-    return restore_model(parser.parse_args([]), checkpoint).model
 
 
 def recorded_run(model, pixels: np.ndarray, valid: np.ndarray, pipelined: bool, **options) -> list:
@@ -48,7 +39,7 @@ def test_pipelined_writers_receive_the_serial_calls_byte_for_byte(trained_uperne
     valid = np.ones(pixels.shape[:2], bool)
     valid[:70] = False                                               # leading nodata strips (zero probabilities)
     valid[:, -30:] = False
-    model = restored(trained_upernet.checkpoint)
+    model, _ = restore(trained_upernet.checkpoint)
     options = dict(window=64, stride=40, batch_size=3, band_windows=2, blend="gaussian")
     serial = recorded_run(model, pixels, valid, pipelined=False, **options)
     pipelined = recorded_run(model, pixels, valid, pipelined=True, **options)

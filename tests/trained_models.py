@@ -13,15 +13,22 @@ real on-disk formats: ISPRS Potsdam GeoTIFF tiles with colour labels, prepared b
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 import yaml
 from script_run import run_script
 
+from datasets import normalize_image
 from datasets.isprs import PotsdamDataset
+from evaluation.restore import RestoredModel, restore_model
+from network.options import add_model_flags
 from tools.make_synthetic_data import make_synthetic
 from tools.prepare_dataset import prepare
+from utils.image_io import read_image
 
 # The first-hour data (docs/first_hour.md): 4 raw tiles of 256 px from seed 0, 3 train and 1 test (the Potsdam
 # split of the synthetic tile names), cut into 128 px patches.
@@ -32,6 +39,9 @@ PFNET_OPTIONS = ("--maxpool_size", "4", "--avgpool_size", "4", "--edge_points", 
 # The first-hour recipe, two epochs: long enough for certainties far below onnxruntime's Sigmoid floor.
 RECIPE = ("--crop_size", str(PATCH), "--bs_mult", "4", "--max_epoch", "2", "--lr", "0.02", "--poly_exp", "0.9",
           "--ohem", "--num_workers", "0", "--device", "cpu", "--deterministic")
+# Window corners (row, column) in a 256 px tile: the origin, odd and even offsets, the last full window.
+OFFSETS = ((0, 0), (16, 32), (37, 100), (64, 64), (90, 5), (128, 128))
+WINDOWS = (128, 96)
 # The custom dataset's own names for the Potsdam colours: a checkpoint must carry these, not Potsdam's.
 CUSTOM_CLASS_NAMES = ("road", "roof", "grass", "tree", "vehicle", "background")
 
@@ -103,3 +113,33 @@ def train_custom(base: Path, raw: Path) -> TrainedModel:
                                         "--set", f"DATASET.CUSTOM_DIR={root}"],
                        ["--arch", "pfnet_r50", *PFNET_OPTIONS])
     return TrainedModel(checkpoint, "pfnet_r50", raw_tiles(raw), CUSTOM_CLASS_NAMES)
+
+
+def restore(checkpoint: Path) -> tuple[torch.nn.Module, RestoredModel]:
+    """The eager model of ``checkpoint`` (no inference optimisation), every option from the checkpoint as
+    eval.py and predict.py read it with no model flag, and its restore record."""
+    parser = argparse.ArgumentParser()
+    add_model_flags(parser)
+    restored = restore_model(parser.parse_args([]), checkpoint, optimize=False)
+    return restored.model, restored
+
+
+def windows(tile: Path, size: int) -> list[torch.Tensor]:
+    """(1, 3, size, size) normalised windows of ``tile`` (read by the project's reader) at :data:`OFFSETS`."""
+    image = normalize_image(read_image(tile))
+    return [image[None, :, top:top + size, left:left + size] for top, left in OFFSETS
+            if top + size <= image.shape[1] and left + size <= image.shape[2]]
+
+
+def agreement(expected: torch.Tensor, logits: torch.Tensor) -> tuple[float, float]:
+    """(max |logits - expected| / max |expected|, share of pixels with the same argmax) of (N, K, H, W) logits."""
+    relative = float((logits - expected).abs().max() / expected.abs().max())
+    return relative, float((logits.argmax(1) == expected.argmax(1)).float().mean())
+
+
+def read_raster(path: Path) -> np.ndarray:
+    """Every band of a GeoTIFF written by predict.py: (bands, H, W)."""
+    import rasterio
+
+    with rasterio.open(path) as source:
+        return source.read()
