@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import network  # noqa: E402
-from bench.run import NUM_CLASSES, build_model, timed  # noqa: E402
+from bench.measure import NUM_CLASSES, build_model, timed  # noqa: E402
 from evaluation.onnx_backend import OnnxModel  # noqa: E402
 from evaluation.onnx_export import export_onnx, onnx_metadata  # noqa: E402
 from utils.atomic import atomic_write_bytes  # noqa: E402

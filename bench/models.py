@@ -1,7 +1,7 @@
 """Per-model table: parameters, GFLOPs, eval latency in float32 and bfloat16, peak memory.
 
 Each model is measured in its own spawned process, so its peak memory is its own (see
-:func:`bench.run.peak_memory_bytes`). Latency is the median wall time of one image through
+:func:`bench.measure.peak_memory_bytes`). Latency is the median wall time of one image through
 ``network.optimize_for_inference`` (the path eval.py and predict.py take), float32 and bfloat16 autocast;
 the FLOPs are ``torch.utils.flop_counter``'s count of one plain float32 forward (convolutions and matrix
 products). Weights are random: speed does not depend on them.
@@ -17,7 +17,7 @@ from multiprocessing import get_context
 import torch
 
 import network
-from bench.run import build_model, count_flops, peak_memory_bytes, timed
+from bench.measure import build_model, count_flops, peak_memory_bytes, timed
 from engine.cpu_precision import cpu_capability
 
 

@@ -19,7 +19,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 import traceback
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -28,9 +27,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 import network
+from bench.measure import NUM_CLASSES, build_model, count_flops, peak_memory_bytes, timed
 from engine.cpu_precision import cpu_capability
 from utils.atomic import atomic_write_bytes
 
@@ -53,7 +52,6 @@ EVAL_OPTIONS: dict[str, dict] = {
     "compile": dict(compile=True),
     "compile+bf16": dict(compile=True, dtype=torch.bfloat16),
 }
-NUM_CLASSES = 16
 
 
 @dataclass
@@ -75,19 +73,8 @@ class Result:
         return statistics.median(self.seconds)
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels (CUDA); no-op on CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall seconds of one call of ``fn``, including its queued device work."""
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, warmup: int, repeats: int) -> float:
@@ -98,17 +85,8 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, warmup: int, r
     return 2 * n**3 / statistics.median(seconds) / 1e9
 
 
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs that ``torch.utils.flop_counter`` sees in one call of ``fn`` (forward and, if run, backward)."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
-def build_model(arch: str, device: torch.device) -> torch.nn.Module:
-    """A randomly initialised model on ``device`` (speed does not depend on the weights' values)."""
-    torch.manual_seed(0)
-    return network.get_model(arch, NUM_CLASSES).to(device)
 
 
 def eval_runner(model: torch.nn.Module, config: str, images: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -172,22 +150,6 @@ def make_runner(task: str, arch: str, config: str, device: torch.device, batch: 
     return eval_runner(build_model(arch, device), config, images)
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory of this process: ``max_memory_allocated`` on CUDA, peak resident set size on CPU.
-
-    The CPU figure is Linux's ``VmHWM``, which belongs to this process's own address space
-    (``ru_maxrss`` may carry the forking parent's peak across ``exec``); ``ru_maxrss`` elsewhere.
-    """
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    try:
-        with open("/proc/self/status") as status:
-            line = next(line for line in status if line.startswith("VmHWM:"))
-        return int(line.split()[1]) * 1024
-    except (OSError, StopIteration):
-        import resource  # Unix only
-        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux/BSD
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def config_worker(connection: Connection, task: str, arch: str, config: str, device_name: str, batch: int,
@@ -440,7 +402,7 @@ def main(argv: list[str] | None = None) -> str:
 
 def model_table(args: argparse.Namespace, device: torch.device, machine: str) -> str:
     """The per-model table of ``--models``: print it, write ``--json`` if asked, return it."""
-    from bench.models import format_model_table, measure_models  # bench.models builds on this module
+    from bench.models import format_model_table, measure_models
 
     rows = measure_models(args.models, args.model_size, device, args.warmup, args.repeats)
     table = format_model_table(rows, machine)
