@@ -103,7 +103,7 @@ def test_predict_runs_the_int8_file_unchanged(int8_export, tmp_path):
                             "--window", "128", "--out_dir", str(out), timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
         masks[backend] = read_raster(out / f"{reference.tiles[0].stem}_pred.tif")
-    assert masks["onnxruntime"].shape == (256, 256)
+    assert masks["onnxruntime"].shape == (1, 256, 256)
     assert np.mean(masks["pytorch"] == masks["onnxruntime"]) >= documented_int8_agreement()
 
 
