@@ -14,6 +14,7 @@ pipeline becomes the bound; on a 2-core CPU the threads share the cores with the
 
     python bench/bench_pipeline.py                       # 1536² tile, UperNet-R18, window 512
     python bench/bench_pipeline.py --size 2048 --arch pfnet_r50 --json /tmp/pipeline.json
+    python bench/bench_pipeline.py --threads 1           # the model on one core, the I/O threads on the other
     python bench/bench_pipeline.py --smoke               # tiny sizes: checks it runs (CI)
 """
 from __future__ import annotations
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1536, help="tile side in pixels (default 1536)")
     parser.add_argument("--window", type=int, default=512, help="window side in pixels (default 512)")
     parser.add_argument("--arch", default="upernet_r18", help="registered model (default upernet_r18)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads of the model (default: torch's); one fewer than the cores "
+                             "leaves a core to the reading and writing threads, as a GPU does")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check that it runs")
     args = parser.parse_args(argv)
@@ -104,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     import network
     from engine.cpu_precision import cpu_capability
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = network.optimize_for_inference(network.get_model(args.arch, NUM_CLASSES, pretrained=None).eval())
     cheap = torch.nn.Conv2d(3, NUM_CLASSES, 1).eval()
