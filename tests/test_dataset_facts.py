@@ -36,8 +36,10 @@ def test_config_roots_and_validation_splits_come_from_the_classes():
     assert {key: defaults.DATASET[key] for key in ("ISAID_DIR", "POSDAM_DIR", "VAIHINGEN_DIR", "LOVEDA_DIR")} == {
         "ISAID_DIR": "./data/iSAID", "POSDAM_DIR": "./data/posdam896", "VAIHINGEN_DIR": "./data/vaihingen768",
         "LOVEDA_DIR": "./data/LoveDA"}
-    for alias, cls in DATASETS.items():
-        assert config.dataset_root(defaults, alias) == defaults.DATASET[cls.root_key]
+    expected_roots = {"iSAID": "./data/iSAID", "isaid": "./data/iSAID", "Posdam": "./data/posdam896",
+                      "Potsdam": "./data/posdam896", "potsdam": "./data/posdam896",
+                      "Vaihingen": "./data/vaihingen768", "LoveDA": "./data/LoveDA", "loveda": "./data/LoveDA"}
+    assert {alias: config.dataset_root(defaults, alias) for alias in expected_roots} == expected_roots
     assert [DATASETS[name].val_split for name in ("isaid", "posdam", "potsdam", "vaihingen", "loveda")] == [
         "val", "test", "test", "test", "val"]
     with pytest.raises(KeyError, match="known: iSAID, Posdam"):

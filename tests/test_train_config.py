@@ -48,6 +48,8 @@ def test_effective_config_round_trips_through_config_yaml_without_run_control_fl
     assert again.resume is None and again.stop_after is None and again.overwrite is False
     assert again.trusted_pickle is False
     assert train.flag_values(again) == train.flag_values(args)
+    # the values themselves, written out: a value wrong both ways would pass the round trip alone
+    assert again.lr == 0.01 and again.joint_edge_loss_pfnet is True and again.dataset == "iSAID"
     assert again_config.DATASET.ISAID_DIR == "/data/x"
 
 

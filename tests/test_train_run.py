@@ -131,6 +131,8 @@ def test_config_yaml_holds_no_run_control_flags_and_repeats_the_run(finished_run
     assert saved["max_epoch"] == MAX_EPOCH and saved["val_freq"] == 2 and saved["edge_weight"] == 25.0
     args, run_config, notes = train.parse_args(["--config", str(config_file)])
     assert notes == [] and args.resume is None and args.stop_after is None and args.overwrite is False
+    assert args.max_epoch == MAX_EPOCH and args.val_freq == 2 and args.edge_weight == 25.0  # the run's own values
+    assert args.arch == "pfnet_r50" and args.dataset == "Posdam"
     assert config.effective_config(train.flag_values(args), run_config) == saved
 
 
