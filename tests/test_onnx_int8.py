@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 # must see float32 inputs, never a dequantised int8 tensor.
 SELECTION_OPS = {"TopK", "GatherElements", "ScatterElements", "Exp", "Neg", "Reciprocal", "Softmax", "Floor", "Mod"}
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.workflow]
 
 
 def documented_int8_agreement() -> float:

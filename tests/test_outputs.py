@@ -104,6 +104,7 @@ def test_strips_merge_to_the_polygons_of_the_whole_mask(seed):
             np.testing.assert_array_equal(burnt, mask)
 
 
+@pytest.mark.workflow
 def test_geopackage_area_summary_names_and_style(tmp_path, trained_upernet):
     model = trained_upernet
     tiles = [georeferenced_tile(model.tiles[0], tmp_path / "scene_a.tif"),
@@ -167,6 +168,7 @@ def test_geopackage_area_summary_names_and_style(tmp_path, trained_upernet):
     assert (out / "area_summary.csv").read_text().splitlines()[0] == "class_id,class_name,pixels,area,unit,share"
 
 
+@pytest.mark.workflow
 def test_geojson_is_rfc7946(tmp_path, trained_upernet):
     model = trained_upernet
     tile = georeferenced_tile(model.tiles[0], tmp_path / "scene.tif")
@@ -190,6 +192,7 @@ def test_geojson_is_rfc7946(tmp_path, trained_upernet):
     assert 0 < len(collection["features"]) <= kept
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("case", ["unknown-format", "vector-path-is-a-folder", "local-crs", "no-valid-pixels"])
 def test_bad_vector_input_one_line_nothing_published(tmp_path, trained_upernet, case):
     model = trained_upernet
@@ -246,6 +249,7 @@ def run_like_deepness(path, tiles_nhwc):
     return np.argmax(output, axis=1), [name for _, name in ordered], output
 
 
+@pytest.mark.workflow
 def test_deepness_profile_runs_as_the_plugin_runs_it(tmp_path, trained_upernet):
     model = trained_upernet
     onnx_path = tmp_path / "qgis.onnx"

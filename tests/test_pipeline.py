@@ -32,6 +32,7 @@ def recorded_run(model, pixels: np.ndarray, valid: np.ndarray, pipelined: bool, 
     return calls
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("wide", [False, True], ids=["tall", "wide"])
 def test_pipelined_writers_receive_the_serial_calls_byte_for_byte(trained_upernet, wide):
     tile = read_image(trained_upernet.tiles[0])                      # a 256 x 256 RGB GeoTIFF

@@ -81,6 +81,7 @@ def report(trained_pfnet, reference_data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.workflow
 def test_report_page_states_the_run_and_captions_every_figure(report, trained_pfnet):
     page = PageStructure()
     page.feed((report / "report.html").read_text())
@@ -97,6 +98,7 @@ def test_report_page_states_the_run_and_captions_every_figure(report, trained_pf
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no headless Chromium here (apt install chromium)")
+@pytest.mark.workflow
 def test_report_renders_across_the_page_in_a_browser(report, tmp_path):
     screenshot = tmp_path / "page.png"
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",

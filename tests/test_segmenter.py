@@ -26,7 +26,7 @@ from evaluation.segmenter import DEFAULT_PROTOCOL, Protocol, Segmenter, generic_
 from network.options import add_model_flags
 from utils.image_io import open_raster, read_image
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.workflow]
 
 # A protocol away from every default: two scales, a flip, overlapping windows in batches of two.
 PREDICT_FLAGS = ("--window", "96", "--stride", "64", "--batch_size", "2", "--scales", "0.75,1.0", "--flip")
