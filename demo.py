@@ -31,7 +31,7 @@ from config import parse_with_config  # noqa: E402
 from datasets import get_dataset  # noqa: E402
 from evaluation.metrics import ConfusionMatrix, metrics_summary  # noqa: E402
 from tools.make_synthetic_data import make_synthetic  # noqa: E402
-from tools.prepare_dataset import prepare  # noqa: E402
+from tools.prepare_dataset import PrepareOptions, prepare  # noqa: E402
 from utils.atomic import exit_on_write_error  # noqa: E402
 
 MARKER = ".pfnet_demo"  # written into the output folder so a rerun only ever deletes a demo's folder
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> float:
     raw = make_synthetic("potsdam", out / "raw", seed=0, num_images=8, size=4 * PATCH)
     print("2/4 preparing patches", flush=True)
     data = out / "data"
-    prepare("potsdam", raw, data, patch_size=PATCH, stride=PATCH, workers=1)
+    prepare("potsdam", raw, data, PrepareOptions(patch_size=PATCH, stride=PATCH, workers=1))
 
     print("3/4 training PFNet-R50 on the CPU", flush=True)
     result = train.main([

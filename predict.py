@@ -74,6 +74,7 @@ from utils.area_summary import folder_summary, tile_summary
 from utils.atomic import atomic_write_bytes, exit_on_write_error, remove_stale_partial_files
 from utils.checkpoint import CheckpointMismatchError
 from utils.image_io import IMAGE_SUFFIXES, RASTER_SUFFIXES, ImageReadError, image_size, open_raster
+from utils.on_error import ON_ERROR_CHOICES
 from utils.qgis_style import aux_path, style_path, write_category_names, write_qml
 from utils.run_lock import FolderBusyError, FolderLock, lock_folder, utc_timestamp
 from utils.vector_io import VECTOR_FORMATS, VectorOptions, check_reprojectable, write_polygons
@@ -84,7 +85,6 @@ AREA_SUMMARY = "area_summary"
 LOCK_HINT = "wait for it to finish, pass --lock_timeout SECONDS to wait, or choose another --out_dir"
 USAGE_ERRORS = (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError, OSError,
                 CheckpointMismatchError)
-ON_ERROR_CHOICES = ("error", "skip")
 
 
 def build_parser() -> argparse.ArgumentParser:

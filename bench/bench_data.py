@@ -31,7 +31,7 @@ import datasets  # noqa: E402
 import transforms  # noqa: E402
 from datasets.edges import boundary_target  # noqa: E402
 from tools.make_synthetic_data import make_synthetic  # noqa: E402
-from tools.prepare_dataset import prepare  # noqa: E402
+from tools.prepare_dataset import PrepareOptions, prepare  # noqa: E402
 from utils.atomic import atomic_write_bytes  # noqa: E402
 
 # train.py --dataset name -> (tools name, train.py flags of the official recipe that shape the pipeline)
@@ -44,7 +44,7 @@ def prepared_root(base: Path, dataset: str, size: int) -> Path:
     tool_name = PIPELINES[dataset][0]
     raw = make_synthetic(tool_name, base / f"raw_{tool_name}", seed=3, num_images=3, size=2 * size, fixed_size=True)
     out = base / tool_name
-    prepare(tool_name, raw, out, patch_size=size, stride=size, workers=1, progress=False)
+    prepare(tool_name, raw, out, PrepareOptions(patch_size=size, stride=size, workers=1, progress=False))
     return out
 
 

@@ -58,13 +58,13 @@ def reference_model(work_dir: Path) -> tuple[Path, Path]:
 def held_out_split(work_dir: Path) -> Path:
     """Prepared root of two synthetic Potsdam tiles of seed 1 (never trained on) in 512 px patches."""
     from tools.make_synthetic_data import make_synthetic
-    from tools.prepare_dataset import prepare
+    from tools.prepare_dataset import PrepareOptions, prepare
 
     root = work_dir / "held_out" / "potsdam"
     if not root.is_dir():
         raw = make_synthetic("potsdam", work_dir / "held_out" / "raw", seed=HELD_OUT_SEED, num_images=2,
                              size=HELD_OUT_SIZE)
-        prepare("potsdam", raw, root, patch_size=512, stride=512, workers=1, progress=False)
+        prepare("potsdam", raw, root, PrepareOptions(patch_size=512, stride=512, workers=1, progress=False))
     return root
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.models import measure_models  # noqa: E402  (needs the repository on sys.path)
 from tools.make_synthetic_data import make_synthetic  # noqa: E402
-from tools.prepare_dataset import prepare  # noqa: E402
+from tools.prepare_dataset import PrepareOptions, prepare  # noqa: E402
 from utils.atomic import atomic_write_bytes  # noqa: E402
 
 ARCHS = ("upernet_r50", "pfnet_r50")
@@ -97,8 +97,8 @@ def run(command: list[str]) -> None:
 def make_smoke_data(out: Path) -> Path:
     """Synthetic iSAID (3 scenes of ~96 px) prepared into 64 px patches under ``out``; returns its root."""
     raw = make_synthetic("isaid", out / "raw", seed=0, num_images=3, size=96)
-    prepare("isaid", raw, out / "iSAID", patch_size=SMOKE_SIZE, stride=SMOKE_SIZE, workers=1, progress=False,
-            overwrite=True)
+    prepare("isaid", raw, out / "iSAID",
+            PrepareOptions(patch_size=SMOKE_SIZE, stride=SMOKE_SIZE, workers=1, progress=False, overwrite=True))
     return out / "iSAID"
 
 

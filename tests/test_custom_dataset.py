@@ -17,9 +17,9 @@ from PIL import Image
 from datasets import get_dataset
 from datasets.custom import SpecError, load_spec
 from datasets.isprs import PotsdamDataset
-from tools._common import ToolError
+from tools import ToolError
 from tools.make_synthetic_data import make_synthetic
-from tools.prepare_dataset import prepare
+from tools.prepare_dataset import PrepareOptions, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -57,7 +57,7 @@ def test_example_spec_in_the_repository_is_valid():
 
 
 def test_pairs_by_suffix_split_by_seeded_fraction_colour_masks_to_ids(raw, tmp_path):
-    prepare("custom", None, tmp_path / "out", spec=_spec(tmp_path, raw), workers=1, progress=False)
+    prepare("custom", None, tmp_path / "out", PrepareOptions(spec=_spec(tmp_path, raw), workers=1, progress=False))
     train = sorted(path.name for path in (tmp_path / "out" / "train" / "images").iterdir())
     val = sorted(path.name for path in (tmp_path / "out" / "val" / "images").iterdir())
     assert len(train) == 3 and len(val) == 1 and not set(train) & set(val)
@@ -72,9 +72,11 @@ def test_pairs_by_suffix_split_by_seeded_fraction_colour_masks_to_ids(raw, tmp_p
             expected[(colours == colour).all(-1)] = class_id
         assert (expected != 255).all()
         np.testing.assert_array_equal(cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED), expected)
-    again = prepare("custom", None, tmp_path / "out", spec=tmp_path / "spec.yaml", workers=1, progress=False)
+    again = prepare("custom", None, tmp_path / "out",
+                    PrepareOptions(spec=tmp_path / "spec.yaml", workers=1, progress=False))
     assert again.written == 0 and again.existing == 8, "a re-run resumes: nothing rewritten"
-    prepare("custom", None, tmp_path / "same_seed", spec=tmp_path / "spec.yaml", workers=1, progress=False)
+    prepare("custom", None, tmp_path / "same_seed",
+            PrepareOptions(spec=tmp_path / "spec.yaml", workers=1, progress=False))
     assert sorted(path.name for path in (tmp_path / "same_seed" / "val" / "images").iterdir()) == val
 
 
@@ -95,7 +97,7 @@ def test_id_masks_folder_splits_list_splits_and_windows(raw, tmp_path):
     spec = _spec(tmp_path, data, images=str(data / "images"), masks=str(data / "masks"), image_suffix=None,
                  mask_suffix=None, mask_format="ids", classes=id_classes, ignore=[0], split_by="folders",
                  splits={"train": "train", "val": "val"}, patch_size=32)
-    prepare("custom", None, tmp_path / "out", spec=spec, workers=1, progress=False)
+    prepare("custom", None, tmp_path / "out", PrepareOptions(spec=spec, workers=1, progress=False))
     window = cv2.imread(str(tmp_path / "out" / "val" / "masks" / "2_13_0_32_0_32_gray_mask.png"), cv2.IMREAD_UNCHANGED)
     source = cv2.imread(str(data / "masks" / "val" / "2_13.png"), cv2.IMREAD_UNCHANGED)[:32, :32]
     np.testing.assert_array_equal(window, np.where(source == 0, 255, source // 10 - 1))
@@ -109,7 +111,7 @@ def test_id_masks_folder_splits_list_splits_and_windows(raw, tmp_path):
     spec = _spec(tmp_path, data, images=str(flat), masks=str(masks), image_suffix=None, mask_suffix=None,
                  mask_format="ids", classes=id_classes, ignore=[0], split_by="lists",
                  splits={"train": "lists/train.txt", "val": "lists/val.txt"})
-    prepare("custom", None, tmp_path / "listed", spec=spec, workers=1, progress=False)
+    prepare("custom", None, tmp_path / "listed", PrepareOptions(spec=spec, workers=1, progress=False))
     assert sorted(p.name for p in (tmp_path / "listed" / "train" / "images").iterdir()) == ["2_10.png", "2_11.png"]
     assert sorted(p.name for p in (tmp_path / "listed" / "val" / "images").iterdir()) == ["2_12.png"]
 
@@ -155,7 +157,7 @@ def _unpair(raw: Path, tmp_path: Path) -> dict:
 def test_bad_input_is_named_with_its_fix_before_anything_is_written(raw, tmp_path, change, message):
     spec = _spec(tmp_path, raw, **change(raw, tmp_path))
     with pytest.raises((ToolError, SpecError), match=message):
-        prepare("custom", None, tmp_path / "out", spec=spec, workers=1, progress=False)
+        prepare("custom", None, tmp_path / "out", PrepareOptions(spec=spec, workers=1, progress=False))
     assert not (tmp_path / "out").exists()
 
 
@@ -267,7 +269,7 @@ def test_sixteen_bit_four_band_geotiffs_use_the_band_choice_and_one_saved_scalin
                  splits={"train": "train.txt", "val": "val.txt"}, bands=[4, 1, 2])
     (tmp_path / "train.txt").write_text("t0\n")
     (tmp_path / "val.txt").write_text("t1\n")
-    prepare("custom", None, tmp_path / "out", spec=spec, workers=1, progress=False)
+    prepare("custom", None, tmp_path / "out", PrepareOptions(spec=spec, workers=1, progress=False))
     saved = json.loads((tmp_path / "out" / "scaling.json").read_text())
     chosen = raw_pixels["t0"][[3, 0, 1]].transpose(1, 2, 0).reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(saved["low"], np.percentile(chosen, 2, axis=0), rtol=1e-6)
@@ -278,7 +280,7 @@ def test_sixteen_bit_four_band_geotiffs_use_the_band_choice_and_one_saved_scalin
     written = cv2.imread(str(tmp_path / "out" / "val" / "images" / "t1.png"))[..., ::-1]
     np.testing.assert_array_equal(written, expected)
     assert (written == 255).mean() > 0.3, "the val tile is brighter: the training range saturates it, not its own"
-    prepare("custom", None, tmp_path / "rgb", spec=spec, bands="1,2,3", workers=1, progress=False)
+    prepare("custom", None, tmp_path / "rgb", PrepareOptions(spec=spec, bands="1,2,3", workers=1, progress=False))
     first_three = raw_pixels["t0"][:3].transpose(1, 2, 0).reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(json.loads((tmp_path / "rgb" / "scaling.json").read_text())["low"],
                                np.percentile(first_three, 2, axis=0), rtol=1e-6)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 import datasets
 from datasets import DatasetNotFoundError, boundary_target, get_dataset
 from tools.make_synthetic_data import make_synthetic
-from tools.prepare_dataset import prepare
+from tools.prepare_dataset import PrepareOptions, prepare
 from transforms import Compose, RandomHorizontalFlip, build_train_transform
 
 ISAID_RGB = [(0, 0, 0), (0, 0, 63), (0, 63, 63), (0, 63, 0), (0, 63, 127), (0, 63, 191), (0, 63, 255),
@@ -26,7 +26,7 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
     roots = {}
     for name in ("isaid", "potsdam", "vaihingen"):
         raw = make_synthetic(name, base / f"raw_{name}", seed=3, num_images=3, size=256)
-        prepare(name, raw, base / name, patch_size=160, stride=128, workers=1, progress=False)
+        prepare(name, raw, base / name, PrepareOptions(patch_size=160, stride=128, workers=1, progress=False))
         roots[name] = base / name
     return roots
 

@@ -30,7 +30,7 @@ from faults import (
 
 from tools._tiling import GEOMETRY_FILE
 from tools.make_synthetic_data import make_synthetic
-from tools.prepare_dataset import prepare
+from tools.prepare_dataset import PrepareOptions, prepare
 from utils.atomic import PARTIAL_MARK
 from utils.image_io import MAX_IMAGE_PIXELS, SCALING_FILE
 
@@ -60,7 +60,7 @@ def data(tmp_path_factory) -> dict:
     potsdam = make_synthetic("potsdam", base / "potsdam_raw", seed=1, num_images=3, size=128)
     isaid = make_synthetic("isaid", base / "isaid_raw", seed=1, num_images=3, size=128)
     prepared = base / "prepared"
-    prepare("potsdam", potsdam, prepared, patch_size=64, stride=64, workers=1, progress=False)
+    prepare("potsdam", potsdam, prepared, PrepareOptions(patch_size=64, stride=64, workers=1, progress=False))
 
     orphan_label = copy_tree(potsdam, base / "orphan_label")
     (orphan_label / POTSDAM_IMAGE.format("2_11")).unlink()
@@ -335,14 +335,15 @@ def test_sixteen_bit_png_within_8_bits_is_prepared_unchanged(data):
     pixels = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     pixels[0, 0] = 255
     spec = id_mask_dataset(data["base"] / "sixteen", {"a.png": sixteen_bit(pixels), "b.png": sixteen_bit(pixels)})
-    summary = prepare("custom", None, data["base"] / "sixteen_out", spec=spec, workers=1, progress=False)
+    summary = prepare("custom", None, data["base"] / "sixteen_out",
+                      PrepareOptions(spec=spec, workers=1, progress=False))
     for written in (data["base"] / "sixteen_out").glob("*/images/*.png"):
         np.testing.assert_array_equal(cv2.imread(str(written)), pixels)
     assert "values all lie in 0..255 and are used as they are" in str(summary)
     loveda = copy_tree(data["loveda"], data["base"] / "loveda_sixteen")
     for image in loveda.rglob("images_png/*.png"):
         cv2.imwrite(str(image), pixels.astype(np.uint16))
-    prepare("loveda", loveda, data["base"] / "loveda_sixteen_out", workers=1, progress=False)
+    prepare("loveda", loveda, data["base"] / "loveda_sixteen_out", PrepareOptions(workers=1, progress=False))
     written = list((data["base"] / "loveda_sixteen_out").glob("*/images/*.png"))
     assert len(written) == 4
     for path in written:
@@ -356,7 +357,7 @@ def test_wider_sixteen_bit_images_share_one_dataset_scaling(data):
     for image in loveda.rglob("images_png/*.png"):
         cv2.imwrite(str(image), dark * (2 if image.name == "2.png" else 1))
     out = data["base"] / "loveda_wide_out"
-    summary = str(prepare("loveda", loveda, out, workers=1, progress=False))
+    summary = str(prepare("loveda", loveda, out, PrepareOptions(workers=1, progress=False)))
     assert "scaled per band" in summary and str(out / SCALING_FILE) in summary
     assert '"low"' in (out / SCALING_FILE).read_text()
     darker, brighter = (cv2.imread(str(out / "train" / "images" / f"urban_{stem}.png")).astype(int) for stem in "02")

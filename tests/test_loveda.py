@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from datasets import LoveDADataset, get_dataset
-from tools._common import ToolError
+from tools import ToolError
 from tools.make_synthetic_data import make_synthetic
-from tools.prepare_dataset import prepare
+from tools.prepare_dataset import PrepareOptions, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -47,7 +47,7 @@ def test_synthetic_raw_layout_has_both_domains_and_no_data(raw):
 
 
 def test_prepare_maps_no_data_and_classes_pixel_by_pixel(raw, tmp_path):
-    summary = prepare("loveda", raw, tmp_path / "out", workers=1, progress=False)
+    summary = prepare("loveda", raw, tmp_path / "out", PrepareOptions(workers=1, progress=False))
     assert summary.patches == 8
     for split, folder in (("train", "Train"), ("val", "Val")):
         for domain in ("Urban", "Rural"):
@@ -65,7 +65,7 @@ def test_prepare_maps_no_data_and_classes_pixel_by_pixel(raw, tmp_path):
 
 
 def test_domain_choice_and_windows(raw, tmp_path):
-    prepare("loveda", raw, tmp_path / "rural", domain="rural", patch_size=32, workers=1, progress=False)
+    prepare("loveda", raw, tmp_path / "rural", PrepareOptions(domain="rural", patch_size=32, workers=1, progress=False))
     names = sorted(path.name for path in (tmp_path / "rural" / "train" / "images").iterdir())
     assert len(names) == 3 * 4 and all(name.startswith("rural_") for name in names)
     assert "rural_1_0_32_32_64.png" in names
@@ -86,10 +86,10 @@ def test_unknown_mask_values_and_missing_splits_are_refused(raw, tmp_path):
     mask[:2, :2] = 9
     cv2.imwrite(str(bad), mask)
     with pytest.raises(ToolError, match=r"6.png: 4 of 4096 pixels hold values outside \[0, 1, 2, 3, 4, 5, 6, 7\]"):
-        prepare("loveda", broken, tmp_path / "out", workers=1, progress=False)
+        prepare("loveda", broken, tmp_path / "out", PrepareOptions(workers=1, progress=False))
     shutil.rmtree(broken / "Val")
     with pytest.raises(ToolError, match=r"Val/Urban/images_png does not exist.*LoveDA.s Val.zip.*docs/data_custom.md"):
-        prepare("loveda", broken, tmp_path / "out2", domain="urban", workers=1, progress=False)
+        prepare("loveda", broken, tmp_path / "out2", PrepareOptions(domain="urban", workers=1, progress=False))
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

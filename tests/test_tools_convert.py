@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tools._common import ToolError
+from tools import ToolError
 from tools.convert_iSAID_mask2graymask import convert_isaid_masks
 from tools.convert_iSAID_mask2graymask import main as convert_isaid_main
 from tools.convert_isprs_mask2graymask import convert_isprs_masks

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from file_trees import tree_digest
 
-from tools._common import ToolError
+from tools import ToolError
 from tools._tiling import GEOMETRY_FILE
 from tools.make_synthetic_data import make_synthetic
-from tools.prepare_dataset import prepare
+from tools.prepare_dataset import PrepareOptions, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 ISAID_RGB = [(0, 0, 0), (0, 0, 63), (0, 63, 63), (0, 63, 0), (0, 63, 127), (0, 63, 191), (0, 63, 255),
@@ -61,8 +61,8 @@ def check_pair_folder(out_split: Path, stem: str, image: np.ndarray, ids: np.nda
 def test_isaid_prepare_names_and_pixels(tmp_path):
     raw = make_synthetic("isaid", tmp_path / "raw", seed=11, num_images=4, size=400)
     patch, stride = 280, 200
-    summary = prepare("isaid", raw, tmp_path / "out", patch_size=patch, stride=stride, workers=1,
-                      whole_held_out=True, progress=False)
+    summary = prepare("isaid", raw, tmp_path / "out",
+                      PrepareOptions(patch_size=patch, stride=stride, workers=1, whole_held_out=True, progress=False))
     assert summary.skipped == [] and summary.warnings == []
     for split in ("train", "val"):
         expected = set()
@@ -89,7 +89,7 @@ def test_isaid_default_geometry_is_the_papers_896_stride_512(tmp_path):
                     np.zeros((1000, 1500, 3), np.uint8))
     (raw / "test" / "images").mkdir(parents=True)
     cv2.imwrite(str(raw / "test" / "images" / "P0002.png"), np.zeros((900, 700, 3), np.uint8))
-    prepare("isaid", raw, tmp_path / "out", workers=1, progress=False)
+    prepare("isaid", raw, tmp_path / "out", PrepareOptions(workers=1, progress=False))
     names = {p.stem for p in (tmp_path / "out" / "train" / "images").iterdir()}
     assert names == {f"P0001_{y}_{y + 896}_{x}_{x + 896}" for y in (0, 104) for x in (0, 512, 604)}
     # Test images have no masks; one narrower than a window is written whole.
@@ -102,8 +102,8 @@ def test_isaid_default_geometry_is_the_papers_896_stride_512(tmp_path):
 def test_isprs_prepare_split_names_and_pixels(tmp_path, dataset, variant):
     raw = make_synthetic(dataset, tmp_path / "raw", seed=5, num_images=4, size=300)
     patch, stride = 256, 160
-    prepare(dataset, raw, tmp_path / "out", patch_size=patch, stride=stride, label_variant=variant,
-            workers=1, progress=False)
+    prepare(dataset, raw, tmp_path / "out",
+            PrepareOptions(patch_size=patch, stride=stride, label_variant=variant, workers=1, progress=False))
     if dataset == "potsdam":
         tiles = {"train": ["2_10", "2_11", "2_12"], "test": ["2_13"]}
         image_of = lambda t: raw / "2_Ortho_RGB" / f"top_potsdam_{t}_RGB.tif"  # noqa: E731
@@ -137,7 +137,7 @@ def test_prepare_workers_1_and_2_identical(tmp_path):
     digests = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        prepare("vaihingen", raw, out, patch_size=128, stride=100, workers=workers, progress=False)
+        prepare("vaihingen", raw, out, PrepareOptions(patch_size=128, stride=100, workers=workers, progress=False))
         digests.append(tree_digest(out))
     assert digests[0] == digests[1] and len(digests[0]) > 20
 
@@ -145,14 +145,14 @@ def test_prepare_workers_1_and_2_identical(tmp_path):
 def test_prepare_refuses_bad_layouts_and_outputs(tmp_path):
     raw = make_synthetic("potsdam", tmp_path / "raw", seed=0, num_images=2, size=128)
     with pytest.raises(ToolError, match="inside the input"):
-        prepare("potsdam", raw, raw / "out", progress=False)
+        prepare("potsdam", raw, raw / "out", PrepareOptions(progress=False))
     with pytest.raises(ToolError, match="does not look like iSAID"):
-        prepare("isaid", raw, tmp_path / "out", progress=False)
+        prepare("isaid", raw, tmp_path / "out", PrepareOptions(progress=False))
     with pytest.raises(ToolError, match="ISPRS_semantic_labeling_Vaihingen/top does not exist"):
-        prepare("vaihingen", raw, tmp_path / "out", progress=False)
+        prepare("vaihingen", raw, tmp_path / "out", PrepareOptions(progress=False))
     shutil.rmtree(raw / "5_Labels_all")
     with pytest.raises(ToolError, match="5_Labels_all does not exist"):
-        prepare("potsdam", raw, tmp_path / "out", progress=False)
+        prepare("potsdam", raw, tmp_path / "out", PrepareOptions(progress=False))
 
 
 def test_prepare_refuses_output_in_custom_image_or_label_folders(tmp_path):
@@ -161,11 +161,12 @@ def test_prepare_refuses_output_in_custom_image_or_label_folders(tmp_path):
     labels = shutil.copytree(raw / "5_Labels_all", tmp_path / "my_labels")
     for out in (images, images / "patches", labels, labels / "patches"):
         with pytest.raises(ToolError, match=f"output folder {out} is inside the input folder"):
-            prepare("potsdam", raw, out, image_dir=images, label_dir=labels, workers=1, progress=False)
+            prepare("potsdam", raw, out, PrepareOptions(image_dir=images, label_dir=labels, workers=1, progress=False))
         assert not (out / "train").exists()
     assert sorted(p.name for p in images.iterdir()) == ["top_potsdam_2_10_RGB.tif", "top_potsdam_2_13_RGB.tif"]
-    summary = prepare("potsdam", raw, tmp_path / "out", patch_size=64, stride=64, image_dir=images, label_dir=labels,
-                      workers=1, progress=False)
+    summary = prepare("potsdam", raw, tmp_path / "out",
+                      PrepareOptions(patch_size=64, stride=64, image_dir=images, label_dir=labels, workers=1,
+                                     progress=False))
     assert summary.skipped == [] and summary.patches == 2 * 4
 
 
@@ -177,8 +178,8 @@ def test_prepare_stops_at_an_image_mask_size_mismatch(tmp_path):
     kwargs = dict(patch_size=64, stride=64, workers=1, progress=False)
     width, height = colours.shape[1], colours.shape[0]
     with pytest.raises(ToolError, match=rf"area1.tif: mask is {width - 5}x{height} \(WxH\) .* is {width}x{height}"):
-        prepare("vaihingen", raw, tmp_path / "a", **kwargs)
-    summary = prepare("vaihingen", raw, tmp_path / "b", on_error="skip", **kwargs)
+        prepare("vaihingen", raw, tmp_path / "a", PrepareOptions(**kwargs))
+    summary = prepare("vaihingen", raw, tmp_path / "b", PrepareOptions(on_error="skip", **kwargs))
     assert len(summary.skipped) == 1 and "top_mosaic_09cm_area1.tif" in summary.skipped[0]
     assert not list((tmp_path / "b" / "train" / "images").glob("top_mosaic_09cm_area1_*"))
     assert list((tmp_path / "b" / "test" / "images").glob("top_mosaic_09cm_area2_*"))
@@ -187,11 +188,11 @@ def test_prepare_stops_at_an_image_mask_size_mismatch(tmp_path):
 def test_prepare_rerun_over_finished_tif_tiles_decodes_nothing(tmp_path, request):
     raw = make_synthetic("potsdam", tmp_path / "raw", seed=1, num_images=2, size=200)
     kwargs = dict(patch_size=128, stride=100, workers=1, progress=False)
-    first = prepare("potsdam", raw, tmp_path / "out", **kwargs)
+    first = prepare("potsdam", raw, tmp_path / "out", PrepareOptions(**kwargs))
     # 200 px tiles, windows at 0 and 72 on both axes: 4 patches per tile, image and mask each.
     assert (first.inputs, first.patches, first.written) == (2, 8, 16)
     request.getfixturevalue("no_image_decoding")
-    again = prepare("potsdam", raw, tmp_path / "out", **kwargs)
+    again = prepare("potsdam", raw, tmp_path / "out", PrepareOptions(**kwargs))
     assert (again.written, again.existing, again.patches, again.skipped) == (0, 16, 8, [])
 
 
@@ -202,9 +203,9 @@ def test_prepare_reports_unknown_label_colours(tmp_path):
     bgr[:2, :5] = (1, 2, 3)
     cv2.imwrite(str(label), bgr)
     with pytest.raises(ToolError, match=r"top_potsdam_2_10_label.tif: 10 of .*RGB\(3, 2, 1\) x 10"):
-        prepare("potsdam", raw, tmp_path / "a", patch_size=64, stride=64, workers=1, progress=False)
-    summary = prepare("potsdam", raw, tmp_path / "b", patch_size=64, stride=64, workers=1, unknown_color="ignore",
-                      progress=False)
+        prepare("potsdam", raw, tmp_path / "a", PrepareOptions(patch_size=64, stride=64, workers=1, progress=False))
+    summary = prepare("potsdam", raw, tmp_path / "b",
+                      PrepareOptions(patch_size=64, stride=64, workers=1, unknown_color="ignore", progress=False))
     assert len(summary.warnings) == 1
     first = cv2.imread(str(tmp_path / "b" / "train" / "masks" / "top_potsdam_2_10_RGB_0_64_0_64_gray_mask.png"),
                        cv2.IMREAD_UNCHANGED)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools._common import ToolError
+from tools import ToolError
 from tools.make_synthetic_data import make_synthetic
-from tools.prepare_dataset import prepare
+from tools.prepare_dataset import PrepareOptions, prepare
 
 SIZE = 64
 
@@ -36,11 +36,12 @@ def _patch(out: Path, split: str, name: str) -> np.ndarray:
 
 def test_rgbir_gives_rgb_by_default_and_irrg_on_request_never_premultiplied(raw, tmp_path):
     rgb = cv2.imread(str(raw / "2_Ortho_RGB" / "top_potsdam_2_10_RGB.tif"))[..., ::-1]
-    prepare("potsdam", raw, tmp_path / "rgb", product="RGBIR", patch_size=32, stride=32, workers=1, progress=False)
+    prepare("potsdam", raw, tmp_path / "rgb",
+            PrepareOptions(product="RGBIR", patch_size=32, stride=32, workers=1, progress=False))
     np.testing.assert_array_equal(_patch(tmp_path / "rgb", "train", "top_potsdam_2_10_RGBIR_0_32_0_32.png"),
                                   rgb[:32, :32])
-    prepare("potsdam", raw, tmp_path / "irrg", product="RGBIR", bands="irrg", patch_size=32, stride=32, workers=1,
-            progress=False)
+    prepare("potsdam", raw, tmp_path / "irrg",
+            PrepareOptions(product="RGBIR", bands="irrg", patch_size=32, stride=32, workers=1, progress=False))
     for split, tile in (("train", "2_10"), ("test", "2_13")):
         np.testing.assert_array_equal(_patch(tmp_path / "irrg", split, f"top_potsdam_{tile}_RGBIR_32_64_0_32.png"),
                                       _irrg(raw, tile)[32:64, :32])
@@ -55,16 +56,18 @@ def _irrg(raw: Path, tile: str) -> np.ndarray:
 
 
 def test_irrg_product_and_bad_band_choices(raw, tmp_path):
-    prepare("potsdam", raw, tmp_path / "out", product="IRRG", patch_size=32, stride=32, workers=1, progress=False)
+    prepare("potsdam", raw, tmp_path / "out",
+            PrepareOptions(product="IRRG", patch_size=32, stride=32, workers=1, progress=False))
     np.testing.assert_array_equal(_patch(tmp_path / "out", "train", "top_potsdam_2_10_IRRG_32_64_0_32.png"),
                                   _irrg(raw, "2_10")[32:64, :32])
     with pytest.raises(ToolError, match="--bands irrg needs an infrared band"):
-        prepare("potsdam", raw, tmp_path / "x", bands="irrg", patch_size=32, stride=32, workers=1, progress=False)
+        prepare("potsdam", raw, tmp_path / "x",
+                PrepareOptions(bands="irrg", patch_size=32, stride=32, workers=1, progress=False))
     with pytest.raises(ToolError, match="--bands needs three 1-based band numbers"):
-        prepare("potsdam", raw, tmp_path / "x", product="RGBIR", bands="4,1", patch_size=32, stride=32, workers=1,
-                progress=False)
+        prepare("potsdam", raw, tmp_path / "x",
+                PrepareOptions(product="RGBIR", bands="4,1", patch_size=32, stride=32, workers=1, progress=False))
     with pytest.raises(ToolError, match="band"):
-        prepare("potsdam", raw, tmp_path / "x", product="IRRG", bands="4,1,2", patch_size=32, stride=32, workers=1,
-                progress=False)
+        prepare("potsdam", raw, tmp_path / "x",
+                PrepareOptions(product="IRRG", bands="4,1,2", patch_size=32, stride=32, workers=1, progress=False))
     with pytest.raises(ToolError, match="--bands is for Potsdam's products and custom datasets"):
-        prepare("vaihingen", raw, tmp_path / "x", bands="3,2,1", workers=1, progress=False)
+        prepare("vaihingen", raw, tmp_path / "x", PrepareOptions(bands="3,2,1", workers=1, progress=False))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from file_trees import tree_digest
 
-from tools._common import ToolError
+from tools import ToolError
 from tools._tiling import GEOMETRY_FILE
 from tools.make_synthetic_data import make_synthetic
 from tools.split_iSAID import main as split_isaid_main
@@ -109,13 +109,13 @@ def test_isaid_workers_1_and_2_write_identical_files(isaid_raw, tmp_path):
 
 
 def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(isaid_raw, tmp_path, monkeypatch):
-    import tools._common as common
+    import utils.atomic as atomic
 
     reference = tmp_path / "reference"
     split_isaid(isaid_raw, reference, sets=("train",), patch_width=256, patch_height=256, overlap_area=64,
                 workers=1, progress=False)
     out = tmp_path / "out"
-    real_replace = common.os.replace
+    real_replace = atomic.os.replace
     calls = {"n": 0}
 
     def replace_then_interrupt(source, target):
@@ -124,11 +124,11 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(isaid_raw, t
             raise KeyboardInterrupt
         real_replace(source, target)
 
-    monkeypatch.setattr(common.os, "replace", replace_then_interrupt)
+    monkeypatch.setattr(atomic.os, "replace", replace_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         split_isaid(isaid_raw, out, sets=("train",), patch_width=256, patch_height=256, overlap_area=64,
                     workers=1, progress=False)
-    monkeypatch.setattr(common.os, "replace", real_replace)
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
     written = [p for p in out.rglob("*") if p.is_file() and p.name != GEOMETRY_FILE]
     assert len(written) == 4, "the geometry record and four patches were renamed into place before the interruption"
     assert not [p for p in written if ".partial-" in p.name], "the temporary file was removed"

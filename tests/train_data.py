@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from tools.make_synthetic_data import make_synthetic
-from tools.prepare_dataset import prepare
+from tools.prepare_dataset import PrepareOptions, prepare
 
 # Flags that control a run rather than define it; config.yaml must not hold them (written out here, not
 # taken from train.py, so that a test catches one dropped from its list).
@@ -16,7 +16,7 @@ PATCH = 64
 def make_tiny_potsdam(base: Path) -> Path:
     """Prepared Potsdam root under ``base`` (``train`` and ``test`` splits of 64 x 64 patches)."""
     raw = make_synthetic("potsdam", base / "raw", seed=5, num_images=3, size=2 * PATCH)
-    prepare("potsdam", raw, base / "potsdam", patch_size=PATCH, stride=PATCH, workers=1, progress=False)
+    prepare("potsdam", raw, base / "potsdam", PrepareOptions(patch_size=PATCH, stride=PATCH, workers=1, progress=False))
     return base / "potsdam"
 
 

@@ -27,7 +27,7 @@ from datasets.isprs import PotsdamDataset
 from evaluation.restore import RestoredModel, restore_model
 from network.options import add_model_flags
 from tools.make_synthetic_data import make_synthetic
-from tools.prepare_dataset import prepare
+from tools.prepare_dataset import PrepareOptions, prepare
 from utils.image_io import read_image
 
 # The first-hour data (docs/first_hour.md): 4 raw tiles of 256 px from seed 0, 3 train and 1 test (the Potsdam
@@ -66,7 +66,7 @@ class TrainedModel:
 def make_reference_data(base: Path) -> tuple[Path, Path]:
     """Raw synthetic Potsdam tiles and their prepared patches under ``base``: (raw folder, prepared root)."""
     raw = make_synthetic("potsdam", base / "raw", seed=0, num_images=4, size=TILE_SIZE)
-    prepare("potsdam", raw, base / "potsdam", patch_size=PATCH, stride=PATCH, workers=1, progress=False)
+    prepare("potsdam", raw, base / "potsdam", PrepareOptions(patch_size=PATCH, stride=PATCH, workers=1, progress=False))
     return raw, base / "potsdam"
 
 
@@ -108,7 +108,7 @@ def train_custom(base: Path, raw: Path) -> TrainedModel:
     """PFNet-R50 trained on a custom dataset (the raw tiles under a YAML spec of its own class names)."""
     spec = write_custom_spec(base / "custom_spec.yaml", raw)
     root = base / "custom"
-    prepare("custom", None, root, spec=spec, workers=1, progress=False)
+    prepare("custom", None, root, PrepareOptions(spec=spec, workers=1, progress=False))
     checkpoint = train(base, "custom", ["--dataset", "custom", "--dataset_spec", str(spec),
                                         "--set", f"DATASET.CUSTOM_DIR={root}"],
                        ["--arch", "pfnet_r50", *PFNET_OPTIONS])

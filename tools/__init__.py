@@ -9,6 +9,6 @@ importable: ``tools.prepare_dataset.prepare``, ``tools.make_synthetic_data.make_
 Their public error types are importable from here: :class:`ToolError` (a run that cannot start, or that
 stopped at bad input) and :class:`InputError` (one bad input file).
 """
-from tools._common import InputError, ToolError
+from tools._errors import InputError, ToolError
 
 __all__ = ["InputError", "ToolError"]

@@ -11,33 +11,17 @@ import numpy as np
 from datasets.classes import IGNORE_LABEL
 from datasets.isaid import ISAIDDataset
 from datasets.isprs import PotsdamDataset
-from tools._common import (
-    InputError,
-    JobResult,
-    RunSummary,
-    ToolError,
-    atomic_write_image,
-    check_output_outside_input,
-    header_size,
-    natural_key,
-    output_is_complete,
-    read_colour_mask,
-    run_jobs,
-)
+from datasets.loveda import LoveDADataset
+from tools._errors import InputError, ToolError
+from tools._folders import check_output_outside_input, natural_key
+from tools._image_files import atomic_write_image, header_size, output_is_complete, read_colour_mask
+from tools._jobs import JobResult, RunSummary, run_jobs
 from utils.atomic import remove_partial_files
 
 UNKNOWN_COLOR_CHOICES = ("error", "ignore", "background")
 _UNMAPPED = np.uint16(0xFFFF)
 _ROWS_PER_STRIPE = 1024
 _COLOURS_LISTED = 10
-
-
-def add_unknown_color_argument(parser) -> None:
-    """Add ``--unknown-color``."""
-    parser.add_argument("--unknown-color", choices=UNKNOWN_COLOR_CHOICES, default="error",
-                        help="mask colours outside the palette: stop and report file, colour and pixel count "
-                             "(default), write 255 = ignore ('ignore'), or write 0 as the original tools did "
-                             "('background')")
 
 
 def _check_coding(unknown: str, codes: tuple, label_ids: tuple[int, ...]) -> None:
@@ -102,6 +86,13 @@ class IdCoding:
 
     def __post_init__(self) -> None:
         _check_coding(self.unknown, self.source_ids, self.label_ids)
+
+
+def loveda_coding(unknown: str = "error") -> IdCoding:
+    """LoveDA's raw mask values: no-data -> 255 (ignore), class value k + 1 -> label id k."""
+    no_data = LoveDADataset.raw_no_data
+    classes = range(LoveDADataset.num_classes)
+    return IdCoding((no_data, *(k + 1 for k in classes)), (LoveDADataset.ignore_label, *classes), unknown)
 
 
 def ids_to_labels(mask: np.ndarray, coding: IdCoding, path: Path | str) -> tuple[np.ndarray, list[str]]:

@@ -16,18 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from datasets.file_check import describe_invalid_ids, invalid_label_ids
-from tools._common import (
-    InputError,
-    JobResult,
-    ToolError,
+from tools._errors import InputError, ToolError
+from tools._image_files import (
     atomic_copy,
     atomic_write_image,
     check_pixel_count,
     output_is_complete,
     read_colour_mask,
-    read_image,
+    read_image_bgr,
     read_label_image,
 )
+from tools._jobs import JobResult
 from tools._masks import ColourCoding, IdCoding, colours_to_ids, ids_to_labels
 from utils.atomic import atomic_write_bytes
 from utils.image_io import ImageScaling
@@ -38,12 +37,13 @@ GEOMETRY_FILE = "patch_geometry.json"
 """Written into a tool's output root: the window geometry its patches were cut with."""
 
 
-def window_starts(length: int, patch: int, stride: int) -> list[int]:
-    """Start offsets of the windows along one axis of ``length`` pixels (distinct, increasing).
+def patch_starts(length: int, patch: int, stride: int) -> list[int]:
+    """Start offsets in pixels of the patches cut along one axis of ``length`` pixels (distinct, increasing).
 
-    ``range(0, length, stride)`` with every window ending past ``length`` moved back to
-    ``length - patch``; the original visits such a shifted window several times and rewrites the same
-    file, so duplicates are dropped here.
+    ``range(0, length, stride)`` with every patch ending past ``length`` moved back to
+    ``length - patch``; the original visits such a shifted patch several times and rewrites the same
+    file, so duplicates are dropped here.  (Not ``evaluation.inference.window_starts``, the sliding windows of
+    inference, whose rule differs.)
     """
     if stride < 1:
         raise ValueError(f"stride (patch - overlap) must be >= 1, got {stride}")
@@ -91,8 +91,8 @@ def patch_windows(height: int, width: int, patch_height: int, patch_width: int,
     """
     if not (height > patch_height and width > patch_width):
         return None
-    rows = window_starts(height, patch_height, patch_height - overlap)
-    cols = window_starts(width, patch_width, patch_width - overlap)
+    rows = patch_starts(height, patch_height, patch_height - overlap)
+    cols = patch_starts(width, patch_width, patch_width - overlap)
     return [(y0, y0 + patch_height, x0, x0 + patch_width) for x0 in cols for y0 in rows]
 
 
@@ -234,7 +234,7 @@ def split_one(job: SplitJob) -> JobResult:
             result.existing = sum(1 + (mask is not None) for _, mask in pairs)
             result.patches = len(pairs)
             return result
-    image = read_image(job.image_path, job.bands, job.scaling, job.policy)
+    image = read_image_bgr(job.image_path, job.bands, job.scaling, job.policy)
     mask = None
     if job.mask_path is not None:
         mask, result.warnings, had_alpha = read_job_mask(job)

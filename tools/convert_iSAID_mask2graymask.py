@@ -17,8 +17,15 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools._common import RunSummary, add_common_arguments, run_tool  # noqa: E402
-from tools._masks import add_unknown_color_argument, convert_folder, isaid_coding  # noqa: E402
+from tools._cli import (  # noqa: E402
+    add_common_arguments,
+    add_convert_arguments,
+    add_unknown_color_argument,
+    convert_options,
+    run_tool,
+)
+from tools._jobs import RunSummary  # noqa: E402
+from tools._masks import convert_folder, isaid_coding  # noqa: E402
 
 
 def convert_isaid_masks(root_path: str | Path, save_file_name: str, phase: str, workers: int | None = None,
@@ -37,17 +44,13 @@ def convert_isaid_masks(root_path: str | Path, save_file_name: str, phase: str, 
 def main(argv: list[str] | None = None) -> None:
     """Command line: parse the original flags and run ``convert_isaid_masks``; prints the run summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root_path", required=True, help="root holding {phase}/masks/ (colour masks)")
-    parser.add_argument("--save_file_name", required=True,
-                        help="name of the output folder created beside masks/ in {root_path}/{phase}/")
-    parser.add_argument("--phase", choices=["train", "val"], required=True, help="which split to convert")
+    add_convert_arguments(parser, root_help="root holding {phase}/masks/ (colour masks)", phases=("train", "val"))
     add_common_arguments(parser, memory="one colour mask, under 100 MB for a patch",
                          problems="an unreadable or corrupt mask, or (with --unknown-color error) a mask with "
                                   "colours outside the palette")
     add_unknown_color_argument(parser)
     args = parser.parse_args(argv)
-    run_tool(lambda: convert_isaid_masks(args.root_path, args.save_file_name, args.phase, args.workers,
-                                         args.overwrite, args.on_error, args.unknown_color))
+    run_tool(lambda: convert_isaid_masks(**convert_options(args)))
 
 
 if __name__ == "__main__":

@@ -16,15 +16,9 @@ import numpy as np
 
 from datasets.classes import IGNORE_LABEL
 from datasets.custom import CustomDataset, DatasetSpec, SpecError, load_spec
-from tools._common import (
-    InputError,
-    JobResult,
-    ToolError,
-    check_output_outside_input,
-    natural_key,
-    report_input_problems,
-    run_jobs,
-)
+from tools._errors import InputError, ToolError
+from tools._folders import check_output_outside_input, natural_key
+from tools._jobs import JobResult, report_input_problems, run_jobs
 from tools._masks import ColourCoding, IdCoding, palette_coding
 from tools._tiling import SplitJob, check_geometry, read_job_mask
 from utils import image_io

@@ -36,7 +36,7 @@ if __package__ in (None, ""):
 from datasets.isaid import ISAIDDataset  # noqa: E402
 from datasets.isprs import PotsdamDataset  # noqa: E402
 from datasets.loveda import LoveDADataset  # noqa: E402
-from tools._common import atomic_write_image  # noqa: E402
+from tools._image_files import atomic_write_image  # noqa: E402
 from tools.raw_layout import (  # noqa: E402
     ISPRS_FOLDERS,
     LOVEDA_DOMAIN_FOLDERS,

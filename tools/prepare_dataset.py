@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -42,30 +41,18 @@ from datasets.isaid import ISAIDDataset  # noqa: E402
 from datasets.isprs import PotsdamDataset  # noqa: E402
 from datasets.loveda import LoveDADataset  # noqa: E402
 from datasets.registry import DATASET_CLASSES  # noqa: E402
-from tools._common import (  # noqa: E402
-    RunSummary,
-    ToolError,
-    add_common_arguments,
-    check_output_outside_input,
-    natural_key,
-    positive_int,
-    report_input_problems,
-    run_jobs,
-    run_tool,
-    unpack_zip,
-)
-from tools._masks import (  # noqa: E402
-    ColourCoding,
-    IdCoding,
-    add_unknown_color_argument,
-    isaid_coding,
-    isprs_coding,
-)
+from tools._cli import add_common_arguments, add_unknown_color_argument, positive_int, run_tool  # noqa: E402
+from tools._errors import ToolError  # noqa: E402
+from tools._folders import check_output_outside_input, natural_key, unpack_zip  # noqa: E402
+from tools._jobs import RunSummary, report_input_problems, run_jobs  # noqa: E402
+from tools._masks import ColourCoding, IdCoding, isaid_coding, isprs_coding, loveda_coding  # noqa: E402
 from tools._tiling import SplitJob, check_geometry, largest_first, record_geometry, split_one  # noqa: E402
 from tools.custom_layout import CUSTOM_NAME, custom_jobs  # noqa: E402
 from tools.raw_layout import (  # noqa: E402
+    ISAID_EXCLUDED_IMAGES,
     ISAID_MASK_FOLDERS,
     ISPRS_FOLDERS,
+    ISPRS_TILE_PATTERNS,
     LOVEDA_DOMAIN_FOLDERS,
     LOVEDA_IMAGE_FOLDER,
     LOVEDA_MASK_FOLDER,
@@ -73,9 +60,10 @@ from tools.raw_layout import (  # noqa: E402
     POTSDAM_IRRG_BANDS,
     POTSDAM_PRODUCTS,
     SPLIT_TILES,
+    isaid_base_images,
     isprs_file_names,
+    report_isaid_name_problems,
 )
-from tools.split_iSAID import EXCLUDED_IMAGES, isaid_base_images, report_isaid_name_problems  # noqa: E402
 from utils.atomic import remove_partial_files  # noqa: E402
 from utils.image_io import (  # noqa: E402
     IDENTITY,
@@ -92,9 +80,6 @@ PREPARED = {cls.prepare_name: cls for cls in DATASET_CLASSES if cls.prepare_name
 DATASETS = (*PREPARED, CUSTOM_NAME)
 LOVEDA_DOMAINS = ("all", *LOVEDA_DOMAIN_FOLDERS)
 LABEL_VARIANTS = ("full", "eroded")
-_TILE_PATTERN = {"potsdam": {product: re.compile(rf"^top_potsdam_(\d+_\d+)_{tag}\.tif$")
-                             for product, (_, tag) in POTSDAM_PRODUCTS.items()},
-                 "vaihingen": {"RGB": re.compile(r"^top_mosaic_09cm_area(\d+)\.tif$")}}
 
 
 def _job(image_path: Path, mask_path: Path | None, out_split: Path, base: str, mask_suffix: str,
@@ -147,7 +132,7 @@ def _isaid_jobs(raw: Path, out: Path, coding: ColourCoding, patch: int, overlap:
         if not images:
             raise ToolError(f"{split_dir / 'images'} holds no iSAID images (P*.png)")
         for image_path in images:
-            if image_path.stem in EXCLUDED_IMAGES:
+            if image_path.stem in ISAID_EXCLUDED_IMAGES:
                 notes.append(f"{image_path}: excluded, as by the original split tool")
                 continue
             mask_path = None
@@ -168,7 +153,7 @@ def _isprs_tiles(dataset: str, image_dir: Path, product: str) -> dict[str, Path]
     """Tile id -> image path for the tiles of ``product`` present in ``image_dir``."""
     tiles = {}
     for path in sorted(image_dir.glob("*.tif"), key=lambda item: natural_key(item.name)):
-        match = _TILE_PATTERN[dataset][product].match(path.name)
+        match = ISPRS_TILE_PATTERNS[dataset][product].match(path.name)
         if match:
             tiles[match.group(1)] = path
     return tiles
@@ -194,7 +179,8 @@ def _isprs_jobs(dataset: str, raw: Path, out: Path, coding: ColourCoding, patch:
                             "see tools/raw_layout.py), or pass --image-dir / --label-dir")
     tiles = _isprs_tiles(dataset, image_dir, product)
     if not tiles:
-        raise ToolError(f"{image_dir} holds no {dataset} image tiles ({_TILE_PATTERN[dataset][product].pattern}); "
+        pattern = ISPRS_TILE_PATTERNS[dataset][product].pattern
+        raise ToolError(f"{image_dir} holds no {dataset} image tiles ({pattern}); "
                         "for another Potsdam product pass --product")
     jobs, notes = [], []
     assigned = set()
@@ -213,13 +199,6 @@ def _isprs_jobs(dataset: str, raw: Path, out: Path, coding: ColourCoding, patch:
                                  patch, overlap, whole, overwrite, bands))
     notes.extend(f"{tiles[tile]}: in no split list, left out" for tile in tiles if tile not in assigned)
     return jobs, notes
-
-
-def loveda_coding(unknown: str = "error") -> IdCoding:
-    """LoveDA's raw mask values: no-data -> 255 (ignore), class value k + 1 -> label id k."""
-    no_data = LoveDADataset.raw_no_data
-    classes = range(LoveDADataset.num_classes)
-    return IdCoding((no_data, *(k + 1 for k in classes)), (LoveDADataset.ignore_label, *classes), unknown)
 
 
 def _unpack_loveda_zips(raw: Path, notes: list[str]) -> None:
@@ -305,7 +284,7 @@ def _report_name_problems(dataset: str, raw: Path, image_dir: Path | None, label
         return
     image_dir, label_dir, label_key = _isprs_folders(dataset, raw, image_dir, label_dir, label_variant, product)
     tiles = _isprs_tiles(dataset, image_dir, product)
-    pattern = _TILE_PATTERN[dataset][product]
+    pattern = ISPRS_TILE_PATTERNS[dataset][product]
     unparsable = [str(path) for path in sorted(image_dir.glob("*.tif")) if not pattern.match(path.name)]
     report_input_problems(notes, f"image file name(s) that are not {dataset} tile names ({pattern.pattern})",
                           unparsable, "rename them", on_error)
@@ -315,23 +294,15 @@ def _report_name_problems(dataset: str, raw: Path, image_dir: Path | None, label
                           "add the image tiles, or remove the labels", on_error)
 
 
-def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size: int | None = None,
-            stride: int | None = None, label_variant: str = "full", domain: str = "all", spec: str | Path | None = None,
-            product: str = "RGB", bands: str | tuple[int, ...] | None = None, workers: int | None = None,
-            overwrite: bool = False, on_error: str = "error", unknown_color: str = "error",
-            whole_held_out: bool = False, image_dir: str | Path | None = None, label_dir: str | Path | None = None,
-            split_tiles: dict[str, tuple[str, ...]] | None = None, progress: bool = True,
-            policy: SourcePolicy = STRICT_SOURCES) -> RunSummary:
-    """Prepare one dataset from its raw download layout into ``{out}/{split}/images|masks``.
+@dataclasses.dataclass(frozen=True)
+class PrepareOptions:
+    """How :func:`prepare` cuts, checks and writes a dataset; the defaults are the command line's.
+    :func:`options_from_flags` builds one from the parsed flags.
 
-    Args:
-        dataset: ``"isaid"``, ``"potsdam"``, ``"vaihingen"``, ``"loveda"`` or ``"custom"``.
-        raw: root of the unpacked download (layouts in ``tools/raw_layout.py``); None for ``custom``.
-        out: output root (must not be, or be inside, ``raw``, ``image_dir`` or ``label_dir``); point the
-            config's dataset folder here.
-        patch_size: window side in pixels (default: the dataset class's ``patch_size``: 896 for iSAID and
+    Attributes:
+        patch_size: window side in pixels (None: the dataset class's ``patch_size``: 896 for iSAID and
             Potsdam, 768 for Vaihingen, whole images for LoveDA).
-        stride: window step in pixels (default: the class's ``patch_stride``, 512; the window side where
+        stride: window step in pixels (None: the class's ``patch_stride``, 512; the window side where
             the class has none).
         label_variant: ISPRS only: ``"full"`` labels or ``"eroded"`` (noBoundary; borders -> 255).
         domain: LoveDA only: ``"all"``, ``"urban"`` or ``"rural"``.
@@ -339,9 +310,9 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
         product: Potsdam only: image product ``"RGB"`` (2_Ortho_RGB), ``"RGBIR"`` (4_Ortho_RGBIR) or ``"IRRG"``
             (3_Ortho_IRRG); bands are read explicitly, an IR band tagged as alpha is never premultiplied.
         bands: Potsdam and custom: the three 1-based bands written, e.g. ``(4, 1, 2)`` or ``"4,1,2"``, or (Potsdam)
-            ``"irrg"`` for the product's IR-R-G bands (the Vaihingen convention); default the product's first
+            ``"irrg"`` for the product's IR-R-G bands (the Vaihingen convention); None: the product's first
             three, or the spec's ``bands``.
-        workers: processes (None: all cores).
+        workers: processes (None: all cores; 1: no pool).
         overwrite: rewrite existing outputs (default: keep them and resume).
         on_error: ``"error"`` stops at the first bad input; ``"skip"`` skips it and lists it.
         unknown_color: ``"error"``, ``"ignore"`` (255) or ``"background"`` (0) for colours outside the palette.
@@ -352,6 +323,37 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
         progress: show a progress bar.
         policy: what a GDAL image (a VRT) may make GDAL read (``utils.source_policy``; default: files in
             its own folder, no network).
+    """
+
+    patch_size: int | None = None
+    stride: int | None = None
+    label_variant: str = "full"
+    domain: str = "all"
+    spec: str | Path | None = None
+    product: str = "RGB"
+    bands: str | tuple[int, ...] | None = None
+    workers: int | None = None
+    overwrite: bool = False
+    on_error: str = "error"
+    unknown_color: str = "error"
+    whole_held_out: bool = False
+    image_dir: str | Path | None = None
+    label_dir: str | Path | None = None
+    split_tiles: dict[str, tuple[str, ...]] | None = None
+    progress: bool = True
+    policy: SourcePolicy = STRICT_SOURCES
+
+
+def prepare(dataset: str, raw: str | Path | None, out: str | Path,
+            options: PrepareOptions | None = None) -> RunSummary:
+    """Prepare one dataset from its raw download layout into ``{out}/{split}/images|masks``.
+
+    Args:
+        dataset: ``"isaid"``, ``"potsdam"``, ``"vaihingen"``, ``"loveda"`` or ``"custom"``.
+        raw: root of the unpacked download (layouts in ``tools/raw_layout.py``); None for ``custom``.
+        out: output root (must not be, or be inside, ``raw``, ``image_dir`` or ``label_dir``); point the
+            config's dataset folder here.
+        options: window, labels, bands and run settings (None: ``PrepareOptions()``, the command line's defaults).
 
     Non-8-bit images get one scaling for the whole dataset (``utils.image_io.dataset_scaling``; a custom spec
     may fix it), saved as ``{out}/scaling.json``; 16-bit images whose values fit in 0..255 stay as they are.
@@ -363,23 +365,17 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
         ToolError: unrecognised layout, output equal to or inside ``raw``, ``image_dir`` or ``label_dir``,
             or bad input with ``on_error="error"``.
     """
+    options = options or PrepareOptions()
     dataset = dataset.lower()
     if dataset not in DATASETS:
         raise ToolError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
-    if label_variant not in LABEL_VARIANTS:
-        raise ToolError(f"label_variant must be one of {LABEL_VARIANTS}, got {label_variant!r}")
-    if domain not in LOVEDA_DOMAINS:
-        raise ToolError(f"domain must be one of {LOVEDA_DOMAINS}, got {domain!r}")
+    if options.label_variant not in LABEL_VARIANTS:
+        raise ToolError(f"label_variant must be one of {LABEL_VARIANTS}, got {options.label_variant!r}")
+    if options.domain not in LOVEDA_DOMAINS:
+        raise ToolError(f"domain must be one of {LOVEDA_DOMAINS}, got {options.domain!r}")
     out = Path(out)
     if dataset == CUSTOM_NAME:
-        if spec is None:
-            raise ToolError("custom needs --spec FILE, the YAML description of the dataset (docs/data_custom.md)")
-        custom_bands = None if bands in (None, "default") else _explicit_bands(bands)
-        jobs, notes = custom_jobs(spec, out, patch_size, stride, unknown_color, overwrite, workers, progress,
-                                  custom_bands, on_error, policy)
-        _check_window_fits(dataset, jobs)
-        return _run(dataset, _with_dataset_scaling(jobs, out, policy, notes), out, notes, workers, on_error,
-                    progress)
+        return _prepare_custom(out, options)
     if raw is None:
         raise ToolError(f"{dataset} needs --raw DIR, the root of the unpacked official download")
     raw = Path(raw)
@@ -388,9 +384,12 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
                         "are unpacked there; layouts in tools/raw_layout.py, LoveDA in docs/data_custom.md)")
     if not raw.is_dir():
         raise ToolError(f"raw folder {raw} does not exist")
+    image_dir = Path(options.image_dir) if options.image_dir else None
+    label_dir = Path(options.label_dir) if options.label_dir else None
     for source in (raw, image_dir, label_dir):
         if source is not None:
-            check_output_outside_input(Path(source), out)
+            check_output_outside_input(source, out)
+    product, bands = options.product, options.bands
     if product not in POTSDAM_PRODUCTS or (product != "RGB" and dataset != "potsdam"):
         raise ToolError(f"--product {product}: choose one of {tuple(POTSDAM_PRODUCTS)} (Potsdam only)")
     if bands not in (None, "default") and dataset != "potsdam":
@@ -398,32 +397,48 @@ def prepare(dataset: str, raw: str | Path | None, out: str | Path, *, patch_size
                         "they are")
     chosen_bands = _potsdam_bands(product, bands) if dataset == "potsdam" else None
     facts = PREPARED[dataset]
-    whole_only = patch_size is None and facts.patch_size is None
-    patch = patch_size if patch_size is not None else (facts.patch_size or 1)
-    stride = stride if stride is not None else (facts.patch_stride or patch)
+    whole_only = options.patch_size is None and facts.patch_size is None
+    patch = options.patch_size if options.patch_size is not None else (facts.patch_size or 1)
+    stride = options.stride if options.stride is not None else (facts.patch_stride or patch)
     if not whole_only and not 1 <= stride <= patch:
         raise ToolError(f"--stride {stride}: the window step must be between 1 and the patch size ({patch})")
     overlap = 0 if whole_only else patch - stride
     check_geometry(patch, patch, overlap)
+    unknown_color, overwrite, on_error = options.unknown_color, options.overwrite, options.on_error
     if dataset == "isaid":
-        jobs, notes = _isaid_jobs(raw, out, isaid_coding(unknown_color), patch, overlap, whole_held_out, overwrite)
+        jobs, notes = _isaid_jobs(raw, out, isaid_coding(unknown_color), patch, overlap, options.whole_held_out,
+                                  overwrite)
     elif dataset == "loveda":
-        jobs, notes = _loveda_jobs(raw, out, loveda_coding(unknown_color), patch, overlap, whole_only, domain,
+        jobs, notes = _loveda_jobs(raw, out, loveda_coding(unknown_color), patch, overlap, whole_only, options.domain,
                                    overwrite, on_error)
     else:
-        coding = isprs_coding(unknown_color, eroded=label_variant == "eroded")
-        jobs, notes = _isprs_jobs(dataset, raw, out, coding, patch, overlap, label_variant,
-                                  Path(image_dir) if image_dir else None, Path(label_dir) if label_dir else None,
-                                  split_tiles or SPLIT_TILES[dataset], whole_held_out, overwrite, product,
-                                  chosen_bands)
+        coding = isprs_coding(unknown_color, eroded=options.label_variant == "eroded")
+        jobs, notes = _isprs_jobs(dataset, raw, out, coding, patch, overlap, options.label_variant, image_dir,
+                                  label_dir, options.split_tiles or SPLIT_TILES[dataset], options.whole_held_out,
+                                  overwrite, product, chosen_bands)
     if dataset != "loveda":
-        _report_name_problems(dataset, raw, Path(image_dir) if image_dir else None,
-                              Path(label_dir) if label_dir else None, label_variant, product, on_error, notes)
+        _report_name_problems(dataset, raw, image_dir, label_dir, options.label_variant, product, on_error, notes)
     _check_window_fits(dataset, jobs)
-    jobs = _with_dataset_scaling(jobs, out, policy, notes)
+    jobs = _with_dataset_scaling(jobs, out, options.policy, notes)
     record_geometry(out, {"dataset": dataset, "patch": None if whole_only else patch,
-                          "stride": None if whole_only else stride, "label_variant": label_variant})
-    return _run(dataset, jobs, out, notes, workers, on_error, progress)
+                          "stride": None if whole_only else stride, "label_variant": options.label_variant})
+    return _run(dataset, jobs, out, notes, options)
+
+
+def _prepare_custom(out: Path, options: PrepareOptions) -> RunSummary:
+    """``prepare("custom", None, out, options)``: the jobs the spec describes (``tools.custom_layout``), run.
+
+    Raises:
+        ToolError: no spec, or a problem ``custom_jobs`` finds in it.
+    """
+    if options.spec is None:
+        raise ToolError("custom needs --spec FILE, the YAML description of the dataset (docs/data_custom.md)")
+    custom_bands = None if options.bands in (None, "default") else _explicit_bands(options.bands)
+    jobs, notes = custom_jobs(options.spec, out, options.patch_size, options.stride, options.unknown_color,
+                              options.overwrite, options.workers, options.progress, custom_bands, options.on_error,
+                              options.policy)
+    _check_window_fits(CUSTOM_NAME, jobs)
+    return _run(CUSTOM_NAME, _with_dataset_scaling(jobs, out, options.policy, notes), out, notes, options)
 
 
 def _potsdam_bands(product: str, bands: str | tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -445,8 +460,7 @@ def _explicit_bands(bands: str | tuple[int, ...]) -> tuple[int, ...]:
         raise ToolError(str(error)) from None
 
 
-def _run(dataset: str, jobs: list[SplitJob], out: Path, notes: list[str], workers: int | None, on_error: str,
-         progress: bool) -> RunSummary:
+def _run(dataset: str, jobs: list[SplitJob], out: Path, notes: list[str], options: PrepareOptions) -> RunSummary:
     """Clear partial files left by an interrupted run, save the jobs' scaling, then cut every job's image in the
     worker pool; refuse a result whose masks hold no labelled pixel (:func:`_check_labelled_splits`).
 
@@ -457,7 +471,8 @@ def _run(dataset: str, jobs: list[SplitJob], out: Path, notes: list[str], worker
         jobs[0].scaling.save(out / SCALING_FILE)
     for folder in {job.image_out for job in jobs} | {job.mask_out for job in jobs if job.mask_out is not None}:
         remove_partial_files(folder)
-    summary = run_jobs(f"prepare {dataset}", split_one, largest_first(jobs), workers, on_error, progress)
+    summary = run_jobs(f"prepare {dataset}", split_one, largest_first(jobs), options.workers, options.on_error,
+                       options.progress)
     summary.notes.extend(notes)
     if summary.written:  # a re-run over finished outputs decodes nothing: its first run checked them
         _check_labelled_splits(jobs)
@@ -502,6 +517,26 @@ def _geometry_text() -> str:
 
 def _parse_tiles(text: str | None) -> tuple[str, ...] | None:
     return tuple(item.strip() for item in text.split(",") if item.strip()) if text else None
+
+
+def options_from_flags(args: argparse.Namespace) -> PrepareOptions:
+    """The :class:`PrepareOptions` of the parsed command line (the one place flags become options).
+
+    Raises:
+        ValueError: ``--train-tiles`` without ``--test-tiles`` or the reverse, or a malformed
+            ``--allow-source-root``; the message names the flag.
+    """
+    policy = source_policy(args)
+    split_tiles = None
+    if args.train_tiles or args.test_tiles:
+        if not (args.train_tiles and args.test_tiles):
+            raise ValueError("--train-tiles and --test-tiles go together")
+        split_tiles = {"train": _parse_tiles(args.train_tiles), "test": _parse_tiles(args.test_tiles)}
+    return PrepareOptions(patch_size=args.patch_size, stride=args.stride, label_variant=args.label_variant,
+                          domain=args.domain, spec=args.spec, product=args.product, bands=args.bands,
+                          workers=args.workers, overwrite=args.overwrite, on_error=args.on_error,
+                          unknown_color=args.unknown_color, whole_held_out=args.whole_held_out,
+                          image_dir=args.image_dir, label_dir=args.label_dir, split_tiles=split_tiles, policy=policy)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -549,21 +584,10 @@ def main(argv: list[str] | None = None) -> None:
     add_source_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        policy = source_policy(args)
+        options = options_from_flags(args)
     except ValueError as error:
         parser.error(str(error))
-    split_tiles = None
-    if args.train_tiles or args.test_tiles:
-        if not (args.train_tiles and args.test_tiles):
-            parser.error("--train-tiles and --test-tiles go together")
-        split_tiles = {"train": _parse_tiles(args.train_tiles), "test": _parse_tiles(args.test_tiles)}
-    run_tool(lambda: prepare(args.dataset, args.raw, args.out, patch_size=args.patch_size, stride=args.stride,
-                             label_variant=args.label_variant, domain=args.domain, spec=args.spec,
-                             product=args.product, bands=args.bands,
-                             workers=args.workers, overwrite=args.overwrite,
-                             on_error=args.on_error, unknown_color=args.unknown_color,
-                             whole_held_out=args.whole_held_out, image_dir=args.image_dir, label_dir=args.label_dir,
-                             split_tiles=split_tiles, policy=policy))
+    run_tool(lambda: prepare(args.dataset, args.raw, args.out, options))
 
 
 if __name__ == "__main__":

@@ -25,62 +25,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.isaid import ISAIDDataset  # noqa: E402
-from tools._common import (  # noqa: E402
-    RunSummary,
-    ToolError,
-    add_common_arguments,
-    check_output_outside_input,
-    natural_key,
-    non_negative_int,
-    positive_int,
-    report_input_problems,
-    run_jobs,
-    run_tool,
-)
+from tools._cli import add_common_arguments, add_split_arguments, run_tool, split_options  # noqa: E402
+from tools._errors import ToolError  # noqa: E402
+from tools._folders import check_output_outside_input  # noqa: E402
+from tools._jobs import RunSummary, report_input_problems, run_jobs  # noqa: E402
 from tools._tiling import SplitJob, check_geometry, largest_first, record_geometry, split_one  # noqa: E402
+from tools.raw_layout import ISAID_EXCLUDED_IMAGES, isaid_base_images, report_isaid_name_problems  # noqa: E402
 from utils.atomic import remove_partial_files  # noqa: E402
-
-EXCLUDED_IMAGES = ("P1527", "P1530")
-"""Images the original tool skips."""
-COMPANION_SUFFIXES = (ISAIDDataset.mask_suffix, "_instance_id_RGB")
-"""What may follow an image's stem in the names of the files beside it (semantic and instance masks)."""
-
-
-def isaid_base_images(folder: Path) -> list[Path]:
-    """The iSAID images in ``folder``: ``*.png`` without an underscore in the name, natural order."""
-    images = [path for path in folder.glob("*.png") if "_" not in path.name]
-    return sorted(images, key=lambda path: natural_key(path.name))
-
-
-def isaid_name_problems(image_folder: Path, companion_folder: Path) -> tuple[list[str], list[str]]:
-    """Files of an iSAID set that would be dropped in silence: ``(orphans, unparsable)``.
-
-    Orphans are masks in ``companion_folder`` (``{stem}_instance_color_RGB.png`` / ``_instance_id_RGB.png``)
-    whose image ``{stem}.png`` is not in ``image_folder``; unparsable are PNGs in ``companion_folder`` with an
-    underscore that is not one of those suffixes (an image must be named without one, e.g. ``P0001.png``).
-    """
-    stems = {path.stem for path in isaid_base_images(image_folder)}
-    orphans, unparsable = [], []
-    for path in sorted(companion_folder.glob("*_*.png"), key=lambda item: natural_key(item.name)):
-        stem, _, rest = path.stem.partition("_")
-        if f"_{rest}" not in COMPANION_SUFFIXES:
-            unparsable.append(str(path))
-        elif stem not in stems:
-            orphans.append(str(path))
-    return orphans, unparsable
-
-
-def report_isaid_name_problems(notes: list[str], image_folder: Path, companion_folder: Path, on_error: str) -> None:
-    """Stop at (or, with ``on_error="skip"``, note) the orphans and unparsable names of one iSAID folder.
-
-    Raises:
-        ToolError: with ``on_error="error"`` and any such file, giving the count and examples.
-    """
-    orphans, unparsable = isaid_name_problems(image_folder, companion_folder)
-    report_input_problems(notes, "file name(s) that are not iSAID names (P0001.png, P0001_instance_color_RGB.png)",
-                          unparsable, "rename them (an image name has no underscore)", on_error)
-    report_input_problems(notes, "mask(s) without their image", orphans,
-                          "add the images, or remove the masks", on_error)
 
 
 def split_isaid(src: str | Path, tar: str | Path, image_sub_folder: str = "images",
@@ -113,7 +64,7 @@ def split_isaid(src: str | Path, tar: str | Path, image_sub_folder: str = "image
         for folder in (target / "images", target / "masks"):
             remove_partial_files(folder)
         for image_path in isaid_base_images(source):
-            if image_path.stem in EXCLUDED_IMAGES:
+            if image_path.stem in ISAID_EXCLUDED_IMAGES:
                 excluded.append(f"{image_path}: excluded by the original tool")
                 continue
             with_mask = set_name != "test"
@@ -134,25 +85,15 @@ def split_isaid(src: str | Path, tar: str | Path, image_sub_folder: str = "image
 def main(argv: list[str] | None = None) -> None:
     """Command line: parse the original flags and run ``split_isaid``; prints the run summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", default="./dataset/iSAID", help="iSAID root holding {set}/{image_sub_folder}/")
-    parser.add_argument("--tar", default="./dataset/iSAID_patches",
-                        help="output root (must not be inside --src); patches go to {tar}/{set}/{image_sub_folder}/")
-    parser.add_argument("--image_sub_folder", default="images",
-                        help="sub-folder of each set holding images and colour masks ('' for none)")
-    parser.add_argument("--set", default="train,val,test",
-                        help="comma-separated sets to cut; 'test' has images only, others images and masks")
-    parser.add_argument("--patch_width", type=positive_int, default=800, help="patch width in pixels")
-    parser.add_argument("--patch_height", type=positive_int, default=800, help="patch height in pixels")
-    parser.add_argument("--overlap_area", type=non_negative_int, default=200,
-                        help="overlap of neighbouring patches in pixels (stride = patch - overlap)")
+    add_split_arguments(parser, src="./dataset/iSAID", src_help="iSAID root holding {set}/{image_sub_folder}/",
+                        tar="./dataset/iSAID_patches", sub_folder_holds="images and colour masks",
+                        set_help="comma-separated sets to cut; 'test' has images only, others images and masks")
     add_common_arguments(parser, memory="one iSAID image and its colour mask, up to ~1.5 GB for the largest scenes",
                          problems="an unreadable or corrupt image or mask, a missing mask, a mask without its "
                                   "image, a name that is not an iSAID name, an empty set, a mask with transparent "
                                   "pixels or an image/mask size mismatch")
     args = parser.parse_args(argv)
-    run_tool(lambda: split_isaid(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
-                                 args.patch_width, args.patch_height, args.overlap_area, args.workers,
-                                 args.overwrite, args.on_error))
+    run_tool(lambda: split_isaid(**split_options(args)))
 
 
 if __name__ == "__main__":

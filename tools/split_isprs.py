@@ -24,18 +24,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.isprs import PotsdamDataset  # noqa: E402
-from tools._common import (  # noqa: E402
-    RunSummary,
-    ToolError,
-    add_common_arguments,
-    check_output_outside_input,
-    natural_key,
-    non_negative_int,
-    positive_int,
-    report_input_problems,
-    run_jobs,
-    run_tool,
-)
+from tools._cli import add_common_arguments, add_split_arguments, run_tool, split_options  # noqa: E402
+from tools._errors import ToolError  # noqa: E402
+from tools._folders import check_output_outside_input, natural_key  # noqa: E402
+from tools._jobs import RunSummary, report_input_problems, run_jobs  # noqa: E402
 from tools._tiling import SplitJob, check_geometry, largest_first, record_geometry, split_one  # noqa: E402
 from utils.atomic import remove_partial_files  # noqa: E402
 
@@ -89,24 +81,15 @@ def split_isprs(src: str | Path, tar: str | Path, image_sub_folder: str = "image
 def main(argv: list[str] | None = None) -> None:
     """Command line: parse the original flags and run ``split_isprs``; prints the run summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", default="./dataset/posdam", help="root holding {set}/{image_sub_folder}/*.tif")
-    parser.add_argument("--tar", default="./dataset/posdam_patches",
-                        help="output root (must not be inside --src); patches go to {tar}/{set}/{image_sub_folder}/")
-    parser.add_argument("--image_sub_folder", default="images",
-                        help="sub-folder of each set holding the .tif tiles and their _gray_mask.png ('' for none)")
-    parser.add_argument("--set", default="train,val,test", help="comma-separated sets to cut")
-    parser.add_argument("--patch_width", type=positive_int, default=800, help="patch width in pixels")
-    parser.add_argument("--patch_height", type=positive_int, default=800, help="patch height in pixels")
-    parser.add_argument("--overlap_area", type=non_negative_int, default=200,
-                        help="overlap of neighbouring patches in pixels (stride = patch - overlap)")
+    add_split_arguments(parser, src="./dataset/posdam", src_help="root holding {set}/{image_sub_folder}/*.tif",
+                        tar="./dataset/posdam_patches", sub_folder_holds="the .tif tiles and their _gray_mask.png",
+                        set_help="comma-separated sets to cut")
     add_common_arguments(parser, memory="one tile and its gray mask, ~250 MB for a 6000 x 6000 Potsdam tile",
                          problems="an unreadable or corrupt tile or mask, a missing mask, a mask without its tile, "
                                   "an empty set, a mask whose channels differ, with transparent pixels or with ids "
                                   "outside the 6 classes and 255, or a tile/mask size mismatch")
     args = parser.parse_args(argv)
-    run_tool(lambda: split_isprs(args.src, args.tar, args.image_sub_folder, tuple(args.set.split(",")),
-                                 args.patch_width, args.patch_height, args.overlap_area, args.workers,
-                                 args.overwrite, args.on_error))
+    run_tool(lambda: split_isprs(**split_options(args)))
 
 
 if __name__ == "__main__":
