@@ -13,7 +13,8 @@ from file_trees import tree_digest
 from tools import ToolError
 from tools._tiling import GEOMETRY_FILE
 from tools.make_synthetic_data import make_synthetic
-from tools.prepare_dataset import PrepareOptions, prepare
+from tools.prepare_dataset import PrepareOptions, build_parser, main, options_from_flags, prepare
+from utils.source_policy import SourcePolicy
 
 REPO = Path(__file__).resolve().parents[1]
 ISAID_RGB = [(0, 0, 0), (0, 0, 63), (0, 63, 63), (0, 63, 0), (0, 63, 127), (0, 63, 191), (0, 63, 255),
@@ -220,3 +221,28 @@ def test_prepare_cli_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "prepare isaid: 2 inputs" in result.stdout
     assert any((tmp_path / "out" / "train" / "images").iterdir())
+
+
+def test_every_prepare_flag_reaches_its_option(tmp_path):
+    args = build_parser().parse_args([
+        "Potsdam", "--raw", "r", "--out", "o", "--patch-size", "64", "--stride", "32", "--label-variant", "eroded",
+        "--product", "RGBIR", "--bands", "irrg", "--domain", "urban", "--whole-held-out", "--image-dir", "i",
+        "--label-dir", "l", "--train-tiles", "2_10, 2_11", "--test-tiles", "2_12", "--workers", "3", "--overwrite",
+        "--on-error", "skip", "--unknown-color", "ignore", "--allow-source-root", str(tmp_path),
+        "--allow-network-sources"])
+    assert args.dataset == "potsdam"
+    assert options_from_flags(args) == PrepareOptions(
+        patch_size=64, stride=32, label_variant="eroded", domain="urban", spec=None, product="RGBIR", bands="irrg",
+        workers=3, overwrite=True, on_error="skip", unknown_color="ignore", whole_held_out=True, image_dir="i",
+        label_dir="l", split_tiles={"train": ("2_10", "2_11"), "test": ("2_12",)}, progress=True,
+        policy=SourcePolicy(roots=(str(tmp_path),), network=True))
+    # No flags: the options' own defaults are the command line's.
+    assert options_from_flags(build_parser().parse_args(["isaid", "--out", "o"])) == PrepareOptions()
+
+
+def test_train_tiles_without_test_tiles_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["potsdam", "--raw", str(tmp_path), "--out", str(tmp_path / "out"), "--train-tiles", "2_10"])
+    assert stop.value.code == 2
+    assert "--train-tiles and --test-tiles go together" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

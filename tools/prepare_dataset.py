@@ -539,8 +539,8 @@ def options_from_flags(args: argparse.Namespace) -> PrepareOptions:
                           image_dir=args.image_dir, label_dir=args.label_dir, split_tiles=split_tiles, policy=policy)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: parse the flags and run ``prepare``; prints the run summary."""
+def build_parser() -> argparse.ArgumentParser:
+    """prepare_dataset.py's flags (turned into :class:`PrepareOptions` by :func:`options_from_flags`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=str.lower, choices=DATASETS,
                         help="which dataset the raw folder holds, in any letter case (custom: --spec)")
@@ -582,6 +582,12 @@ def main(argv: list[str] | None = None) -> None:
                                   "the palette")
     add_unknown_color_argument(parser)
     add_source_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: parse the flags and run ``prepare``; prints the run summary."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         options = options_from_flags(args)
