@@ -33,21 +33,12 @@ The original repository ships no tile lists (its issue #7 points to the paper's 
 the official ISPRS benchmark split, as also used by mmsegmentation's converters.  Potsdam tiles are
 named by ``"{row}_{col}"`` (``top_potsdam_2_10_RGB.tif``), Vaihingen tiles by their area number
 (``top_mosaic_09cm_area1.tif``).
-
-Besides these facts, the listing of iSAID images and the checks that name files a preparation would drop in
-silence (masks without their image, names that do not parse) live here, for ``split_iSAID.py`` and
-``prepare_dataset.py`` alike.
 """
 
-from __future__ import annotations
-
 import re
-from pathlib import Path
 from typing import Final
 
 from datasets.isaid import ISAIDDataset
-from tools._folders import natural_key
-from tools._jobs import report_input_problems
 
 POTSDAM_TRAIN_TILES: Final[tuple[str, ...]] = (
     "2_10", "2_11", "2_12", "3_10", "3_11", "3_12", "4_10", "4_11", "4_12", "5_10", "5_11", "5_12",
@@ -129,39 +120,3 @@ LOVEDA_MASK_FOLDER: Final[str] = "masks_png"
 """LoveDA: ``{raw}/Train/Urban/images_png/1366.png`` has its mask at ``{raw}/Train/Urban/masks_png/1366.png``
 (uint8, 0 = no-data, 1..7 = classes); ``Test/`` has no ``masks_png``."""
 
-
-def isaid_base_images(folder: Path) -> list[Path]:
-    """The iSAID images in ``folder``: ``*.png`` without an underscore in the name, natural order."""
-    images = [path for path in folder.glob("*.png") if "_" not in path.name]
-    return sorted(images, key=lambda path: natural_key(path.name))
-
-
-def isaid_name_problems(image_folder: Path, companion_folder: Path) -> tuple[list[str], list[str]]:
-    """Files of an iSAID set that would be dropped in silence: ``(orphans, unparsable)``.
-
-    Orphans are masks in ``companion_folder`` (``{stem}_instance_color_RGB.png`` / ``_instance_id_RGB.png``)
-    whose image ``{stem}.png`` is not in ``image_folder``; unparsable are PNGs in ``companion_folder`` with an
-    underscore that is not one of those suffixes (an image must be named without one, e.g. ``P0001.png``).
-    """
-    stems = {path.stem for path in isaid_base_images(image_folder)}
-    orphans, unparsable = [], []
-    for path in sorted(companion_folder.glob("*_*.png"), key=lambda item: natural_key(item.name)):
-        stem, _, rest = path.stem.partition("_")
-        if f"_{rest}" not in ISAID_COMPANION_SUFFIXES:
-            unparsable.append(str(path))
-        elif stem not in stems:
-            orphans.append(str(path))
-    return orphans, unparsable
-
-
-def report_isaid_name_problems(notes: list[str], image_folder: Path, companion_folder: Path, on_error: str) -> None:
-    """Stop at (or, with ``on_error="skip"``, note) the orphans and unparsable names of one iSAID folder.
-
-    Raises:
-        ToolError: with ``on_error="error"`` and any such file, giving the count and examples.
-    """
-    orphans, unparsable = isaid_name_problems(image_folder, companion_folder)
-    report_input_problems(notes, "file name(s) that are not iSAID names (P0001.png, P0001_instance_color_RGB.png)",
-                          unparsable, "rename them (an image name has no underscore)", on_error)
-    report_input_problems(notes, "mask(s) without their image", orphans,
-                          "add the images, or remove the masks", on_error)

@@ -30,7 +30,8 @@ from tools._errors import ToolError  # noqa: E402
 from tools._folders import check_output_outside_input  # noqa: E402
 from tools._jobs import RunSummary, report_input_problems, run_jobs  # noqa: E402
 from tools._tiling import SplitJob, check_geometry, largest_first, record_geometry, split_one  # noqa: E402
-from tools.raw_layout import ISAID_EXCLUDED_IMAGES, isaid_base_images, report_isaid_name_problems  # noqa: E402
+from tools.official_layout import isaid_base_images, report_isaid_name_problems  # noqa: E402
+from tools.raw_layout import ISAID_EXCLUDED_IMAGES  # noqa: E402
 from utils.atomic import remove_partial_files  # noqa: E402
 
 
