@@ -50,6 +50,8 @@ from datasets.file_check import (
 )
 from datasets.registry import DATASETS, names_text, val_splits_text
 from engine.cpu_precision import emulated_precision_note
+from engine.distributed import process_context
+from engine.text_log import LOGGER_NAME, close_logger, setup_logger
 from evaluation import cli
 from evaluation.dataset_split import DATASET_NAMES, default_split, load_split
 from evaluation.metrics import (
@@ -71,7 +73,7 @@ from utils.checkpoint import CheckpointMismatchError, read_class_table
 from utils.image_io import ImageReadError, read_image
 from utils.palette import blend, colorize, error_map, palette_image, save_image, side_by_side
 
-log = logging.getLogger("eval")
+log = logging.getLogger(LOGGER_NAME)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,26 +238,6 @@ def replace_masks(items: list[tuple[str, str]], mask_dir: str) -> list[tuple[str
     return replaced
 
 
-def close_logging() -> None:
-    """Detach and close the handlers of an earlier evaluation in this process (its console and log file)."""
-    for handler in list(log.handlers):
-        handler.close()
-        log.removeHandler(handler)
-
-
-def setup_logging(out_dir: Path) -> Path:
-    """Log to the console and to ``{out_dir}/eval_{date}.log``."""
-    log_path = out_dir / f"eval_{datetime.now().strftime('%Y_%m_%d_%H_%M_%S')}.log"
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    close_logging()
-    formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%m-%d %H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(log_path)):
-        handler.setFormatter(formatter)
-        log.addHandler(handler)
-    return log_path
-
-
 def dump_prediction(out_dir: Path, name: str, pixels: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
                     palette: np.ndarray, side_by_side_panels: bool) -> None:
     """Write the colour, class-id, blend and error images of one prediction (names after the input)."""
@@ -279,7 +261,7 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
         ValueError: an out-of-range flag value (:func:`check_flags`), before any file is read; and the
             errors of the dataset, checkpoint and files named by the flags.
     """
-    close_logging()  # until this evaluation's log exists, a failure is not written into an earlier one's
+    close_logger(log)  # until this evaluation's log exists, a failure is not written into an earlier one's
     check_flags(args)
     note = emulated_precision_note(args.precision, args.device)
     if note:
@@ -311,7 +293,8 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
         check_window_fits(args, items, where)
     # outputs only once the dataset, the flags and the checkpoint are known to fit together
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = setup_logging(out_dir)
+    log_path = out_dir / f"eval_{datetime.now().strftime('%Y_%m_%d_%H_%M_%S')}.log"
+    setup_logger(log_path, is_main=True)
     for warning in resolved.warnings:
         log.warning("warning: %s", warning)
     log.info("snapshot %s (epoch %s), dataset %s/%s: %d images", args.snapshot,
@@ -439,6 +422,20 @@ def describe_class_mismatch(args: argparse.Namespace, extras: dict, class_names:
             f"--dataset {args.dataset} has {list(class_names)}")
 
 
+def one_process_device(device: str) -> torch.device:
+    """The torch device of ``--device`` (``engine.distributed.process_context``: the same names as train.py
+    and predict.py); eval.py scores a split in one process.
+
+    Raises:
+        ValueError: ``--device`` names no usable device, or several processes were started (torchrun).
+    """
+    context = process_context(device)
+    if context.is_distributed:
+        raise ValueError(f"eval.py runs as one process, but torchrun started {context.world_size}: run it as "
+                         "python eval.py (predict.py is the one that shares its inputs among torchrun processes)")
+    return context.device
+
+
 def check_flags(args: argparse.Namespace) -> None:
     """Refuse out-of-range flag values (``--scales`` even with ``--single_scale``, which ignores it).
 
@@ -465,11 +462,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, config = parse_with_config(parser, argv)
     try:
+        args.device = str(one_process_device(args.device))
         evaluate(args, config)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:
         if log.handlers:  # the output folder and its log exist: say there that the evaluation failed
             log.error("evaluation failed: %s", error)
         parser.error(str(error))
+    finally:
+        close_logger(log)
     return 0
 
 

@@ -48,13 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from config import add_config_flags, parse_with_config
 from datasets.registry import names_text
 from engine.cpu_precision import emulated_precision_note
+from engine.distributed import all_gather_objects, broadcast_object, close_distributed, init_distributed
 from evaluation.cli import (
     add_band_arguments,
     add_run_arguments,
@@ -310,27 +309,6 @@ def write_area_summary(jobs: list[Job], out_dir: Path, class_names: list[str]) -
         folder_summary(tiles, out_dir / AREA_SUMMARY, names)
 
 
-def distributed_context(device: str) -> tuple[int, int, str]:
-    """(rank, world size, this process's device); joins the ``torchrun`` process group when there is one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), world, device
-
-
-def gather_results(results: dict, world: int) -> list[dict]:
-    """Every process's results (all processes take part), in rank order."""
-    if world == 1:
-        return [results]
-    gathered = [None] * world
-    dist.all_gather_object(gathered, results)
-    return gathered
-
-
 def summary_entries(summary: dict) -> dict[str, dict]:
     """Per-input entries of a summary, keyed by input path: ``{"status": "written"|"kept"|"failed"}``, plus
     ``"error"`` for a failure."""
@@ -408,7 +386,7 @@ def sort_out_jobs(jobs: list[Job], read_options: dict, args: argparse.Namespace,
     return todo
 
 
-def lock_out_dir(out_dir: Path, lock_timeout: float, rank: int, world: int) -> FolderLock | None:
+def lock_out_dir(out_dir: Path, lock_timeout: float, rank: int) -> FolderLock | None:
     """Take the output folder's lock for every process of this run (rank 0 holds it; see ``utils.run_lock``).
 
     Returns:
@@ -423,10 +401,7 @@ def lock_out_dir(out_dir: Path, lock_timeout: float, rank: int, world: int) -> F
             lock = lock_folder(out_dir, "predict.py", lock_timeout, LOCK_HINT)
         except FolderBusyError as error:
             refusal = str(error)
-    if world > 1:
-        shared = [refusal]
-        dist.broadcast_object_list(shared, src=0)
-        refusal = shared[0]
+    refusal = broadcast_object(refusal, src=0)
     if refusal is not None:
         raise FolderBusyError(refusal)
     return lock
@@ -473,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
                               "--polygons geojson)")
         jobs = plan_jobs(collect_inputs(args.inputs), out_dir, args.format, args.probabilities, args.polygons,
                          args.areas)
-        rank, world, args.device = distributed_context(args.device)
+        ctx = init_distributed(args.device)
+        rank, world, args.device = ctx.rank, ctx.world_size, str(ctx.device)
         note = emulated_precision_note(args.precision, args.device) if args.backend == "pytorch" else None
         if note and rank == 0:
             print(f"warning: {note}", file=sys.stderr)
@@ -484,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     except USAGE_ERRORS as error:
         parser.error(str(error))
     try:
-        lock = lock_out_dir(out_dir, args.lock_timeout, rank, world)
+        lock = lock_out_dir(out_dir, args.lock_timeout, rank)
     except OSError as error:  # FolderBusyError: another run holds the folder; or no lock file can be made
         parser.exit(2, f"error: {error}\n")
     try:
@@ -506,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 results["written"].append(str(job.image))
                 print(f"{job.image} -> {', '.join(map(str, job.outputs()))}")
-        per_process = gather_results(results, world)
+        per_process = all_gather_objects(results)
         if rank == 0:
             if args.areas:
                 write_area_summary(jobs, out_dir, segmenter.class_names if segmenter is not None else [])
@@ -514,8 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if lock is not None:
             lock.release()
-    if world > 1:
-        dist.destroy_process_group()
+    close_distributed()
     return 0
 
 

@@ -73,7 +73,8 @@ from engine.run_checkpoint import (
     training_payload,
     write_epoch_checkpoints,
 )
-from engine.train_log import RunLog, close_logger, prediction_panel, setup_logger
+from engine.text_log import close_logger, setup_logger
+from engine.train_log import RunLog, prediction_panel
 from evaluation import cli
 from evaluation.metrics import ConfusionMatrix, format_table, metrics_summary
 from loss import get_loss

@@ -1,7 +1,9 @@
-"""Process-group setup for torchrun (one process per GPU, or CPU processes over gloo) and small collectives.
+"""The process-group runtime of train.py, eval.py and predict.py: where a process sits under torchrun, its
+device, the process group (one process per GPU, or CPU processes over gloo) and small collectives.
 
 torchrun sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; a plain
-``python train.py`` run has none of them and is a world of one process (no process group).
+``python train.py`` run has none of them and is a world of one process (no process group). Every collective
+here is a no-op (or returns its input) without a process group, so the same code runs in both worlds.
 """
 from __future__ import annotations
 
@@ -30,38 +32,70 @@ class DistContext:
 
     @property
     def is_distributed(self) -> bool:
-        """True when several processes train together (DDP, sharded data, collectives)."""
+        """True when several processes work together (DDP, sharded data, collectives)."""
         return self.world_size > 1
 
 
-def resolve_device(device: str, local_rank: int) -> torch.device:
-    """``auto`` -> this process's GPU if CUDA is available, else the CPU; ``cuda`` insists on a GPU.
+def resolve_device(device: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """The torch device a process uses for the ``--device`` value ``device``.
+
+    ``auto`` is this process's GPU if CUDA is available, else the CPU. ``cuda`` is GPU ``local_rank``; so is
+    ``cuda:N`` when several processes run (each takes its own GPU), while a single process keeps the GPU it
+    names. Any other torch device name (``cpu``, ``mps``, ...) is used as given.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or another torch device name.
+        local_rank: this process's rank on its node (torchrun's ``LOCAL_RANK``).
+        world_size: the number of processes (torchrun's ``WORLD_SIZE``).
 
     Raises:
-        RuntimeError: ``cuda`` requested on a machine without CUDA.
+        ValueError: ``device`` is not a torch device name, or names CUDA on a machine without it; one line
+            naming ``--device``.
     """
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device} is not a torch device: use auto, cpu, cuda or cuda:N") from None
+    if chosen.type != "cuda":
+        return chosen
     if not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was given but CUDA is not available; use --device cpu")
-    return torch.device("cuda", local_rank)
+        raise ValueError(f"--device {device} was given but CUDA is not available; use --device cpu")
+    if chosen.index is None or world_size > 1:
+        return torch.device("cuda", local_rank)
+    return chosen
 
 
-def init_distributed(device: str = "auto") -> DistContext:
-    """Read the torchrun environment, pick the device and, for more than one process, join the group.
+def process_context(device: str = "auto") -> DistContext:
+    """This process's place in the torchrun world (from its environment) and its device; joins no group.
 
-    The backend is NCCL for GPUs and gloo for CPUs. Each GPU process uses the GPU ``LOCAL_RANK``.
+    Raises:
+        ValueError: see :func:`resolve_device`.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    chosen = resolve_device(device, local_rank)
-    if chosen.type == "cuda":
-        torch.cuda.set_device(chosen)
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if chosen.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://")
+    chosen = resolve_device(device, local_rank, world_size)
     return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
+
+
+def init_distributed(device: str = "auto") -> DistContext:
+    """:func:`process_context`, make its GPU the current one and, for more than one process, join the group.
+
+    The backend is NCCL for GPUs and gloo otherwise (CPU processes). Each GPU process uses its own GPU
+    (:func:`resolve_device`). Leave the group with :func:`close_distributed`.
+
+    Raises:
+        ValueError: see :func:`resolve_device`.
+    """
+    context = process_context(device)
+    if context.device.type == "cuda":
+        torch.cuda.set_device(context.device)
+    if context.is_distributed and not dist.is_initialized():
+        backend = "nccl" if context.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://")
+    return context
 
 
 def close_distributed() -> None:
@@ -75,6 +109,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Process ``src``'s ``obj`` on every process (``obj`` itself in a world of one); every process takes part."""
+    if not dist.is_initialized():
+        return obj
+    shared = [obj]
+    dist.broadcast_object_list(shared, src=src)
+    return shared[0]
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

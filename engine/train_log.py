@@ -1,12 +1,11 @@
-"""Training logs: a text log, a JSON-lines log and TensorBoard, written by the main process only.
+"""Training records: a JSON-lines log and TensorBoard, written by the main process only.
 
 Every record goes to the JSON-lines file (one object per line, ``null`` for undefined numbers) and,
-as scalars, to TensorBoard; the text log gets the human-readable lines.
+as scalars, to TensorBoard; the human-readable lines go to the text log (``engine.text_log``).
 """
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from pathlib import Path
@@ -14,43 +13,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from evaluation.report import Sample, figure_pixels, titled_panels
-
-LOGGER_NAME = "pfnet.train"
-
-
-class _TqdmHandler(logging.Handler):
-    """Console handler that prints through ``tqdm.write`` so progress bars stay intact."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record))
-
-
-def setup_logger(log_file: Path | None, is_main: bool) -> logging.Logger:
-    """The ``pfnet.train`` logger: INFO to the console and ``log_file`` on the main process, warnings elsewhere."""
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.handlers.clear()
-    logger.propagate = False
-    logger.setLevel(logging.INFO if is_main else logging.WARNING)
-    formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%m-%d %H:%M:%S")
-    console = _TqdmHandler()
-    console.setFormatter(formatter)
-    logger.addHandler(console)
-    if log_file is not None and is_main:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        file_handler.setFormatter(formatter)
-        logger.addHandler(file_handler)
-    return logger
-
-
-def close_logger(logger: logging.Logger) -> None:
-    """Close and remove the handlers :func:`setup_logger` attached (the log file is released)."""
-    for handler in list(logger.handlers):
-        handler.close()
-        logger.removeHandler(handler)
 
 
 def _json_safe(value):
