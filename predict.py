@@ -62,6 +62,7 @@ from evaluation.cli import (
     add_weights_argument,
     add_window_arguments,
     band_options,
+    resolve_device,
 )
 from evaluation.dataset_split import dataset_table
 from evaluation.inference import NODATA_CLASS
@@ -473,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                               "--polygons geojson)")
         jobs = plan_jobs(collect_inputs(args.inputs), out_dir, args.format, args.probabilities, args.polygons,
                          args.areas)
-        rank, world, args.device = distributed_context(args.device)
+        rank, world, args.device = distributed_context(resolve_device(args.device))
         note = emulated_precision_note(args.precision, args.device) if args.backend == "pytorch" else None
         if note and rank == 0:
             print(f"warning: {note}", file=sys.stderr)
