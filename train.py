@@ -146,7 +146,7 @@ def build_loaders(args: argparse.Namespace, ctx: DistContext, train_set, val_set
 
 def build_model(args: argparse.Namespace, ctx: DistContext, num_classes: int, log: logging.Logger,
                 pretrained: dict | None = None) -> nn.Module:
-    """The model on the CPU with the resolved options (``args.arch`` and its options, see :func:`resolve_model`):
+    """The model on the CPU with the resolved options (``args.arch`` and its options: ``run_start.resolve_model``):
     ImageNet trunk from ``pretrained`` (the --pretrained checkpoint, read), SyncBN, activation checkpointing.
 
     Raises:
@@ -198,8 +198,8 @@ def build_optimisation(args: argparse.Namespace, ctx: DistContext, model: nn.Mod
 
 
 def build_parts(run: Run, checkpoints: StartCheckpoints) -> Parts:
-    """Datasets (checked: :func:`check_training_data`), loaders, model (with the weights of the --snapshot and
-    --pretrained ``checkpoints``), criteria and optimisation of ``run``."""
+    """Datasets (checked: ``run_start.check_training_data``), loaders, model (with the weights of the --snapshot
+    and --pretrained ``checkpoints``), criteria and optimisation of ``run``."""
     args, log = run.args, run.log
     with_edge = uses_edge_loss(run)
     train_set, val_set = build_datasets(args, run.config, with_edge)
@@ -307,7 +307,7 @@ def validate(run: Run, parts: Parts):
     bare = unwrap_model(parts.model)
     bare.eval()
     amp_dtype = AMP_DTYPES[run.args.amp]
-    val_loss, panels = ScalarMeter(ctx.device), []
+    val_loss, panels = ScalarMeter(ctx.device, names=("val_loss",)), []
 
     def predict(batch: dict) -> torch.Tensor:
         images = batch["image"].to(ctx.device, non_blocking=True)

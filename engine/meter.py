@@ -17,10 +17,13 @@ class ScalarMeter:
     labelled pixel over all processes).
     """
 
-    def __init__(self, device: torch.device | str = "cpu"):
+    def __init__(self, device: torch.device | str = "cpu", names: tuple[str, ...] = ()):
+        """``names``: terms known from the start (at weight 0), so that a process without batches (a validation
+        shard left empty) still joins :meth:`means` with the same terms as the others."""
         self.device = device
         self.sums: dict[str, torch.Tensor] = {}
         self.weights: dict[str, torch.Tensor] = {}
+        self.update(dict.fromkeys(names, 0.0), weight=0.0)
 
     def update(self, terms: dict[str, torch.Tensor | float], weight: torch.Tensor | float = 1.0) -> None:
         """Add each scalar of ``terms`` (0-d tensors or floats, any device) with ``weight``."""

@@ -4,6 +4,7 @@ mIoU from train.py's validation and from eval.py on the same checkpoint and spli
 import json
 import os
 import socket
+from datetime import timedelta
 
 import pytest
 import torch
@@ -43,21 +44,23 @@ def test_meter_gives_weighted_means_and_nan_without_weight():
     meter.update({"loss": torch.tensor(6.0), "edge": 1.0}, weight=3)
     meter.update({"loss": torch.tensor(2.0), "edge": 3.0}, weight=1)
     assert meter.means() == {"loss": 2.0, "edge": 1.0}
-    empty = ScalarMeter()
-    empty.update({"val_loss": 0.0}, weight=0)
+    empty = ScalarMeter(names=("val_loss",))  # a process without batches still reports the term
     assert empty.means()["val_loss"] != empty.means()["val_loss"]  # nan: no labelled pixel
 
 
 def _two_processes(rank: int, port: int, results) -> None:
     """Process ``rank`` of 2 (gloo): scores batch ``rank`` and adds a loss sum with its weight."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
     try:
         evaluator = SegmentationEvaluator(CLASSES)
         evaluator.process(PREDICTIONS[rank], MASKS[rank])
         meter = ScalarMeter()
         meter.update({"val_loss": [6.0, 2.0][rank]}, weight=[3, 1][rank])
-        results[rank] = (evaluator.evaluate()["confusion_matrix"], meter.means())
+        lonely = ScalarMeter(names=("val_loss",))  # process 1 has no batch, as an empty validation shard
+        if rank == 0:
+            lonely.update({"val_loss": 4.0}, weight=2)
+        results[rank] = (evaluator.evaluate()["confusion_matrix"], meter.means(), lonely.means())
     finally:
         dist.destroy_process_group()
 
@@ -69,9 +72,10 @@ def test_evaluator_and_meter_sum_over_processes():
     results = mp.Manager().dict()
     mp.spawn(_two_processes, args=(port, results), nprocs=2)
     for rank in (0, 1):
-        matrix, means = results[rank]
+        matrix, means, lonely = results[rank]
         assert matrix == MATRIX  # each process holds half the pixels; both get the whole matrix
         assert means == {"val_loss": (6.0 + 2.0) / (3 + 1)}
+        assert lonely == {"val_loss": 4.0 / 2}
 
 
 def test_training_validation_and_eval_py_give_the_same_miou(trained_upernet, reference_data, tmp_path):
