@@ -326,6 +326,7 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     samples = []
 
     def dump_and_sample(batch: dict, predictions: torch.Tensor) -> None:
+        """Write the dumps of each image of ``batch`` (with --dump_images); keep the report's first samples."""
         for name, pixels, truth, prediction in zip(batch["name"], batch["pixels"], batch["mask"], predictions):
             pixels, truth, prediction = pixels.numpy(), truth.numpy(), prediction.cpu().numpy().astype(np.uint8)
             if args.dump_images:

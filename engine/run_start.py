@@ -1,8 +1,9 @@
-"""The checks and bookkeeping of a training run's start: refuse, in seconds and with one line, a start that
+"""The start of a training run, before its first epoch: refuse, in seconds and with one line, a start that
 cannot work (a missing or mismatched checkpoint, unusable data, an existing run, nothing left to train);
-create the run folder, and remove it again when the start fails.
+resolve the model options; seed the process; create the run folder (and remove it again when the start
+fails); log the setup; restore a --resume checkpoint. :class:`Run` is what every later step shares.
 
-``train.py`` prints a :class:`StartError` as ``train.py: error: MESSAGE`` and exits with status 2.
+``train.py`` prints the :data:`START_ERRORS` as ``train.py: error: MESSAGE`` and exits with status 2.
 """
 from __future__ import annotations
 
