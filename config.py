@@ -32,8 +32,6 @@ _DEFAULTS.DATASET = EasyDict()
 # declared on its class in datasets/ (root_key, default_root): ISAID_DIR, POSDAM_DIR (the original's spelling
 # "posdam"), VAIHINGEN_DIR, LOVEDA_DIR, CUSTOM_DIR.
 _DEFAULTS.DATASET.update({dataset.root_key: dataset.default_root for dataset in DATASET_CLASSES})
-# Number of cross-validation splits; --cv must be smaller (the aerial datasets have a single split).
-_DEFAULTS.DATASET.CV_SPLITS = 3
 
 # Flags an experiment file or --set cannot give: they name the configuration itself.
 NOT_SETTABLE = {"help", "config", "overrides"}

@@ -37,9 +37,8 @@ import torch
 from easydict import EasyDict
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from config import add_config_flags, dataset_root, parse_with_config
+from config import add_config_flags, parse_with_config
 from datasets import normalize_image
 from datasets.file_check import (
     DataFileError,
@@ -50,15 +49,14 @@ from datasets.file_check import (
 )
 from datasets.registry import DATASETS, names_text, val_splits_text
 from engine.cpu_precision import emulated_precision_note
-from engine.distributed import process_context
+from engine.distributed import process_context, resolve_device
 from engine.text_log import LOGGER_NAME, close_logger, setup_logger
 from evaluation import cli
 from evaluation.dataset_split import DATASET_NAMES, default_split, load_split
+from evaluation.evaluator import SegmentationEvaluator, inference_on_dataset
 from evaluation.metrics import (
-    ConfusionMatrix,
     erode_class_boundaries,
     format_table,
-    metrics_summary,
     parse_class_list,
     write_metrics_csv,
     write_metrics_json,
@@ -84,8 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"dataset: {names_text()} (the original's spellings are accepted)")
     what.add_argument("--dataset_spec", default=None,
                       help="with --dataset custom: the YAML description of the dataset (docs/data_custom.md)")
-    what.add_argument("--dataset_dir", default=None,
-                      help="dataset root holding {split}/images and {split}/masks (default: the config's root)")
+    cli.add_dataset_dir_argument(what)
     what.add_argument("--split", default=None,
                       help=f"split folder to evaluate (default: the split the original validated on: "
                            f"{val_splits_text()})")
@@ -94,10 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--allow_class_mismatch", action="store_true",
                       help="score a checkpoint trained on another dataset or for other classes than --dataset's "
                            "(train.py saves both in its checkpoints); without it such a run is refused")
-    what.add_argument("--mode", default="semantic", choices=("semantic",),
-                      help="dataset quality; only 'semantic' exists for these datasets (kept for the scripts)")
-    what.add_argument("--cv_split", type=int, default=None,
-                      help="accepted for the original scripts; these datasets have a single split")
 
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--resize_scale", type=int, default=None,
@@ -143,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_run_arguments(run)
     cli.add_num_workers_argument(run, "(image and mask decoding)")
     run.add_argument("--test_mode", action="store_true", help="stop after 7 images (a quick check)")
-    run.add_argument("--with_f1", action="store_true", help="accepted for compatibility: F1 is always reported")
     add_config_flags(parser, "eval.py")
+    cli.add_original_flags(parser, ("mode", "cv_split", "with_f1"))
     return parser
 
 
@@ -263,11 +256,12 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     """
     close_logger(log)  # until this evaluation's log exists, a failure is not written into an earlier one's
     check_flags(args)
+    args.device = str(resolve_device(args.device))
     note = emulated_precision_note(args.precision, args.device)
     if note:
         print(f"warning: {note}", file=sys.stderr)
     args.split = args.split or default_split(args.dataset)
-    root = args.dataset_dir or dataset_root(config, args.dataset)
+    root = cli.dataset_dir(args, config)
     items, class_names, palette = load_split(args.dataset, args.split, root, args.dataset_spec)
     if args.eroded_masks:
         items = replace_masks(items, args.eroded_masks)
@@ -311,25 +305,22 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     dataset = ProtocolDataset(items, len(class_names), args.resize_scale, args.boundary_ignore, read_options)
     loader = DataLoader(dataset, batch_size=1 if sliding else args.batch_size, shuffle=False,
                         num_workers=args.num_workers)
-    meter = ConfusionMatrix(len(class_names), device=args.device)
+    evaluator = SegmentationEvaluator(class_names, device=args.device, exclude_classes=exclude)
     samples = []
-    images_scored = 0
-    progress = tqdm(loader, desc=f"eval {args.split}", unit="batch")
-    for batch_index, batch in enumerate(progress):
-        predictions = segmenter.logits(batch["image"]).argmax(1)
-        meter.update(predictions, batch["mask"])
-        images_scored += len(predictions)
-        progress.set_description(f"mIoU {100 * meter.compute()['miou']:.2f}")
+
+    def dump_and_sample(batch: dict, predictions: torch.Tensor) -> None:
+        """Write the dumps of each image of ``batch`` (with --dump_images); keep the report's first samples."""
         for name, pixels, truth, prediction in zip(batch["name"], batch["pixels"], batch["mask"], predictions):
             pixels, truth, prediction = pixels.numpy(), truth.numpy(), prediction.cpu().numpy().astype(np.uint8)
             if args.dump_images:
                 dump_prediction(out_dir, name, pixels, truth, prediction, palette, args.dump_side_by_side)
             if len(samples) < args.report_samples:
                 samples.append(make_sample(name, pixels, truth, prediction))
-        if args.test_mode and batch_index >= 6:
-            break
 
-    summary = metrics_summary(meter.matrix, class_names, exclude)
+    summary = inference_on_dataset(lambda batch: segmenter.logits(batch["image"]).argmax(1), loader, evaluator,
+                                   after_batch=dump_and_sample, max_batches=7 if args.test_mode else None,
+                                   desc=f"eval {args.split}")
+    images_scored = evaluator.images
     log.info("results on %s/%s:\n%s", args.dataset, args.split, format_table(summary))
     extra = {
         "dataset": args.dataset, "split": args.split, "snapshot": str(args.snapshot), "weights": args.weights,
@@ -447,11 +438,10 @@ def check_flags(args: argparse.Namespace) -> None:
         raise ValueError("--snapshot is required (or --weights NAME: python -m network.zoo list)")
     minimum = {"resize_scale": 1, "window": 1, "batch_size": 1, "num_workers": 0, "boundary_ignore": 0,
                "report_samples": 0, "stride": 1}
-    flag_names = {"window": "--window (--crop_size)"}
     for name, lowest in minimum.items():
         value = getattr(args, name)
         if value is not None and value < lowest:
-            raise ValueError(f"{flag_names.get(name, '--' + name)} must be at least {lowest}, got {value}")
+            raise ValueError(f"--{name} must be at least {lowest}, got {value}")
     if args.overlap < 0:
         raise ValueError(f"--overlap (alias --sliding_overlap) must be 0 or more (a fraction, or pixels), got "
                          f"{args.overlap}")

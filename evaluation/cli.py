@@ -3,7 +3,7 @@
 =====================  ==================================================  ==================================
 concept                flag (aliases kept for the original's scripts)      meaning
 =====================  ==================================================  ==================================
-window                 ``--window`` (``--crop_size``)                      sliding-window side in pixels
+window                 ``--window``                                        sliding-window side in pixels
 stride                 ``--stride``                                        window step in pixels
 overlap                ``--overlap`` (``--sliding_overlap``)               step from the window: fraction <= 1
                                                                            or pixels > 1 (when no --stride)
@@ -12,8 +12,12 @@ scales                 ``--scales``                                        test-
 flips / rotations      ``--flip``/``--hflip``, ``--no_flip``, ``--vflip``,   D4 test-time transforms
                        ``--rot90``
 windows per pass       ``--batch_size``                                    windows per forward pass
-device                 ``--device``                                        torch device
+dataset root           ``--dataset_dir``                                   the dataset's folder (overrides the
+                                                                           configuration's DATASET section)
+device                 ``--device {auto,cpu,cuda,cuda:N}``                 auto = this process's GPU if CUDA
+                                                                           is available, else the CPU
 checkpoint trust       ``--trusted-pickle`` (``--trusted_pickle``)          may run code from the checkpoint
+data workers           ``--num_workers``                                   data-loading processes
 named weights          ``--weights NAME``                                   a file of ``network.zoo`` instead of
                                                                            --snapshot (downloaded once, cached)
 bands / scaling        ``--bands``, ``--scaling``                          see ``utils.image_io``
@@ -23,28 +27,28 @@ GDAL sources           ``--allow-source-root DIR`` (repeatable),            what
 
 Model options and ``--precision`` are defined in ``evaluation.restore``. The defaults differ where the
 protocols do (``eval.py`` follows the original: 513 px windows, horizontal flip on, uniform blend;
-``predict.py``: 896 px windows, no flip, Gaussian blend); the meaning never does.
+``predict.py``: 896 px windows, no flip, Gaussian blend); the meaning never does. ``train.py`` shares the
+dataset root, device, checkpoint trust and data workers; its training patch is ``--crop_size``, a name no
+inference flag uses. The flags the original's scripts pass that do nothing here are defined once, in
+:data:`ORIGINAL_FLAGS`.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import re
 
-import torch
-
+from config import dataset_root
 from evaluation.inference import BLENDS
 from network.zoo import ZOO
 from utils.image_io import parse_bands, parse_scaling
 from utils.source_policy import add_source_arguments, source_policy
 
-TRUSTED_PICKLE_HELP = ("allow arbitrary pickled objects in the checkpoint: this can run code from the file, so "
-                       "only for checkpoints you trust")
-
 
 def add_window_arguments(parser: argparse._ActionsContainer, *, window: int, blend: str) -> None:
-    """``--window`` (alias ``--crop_size``), ``--stride``, ``--overlap`` (alias ``--sliding_overlap``), ``--blend``."""
-    parser.add_argument("--window", "--crop_size", dest="window", type=int, default=window,
+    """``--window``, ``--stride``, ``--overlap`` (alias ``--sliding_overlap``), ``--blend``."""
+    parser.add_argument("--window", type=int, default=window,
                         help=f"sliding-window size in pixels (default {window})")
     parser.add_argument("--stride", type=int, default=None,
                         help="window step in pixels, 1..--window (default: from --overlap)")
@@ -74,11 +78,54 @@ def add_tta_arguments(parser: argparse._ActionsContainer, *, scales: str, flip: 
 
 
 def add_run_arguments(parser: argparse._ActionsContainer) -> None:
-    """``--device`` and ``--trusted-pickle`` (alias ``--trusted_pickle``)."""
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: cuda if available, else cpu)")
+    """``--device`` (:func:`add_device_argument`) and ``--trusted-pickle`` (:func:`add_trusted_pickle_argument`)."""
+    add_device_argument(parser)
+    add_trusted_pickle_argument(parser, "the checkpoint")
+
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def device_flag(text: str) -> str:
+    """argparse type of ``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as given (resolved by
+    ``engine.distributed.resolve_device``).
+
+    Raises:
+        argparse.ArgumentTypeError: any other value.
+    """
+    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device; choose from {', '.join(DEVICE_CHOICES)}")
+
+
+def add_device_argument(parser: argparse._ActionsContainer) -> None:
+    """``--device``: where the model runs (``engine.distributed.resolve_device``)."""
+    parser.add_argument("--device", type=device_flag, default="auto", metavar="{" + ",".join(DEVICE_CHOICES) + "}",
+                        help="where the model runs: auto = this process's GPU when CUDA is available (under "
+                             "torchrun the GPU of its LOCAL_RANK), else the CPU (default auto)")
+
+
+def add_trusted_pickle_argument(parser: argparse._ActionsContainer, files: str) -> None:
+    """``--trusted-pickle`` (alias ``--trusted_pickle``) for the checkpoint ``files`` an entry point reads."""
     parser.add_argument("--trusted-pickle", "--trusted_pickle", dest="trusted_pickle", action="store_true",
-                        help=TRUSTED_PICKLE_HELP)
+                        help=f"allow arbitrary pickled objects in {files} (legacy checkpoints): this can run code "
+                             "stored in the file, so only for files you trust")
+
+
+def add_dataset_dir_argument(parser: argparse._ActionsContainer) -> None:
+    """``--dataset_dir``: the dataset root, instead of the configuration's DATASET section (:func:`dataset_dir`)."""
+    parser.add_argument("--dataset_dir", default=None,
+                        help="dataset root holding {split}/images and {split}/masks (default: the configuration's "
+                             "DATASET section, e.g. --set DATASET.ISAID_DIR=/data/iSAID)")
+
+
+def dataset_dir(args: argparse.Namespace, config) -> str:
+    """The dataset root of the parsed flags: ``--dataset_dir``, else the configuration's root of ``--dataset``.
+
+    Raises:
+        KeyError: unknown dataset name (see :func:`config.dataset_root`).
+    """
+    return args.dataset_dir or dataset_root(config, args.dataset)
 
 
 def add_weights_argument(parser: argparse._ActionsContainer, *, instead_of: str) -> None:
@@ -174,3 +221,41 @@ def check_batch_size(batch_size: int) -> None:
     """Raises ValueError naming ``--batch_size`` unless it is at least 1."""
     if batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, got {batch_size}")
+
+
+ORIGINAL_FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
+    # train.py
+    "cv": (("--cv",), {"type": int, "default": 0, "choices": (0,),
+                       "help": "the original's cross-validation split: the aerial datasets have a single split, 0"}),
+    "max_cu_epoch": (("--max_cu_epoch",), {"type": int, "default": 100000,
+                                           "help": "the original's class-uniform epoch limit"}),
+    "sgd": (("--sgd",), {"action": "store_true", "default": True, "help": "SGD is the only optimiser"}),
+    "aux": (("--aux",), {"action": "store_true", "help": "the models here have no auxiliary head"}),
+    "wt_bound": (("-wb", "--wt_bound"), {"type": float, "default": 1.0,
+                                         "help": "class-weight bound of losses these models do not use"}),
+    "apex": (("--apex",), {"action": "store_true",
+                           "help": "apex DDP is replaced by torch DDP under torchrun; it does not turn on mixed "
+                                   "precision: choose that with --amp (--fp16 = --amp fp16)"}),
+    "local_rank": (("--local_rank", "--local-rank"), {"type": int, "default": None,
+                                                      "help": "passed by the deprecated torch.distributed.launch "
+                                                              "(use torchrun, which sets LOCAL_RANK)"}),
+    # eval.py
+    "mode": (("--mode",), {"default": "semantic", "choices": ("semantic",),
+                           "help": "dataset quality; only 'semantic' exists for these datasets"}),
+    "cv_split": (("--cv_split",), {"type": int, "default": None, "help": "these datasets have a single split"}),
+    "with_f1": (("--with_f1",), {"action": "store_true", "help": "F1 is always reported"}),
+}
+"""The flags the original's scripts pass that do nothing here (or, ``--apex`` and ``--local_rank``, are replaced
+by torchrun): name -> (option strings, ``add_argument`` keywords)."""
+
+
+def add_original_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """The :data:`ORIGINAL_FLAGS` ``names`` in one group, "accepted for the original's scripts (no effect)".
+
+    Raises:
+        KeyError: a name that is not in ORIGINAL_FLAGS.
+    """
+    group = parser.add_argument_group("accepted for the original's scripts (no effect)")
+    for name in names:
+        option_strings, options = ORIGINAL_FLAGS[name]
+        group.add_argument(*option_strings, dest=name, **options)

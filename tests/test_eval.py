@@ -143,7 +143,7 @@ def test_class_count_mismatch_is_explained(tmp_path, model_and_checkpoint, vaihi
 def test_bad_sliding_step_is_refused_before_outputs(tmp_path, model_and_checkpoint, vaihingen_root, capsys):
     _, checkpoint = model_and_checkpoint
     with pytest.raises(SystemExit):
-        run_eval(vaihingen_root, checkpoint, tmp_path / "out", "--crop_size", "40", "--sliding_overlap", "1")
+        run_eval(vaihingen_root, checkpoint, tmp_path / "out", "--window", "40", "--sliding_overlap", "1")
     assert "--overlap 1.0 leaves a window step of 0 px" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -151,7 +151,7 @@ def test_bad_sliding_step_is_refused_before_outputs(tmp_path, model_and_checkpoi
 def test_sliding_flip_multiscale_with_exclusion(tmp_path, model_and_checkpoint, vaihingen_root):
     _, checkpoint = model_and_checkpoint
     out = tmp_path / "out"
-    run_eval(vaihingen_root, checkpoint, out, "--scales", "0.75,1.0", "--crop_size", "40", "--stride", "24",
+    run_eval(vaihingen_root, checkpoint, out, "--scales", "0.75,1.0", "--window", "40", "--stride", "24",
              "--batch_size", "4", "--exclude-classes", "clutter,0")
     result = json.loads((out / "metrics.json").read_text())
     assert result["protocol"] == {**result["protocol"], "inference_mode": "sliding", "scales": [0.75, 1.0],

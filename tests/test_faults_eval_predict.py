@@ -163,7 +163,7 @@ CASES = {
 """Run as subprocesses."""
 
 IN_PROCESS_CASES = {
-    "eval_crop_size_0": lambda d: eval_case(d, "--crop_size", "0", names=("--crop_size",)),
+    "eval_window_0": lambda d: eval_case(d, "--window", "0", names=("--window",)),
     "eval_num_workers_negative": lambda d: eval_case(d, "--num_workers", "-1", names=("--num_workers",)),
     "eval_missing_checkpoint": lambda d: eval_case(d, names=("nothing.pth",), snapshot=d["base"] / "nothing.pth"),
     "eval_empty_checkpoint": lambda d: eval_case(d, names=(str(d["broken"]["empty"]), "empty file"),

@@ -57,7 +57,7 @@ def data(tmp_path_factory) -> dict:
     unlabelled_train = copy_tree(root, base / "unlabelled_train")
     for mask in (unlabelled_train / "train" / "masks").iterdir():
         cv2.imwrite(str(mask), np.full((64, 64), 255, np.uint8))
-    (files / "wrong_type.yaml").write_text("DATASET:\n  CV_SPLITS: three\n")
+    (files / "wrong_type.yaml").write_text("DATASET:\n  ISAID_DIR: [one, two]\n")
     existing = base / "existing"
     run_dir = existing / "ckpt" / "old" / RUN
     run_dir.mkdir(parents=True)
@@ -133,7 +133,7 @@ IN_PROCESS_CASES = {
     "max_epoch_0": lambda d: train_case(d, "--max_epoch", "0", names=("--max_epoch",)),
     "num_workers_negative": lambda d: train_case(d, "--num_workers", "-1", names=("--num_workers",)),
     "cfg_value_of_wrong_type": lambda d: train_case(d, "--config", str(d["files"] / "wrong_type.yaml"),
-                                                    names=("wrong_type.yaml", "DATASET.CV_SPLITS", "whole number")),
+                                                    names=("wrong_type.yaml", "DATASET.ISAID_DIR", "not text")),
     "cfg_root_given_as_a_number": lambda d: train_case(d, "--set", "DATASET.VAIHINGEN_DIR=5",
                                                        names=("DATASET.VAIHINGEN_DIR", "not text")),
     "resume_truncated_keeps_the_run": lambda d: resume_case(d, str(d["files"] / "truncated.pth"), "truncated.pth",

@@ -126,3 +126,14 @@ def test_num_workers_default_is_the_cores_this_process_may_use(monkeypatch, core
         assert parser.get_default("num_workers") == expected
         help_text = " ".join(parser.format_help().split())
         assert "default: the CPU cores this process may use" in help_text and f"here {expected})" in help_text
+
+
+def test_dataset_dir_is_the_root_train_reads_instead_of_the_configuration(tmp_path, capsys):
+    missing = tmp_path / "elsewhere"
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--dataset", "Posdam", "--set", f"DATASET.POSDAM_DIR={tmp_path / 'configured'}", "--dataset_dir",
+                    str(missing), "--device", "cpu", "--num_workers", "0", "--ckpt", str(tmp_path / "ckpt"),
+                    "--tb_path", str(tmp_path / "tb")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"{missing}/train/images does not exist" in error and "configured" not in error
