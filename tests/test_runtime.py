@@ -48,7 +48,7 @@ def test_a_bad_device_is_a_usage_error_naming_the_flag(tmp_path, capsys, script)
         main([*argv, "--device", "gpu0"])
     assert refused.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(
-        ": error: --device gpu0 is not a torch device: use auto, cpu, cuda or cuda:N")
+        ": error: argument --device: 'gpu0' is not a device; choose from auto, cpu, cuda, cuda:N")
     assert not (tmp_path / "out").exists()
 
 
