@@ -42,6 +42,7 @@ import re
 from config import dataset_root
 from evaluation.inference import BLENDS
 from network.zoo import ZOO
+from utils.cores import usable_cores
 from utils.image_io import parse_bands, parse_scaling
 from utils.source_policy import add_source_arguments, source_policy
 
@@ -140,9 +141,9 @@ MAX_DEFAULT_WORKERS = 8
 
 def default_num_workers() -> int:
     """Data-loading worker processes per training or evaluation process: the CPU cores this process may use
-    (``os.sched_getaffinity``: a container's or ``taskset``'s limit, not the machine's), shared among the
+    (``utils.cores.usable_cores``: a container's or ``taskset``'s limit, not the machine's), shared among the
     torchrun processes of this machine (``LOCAL_WORLD_SIZE``), at least 1 and at most MAX_DEFAULT_WORKERS."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return min(MAX_DEFAULT_WORKERS, max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 

@@ -26,6 +26,7 @@ import cv2
 from tqdm import tqdm
 
 from tools._errors import InputError, ToolError
+from utils.cores import usable_cores
 from utils.on_error import ON_ERROR_CHOICES
 
 EXAMPLES_SHOWN = 3
@@ -128,8 +129,8 @@ def report_input_problems(summary_notes: list[str], problem: str, items: Sequenc
 
 
 def default_workers() -> int:
-    """Number of CPU cores this process may use (``os.sched_getaffinity`` where the OS has it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Worker processes a tool uses by default: every core this process may use (``utils.cores``)."""
+    return usable_cores()
 
 
 def _init_worker(parent_pid: int) -> None:

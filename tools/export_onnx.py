@@ -35,7 +35,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.registry import names_text  # noqa: E402
-from evaluation.cli import add_weights_argument  # noqa: E402
+from evaluation.cli import add_trusted_pickle_argument, add_weights_argument  # noqa: E402
 from evaluation.dataset_split import dataset_table  # noqa: E402
 from evaluation.onnx_export import (  # noqa: E402
     DEEPNESS_OUTPUT,
@@ -104,8 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     deepness.add_argument("--resolution_cm", type=float, default=None,
                           help="with --deepness: ground resolution of the training imagery in cm per pixel (Potsdam "
                                "5, Vaihingen 9); Deepness resamples the map to it (default: not stored, set in QGIS)")
-    parser.add_argument("--trusted-pickle", dest="trusted_pickle", action="store_true",
-                        help="allow arbitrary pickled objects in the checkpoint (only for files you trust)")
+    add_trusted_pickle_argument(parser, "the checkpoint")
     add_model_flags(parser)
     return parser
 
