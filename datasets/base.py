@@ -134,7 +134,7 @@ class SegmentationFolder:
     def _prepare_hint(self) -> str:
         return (f"prepare it with `python tools/prepare_dataset.py {self.prepare_name} --raw RAW_DIR "
                 f"--out {self.root}` (docs/data.md), or point the dataset root at it "
-                f"(--set DATASET.{self.root_key}=DIR)")
+                f"(--dataset_dir DIR, or --set DATASET.{self.root_key}=DIR)")
 
     def _find_items(self) -> list[tuple[Path, Path]]:
         """List (image, mask) pairs, checking the layout first (torchgeo-style ``_verify``)."""
