@@ -43,6 +43,8 @@ from utils.checkpoint import load_checkpoint
 
 ORIGINAL_MODULE = "network.pointflow_resnet_with_max_avg_pool"
 """The original's PFNet module, inside its checkout."""
+ORIGINAL_SOURCE = ORIGINAL_MODULE.replace(".", "/") + ".py"
+"""Its file, relative to the checkout's root."""
 ORIGINAL_PACKAGES = ("network", "config", "apex")
 """Top-level module names the original's model imports; ours are set aside while its files are imported."""
 EAGER_BOUND = 1e-4
@@ -87,10 +89,9 @@ def build_original(checkout: Path, num_classes: int, options: dict) -> nn.Module
     Raises:
         FileNotFoundError: ``checkout`` has no ``network/pointflow_resnet_with_max_avg_pool.py``.
     """
-    source = checkout / (ORIGINAL_MODULE.replace(".", "/") + ".py")
-    if not source.is_file():
-        raise FileNotFoundError(f"--original {checkout}: no {source.relative_to(checkout)} there; "
-                                "pass the root of a PFSegNets checkout")
+    if not (checkout / ORIGINAL_SOURCE).is_file():
+        raise FileNotFoundError(f"--original {checkout}: no {ORIGINAL_SOURCE} there; pass the root of a PFSegNets "
+                                "checkout")
     with original_imports(checkout):
         module = importlib.import_module(ORIGINAL_MODULE)
         resnet_d = module.Resnet_Deep
@@ -215,9 +216,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="rerun in a child process with torch, oneDNN and MKL limited to these kernels")
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     args = parser.parse_args(argv)
-    if not (args.original / (ORIGINAL_MODULE.replace(".", "/") + ".py")).is_file():
-        parser.error(f"--original {args.original}: no {ORIGINAL_MODULE.replace('.', '/')}.py there; "
-                     "pass the root of a PFSegNets checkout")
+    if not (args.original / ORIGINAL_SOURCE).is_file():
+        parser.error(f"--original {args.original}: no {ORIGINAL_SOURCE} there; pass the root of a PFSegNets checkout")
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         parser.error(f"--checkpoint: no such file: {args.checkpoint}")
     return args
