@@ -320,7 +320,8 @@ def fuse_convolutions(model: nn.Module) -> int:
 
 
 class InferenceModel(nn.Module):
-    """Runs an eval-mode model on inputs in its memory format, under autocast when ``dtype`` is set.
+    """Runs an eval-mode model on inputs in its memory format, without autograd (the fused and matrix-product
+    forms of :func:`optimize_for_inference` have no gradients), under autocast when ``dtype`` is set.
 
     Args:
         model: the (already transformed) model.
@@ -337,6 +338,7 @@ class InferenceModel(nn.Module):
         self.channels_last = channels_last
         self.dtype = dtype
 
+    @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

@@ -129,6 +129,7 @@ def test_other_models_and_bad_dtype():
         assert torch.allclose(optimized(images), model(images), atol=1e-5)
     assert isinstance(optimized.model[1], nn.Identity)
     assert isinstance(optimized.model[0], FusedConv2d)  # with its ReLU (float32 on CPU)
+    assert not optimized(images).requires_grad  # called outside no_grad too: inference only
     with pytest.raises(ValueError, match="dtype"):
         network.optimize_for_inference(model, dtype=torch.float64)
 
