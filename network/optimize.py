@@ -120,8 +120,9 @@ class ResizedConv3x3(nn.Module):
     Resizing is linear and acts on each channel alike, and the convolution mixes channels per kernel tap, so
     ``conv(resize(x)) = sum over taps of shift_tap(resize(W_tap x))``: nine 1x1 products at the coarse size,
     each resized with the tap's shift built into the resize matrices (:func:`resize_matrices`), the height
-    then the width, as matrix products. For a map a quarter of the target's side this is about a tenth of
-    the convolution's work at the target size; the result is the same up to float rounding.
+    then the width, as matrix products. For a map a quarter of the target's side this is about a fifth of
+    the convolution's work at the target size, for an eighth a fifteenth; the result is the same up to float
+    rounding. Float32 (the taps are stored in the convolution's dtype at construction).
 
     Args:
         conv: the convolution; its weights are copied as nine (C_in, C_out) tap matrices.
@@ -282,6 +283,7 @@ def _output_conv_slot(sequential: nn.Sequential, index: int) -> tuple[nn.Sequent
 
 
 def _is_folded(block: nn.Module) -> bool:
+    """Whether every batch-norm of a residual block has been folded away (is ``nn.Identity``)."""
     norms = ("bn1", "bn2", "bn3") if isinstance(block, Bottleneck) else ("bn1", "bn2")
     return all(isinstance(getattr(block, name), nn.Identity) for name in norms)
 
@@ -381,10 +383,13 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
         float32 on the input's device.
 
     Raises:
-        ValueError: ``dtype`` is not None, bfloat16 or float16.
+        ValueError: ``dtype`` is not None, bfloat16 or float16; or ``resize_after_conv`` is asked for with a
+            ``dtype`` (it is float32 only).
     """
     if dtype is not None and dtype not in LOW_PRECISION_DTYPES:
         raise ValueError(f"dtype must be None (float32), torch.bfloat16 or torch.float16, got {dtype}")
+    if resize_after_conv and dtype is not None:
+        raise ValueError(f"resize_after_conv is float32 only; leave it unset (None) with dtype={dtype}")
     optimized = copy.deepcopy(model).eval()
     on_cpu_float32 = dtype is None and all(p.device.type == "cpu" for p in optimized.parameters())
     if resize_after_conv is None:

@@ -132,6 +132,8 @@ def test_other_models_and_bad_dtype():
     assert not optimized(images).requires_grad  # called outside no_grad too: inference only
     with pytest.raises(ValueError, match="dtype"):
         network.optimize_for_inference(model, dtype=torch.float64)
+    with pytest.raises(ValueError, match="resize_after_conv is float32 only"):
+        network.optimize_for_inference(model, resize_after_conv=True, dtype=torch.bfloat16)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own
