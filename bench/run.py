@@ -33,19 +33,24 @@ from bench.measure import NUM_CLASSES, build_model, count_flops, peak_memory_byt
 from engine.cpu_precision import cpu_capability
 from utils.atomic import atomic_write_bytes
 
-EVAL_CONFIGS = ("original", "channels_last", "fold_bn", "fold_bn+channels_last", "optimized", "bf16", "fp16",
-                "compile", "compile+bf16")
+EVAL_CONFIGS = ("original", "channels_last", "fold_bn", "fold_bn+channels_last", "split_concat", "split_concat+fuse",
+                "split_concat+resize_after_conv", "optimized", "bf16", "fp16", "compile", "compile+bf16")
 TRAIN_CONFIGS = ("fp32", "channels_last", "amp", "checkpoint", "amp+checkpoint", "compile")
 DEFAULT_EVAL = {"cpu": ("original", "channels_last", "fold_bn", "fold_bn+channels_last", "optimized", "bf16"),
                 "cuda": ("original", "channels_last", "fold_bn+channels_last", "optimized", "bf16", "fp16")}
 DEFAULT_TRAIN = {"cpu": ("fp32", "channels_last", "amp", "checkpoint", "amp+checkpoint"),
                  "cuda": ("fp32", "channels_last", "amp", "checkpoint", "amp+checkpoint")}
 # optimize_for_inference switches of each eval configuration ("original" is the model as built);
-# "optimized" is its defaults: fold_bn, channels_last and split_concat.
+# "optimized" is its defaults: fold_bn, channels_last, split_concat, and in float32 on CPU resize_after_conv and
+# fuse; "split_concat" is the three lossless switches without the last two.
+UNFUSED = dict(fuse=False, resize_after_conv=False)
 EVAL_OPTIONS: dict[str, dict] = {
-    "channels_last": dict(fold_bn=False, split_concat=False),
-    "fold_bn": dict(channels_last=False, split_concat=False),
-    "fold_bn+channels_last": dict(split_concat=False),
+    "channels_last": dict(fold_bn=False, split_concat=False, **UNFUSED),
+    "fold_bn": dict(channels_last=False, split_concat=False, **UNFUSED),
+    "fold_bn+channels_last": dict(split_concat=False, **UNFUSED),
+    "split_concat": UNFUSED,
+    "split_concat+fuse": dict(resize_after_conv=False),
+    "split_concat+resize_after_conv": dict(fuse=False),
     "optimized": {},
     "bf16": dict(dtype=torch.bfloat16),
     "fp16": dict(dtype=torch.float16),

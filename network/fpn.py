@@ -33,17 +33,26 @@ def conv3x3_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+def resize_to_first(levels: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The first map and the others resized bilinearly (align_corners=True) to its size.
+
+    Shapes: ``[(N, C_i, H_i, W_i)]`` -> ``[(N, C_i, H_0, W_0)]``.
+    """
+    size = levels[0].shape[2:]
+    return [levels[0]] + [F.interpolate(level, size=size, mode="bilinear", align_corners=True) for level in levels[1:]]
+
+
 class ConcatClassifier(nn.Sequential):
-    """``nn.Sequential`` applied to the channel concatenation of a list of maps.
+    """``nn.Sequential`` applied to the channel concatenation of a list of maps, resized to the first's size.
 
-    Holding the concatenation in a module of its own lets ``network.optimize_for_inference`` replace it
-    with split convolutions (``split_concat``) while the state_dict keys stay those of a plain Sequential.
+    Holding the resizing and concatenation in a module of its own lets ``network.optimize_for_inference``
+    replace them (``split_concat``) while the state_dict keys stay those of a plain Sequential.
 
-    Shapes: ``[(N, C_i, H, W)]`` -> the Sequential's output for (N, sum C_i, H, W).
+    Shapes: ``[(N, C_i, H_i, W_i)]`` -> the Sequential's output for (N, sum C_i, H_0, W_0).
     """
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        return super().forward(torch.cat(levels, dim=1))
+        return super().forward(torch.cat(resize_to_first(levels), dim=1))
 
 
 class UpsampleFusion(nn.Module):
@@ -115,7 +124,4 @@ class FPNHead(nn.Module):
                 edge_logits.append(level_edge_logits)
             pyramid.append(self.fpn_out[level](top_down))
         pyramid.reverse()
-        size = pyramid[0].shape[2:]
-        fused_levels = [pyramid[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=True)
-                                       for p in pyramid[1:]]
-        return self.conv_last(fused_levels), edge_logits
+        return self.conv_last(pyramid), edge_logits

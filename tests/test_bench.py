@@ -96,3 +96,53 @@ def test_suggest_onnx_flag_needs_suggest_and_an_existing_file(tmp_path):
         completed = subprocess.run([sys.executable, "-m", "bench", *flags], cwd=REPO_ROOT, capture_output=True,
                                    text=True, timeout=120)
         assert completed.returncode == 2 and message in completed.stderr, completed.stderr
+
+
+# --- bench.original_speed: the original's code imported from a checkout, beside ours --------------------------
+
+FAKE_ORIGINAL = {
+    "network/__init__.py": "",
+    "network/resnet_d.py": """
+import torch.nn as nn
+class Bottleneck: pass
+class ResNet(nn.Module):
+    def __init__(self, block, layers):
+        super().__init__()
+        self.built_with = (block, layers)
+def resnet50(pretrained=True):
+    raise FileNotFoundError('./pretrained_models/resnet50-deep.pth')
+""",
+    "network/pointflow_resnet_with_max_avg_pool.py": """
+from apex import amp
+from config import cfg
+from network import resnet_d as Resnet_Deep
+@amp.float_function
+def DeepR50_PF_maxavg_deeply(num_classes, criterion, reduce_dim, max_pool_size, avgpool_size, edge_points):
+    trunk = Resnet_Deep.resnet50()
+    trunk.settings = (num_classes, criterion, reduce_dim, max_pool_size, avgpool_size, edge_points, cfg.MODEL.BNFUNC)
+    return trunk
+""",
+}
+
+
+def test_original_is_built_from_its_checkout_and_ours_is_restored(tmp_path):
+    from torch import nn
+
+    from bench.original_speed import build_original
+    for name, text in FAKE_ORIGINAL.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    ours = sys.modules["network"]
+    built = build_original(tmp_path, 16, network.model_defaults("pfnet_r50"))
+    # the stand-ins: apex's decorator, the batch-norm class of config.cfg, ResNet-50 without the ImageNet file
+    assert built.settings == (16, None, 64, 14, 9, 128, nn.BatchNorm2d)
+    assert built.built_with[1] == [3, 4, 6, 3]
+    assert sys.modules["network"] is ours and network.get_model("pfnet_r50", 2) is not None
+    assert "apex" not in sys.modules and str(tmp_path) not in sys.path
+
+
+def test_original_speed_names_a_checkout_without_the_model(tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "bench.original_speed", "--original", str(tmp_path)],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2
+    assert f"--original {tmp_path}: no network/pointflow_resnet_with_max_avg_pool.py there" in completed.stderr

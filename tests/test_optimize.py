@@ -10,7 +10,15 @@ from torch import nn
 
 import network
 from network.fpn import ConcatClassifier
-from network.optimize import SplitConcatClassifier, fold_batch_norm_, fold_batch_norms
+from network.optimize import (
+    FusedConv2d,
+    FusedResidualBlock,
+    ResizedConv3x3,
+    SplitConcatClassifier,
+    fold_batch_norm_,
+    fold_batch_norms,
+    fuse_convolutions,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,6 +84,42 @@ def test_split_concat_classifier_equals_concatenation():
         SplitConcatClassifier(classifier, [4, 4])
 
 
+@pytest.mark.parametrize("batch,source,target", [(1, (8, 8), (32, 32)), (2, (5, 7), (17, 23)), (1, (1, 3), (4, 9))])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_resized_conv_equals_convolution_of_the_resized_map(batch, source, target, channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, kernel_size=3, padding=1, bias=False)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    coarse = torch.randn(batch, 6, *source).contiguous(memory_format=layout)
+    start = torch.randn(batch, 5, *target).contiguous(memory_format=layout)
+    with torch.no_grad():
+        expected = start + conv(F.interpolate(coarse, size=target, mode="bilinear", align_corners=True))
+        result = ResizedConv3x3(conv).add_to_(start.clone(), coarse)
+    assert torch.allclose(result, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+    with pytest.raises(ValueError, match="cannot compute"):
+        ResizedConv3x3(nn.Conv2d(6, 5, kernel_size=3, padding=1))  # with a bias
+
+
+def test_fused_convolutions_equal_the_folded_model():
+    torch.manual_seed(0)
+    model = network.get_model("upernet_r18", 4).eval()
+    for norm in [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]:
+        norm.running_var.uniform_(0.5, 1.5)
+        norm.running_mean.normal_(0, 0.1)
+    fold_batch_norms(model)
+    images = torch.randn(2, 3, 64, 96).contiguous(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = model(images)
+        fused = fuse_convolutions(model)
+        result = model(images)
+    # ResNet-18: 8 blocks of 2 convolutions and the stem's; the PSP bottleneck, 3 fpn_in, 3 fpn_out, conv_last's first
+    assert fused == 16 + 1 + 1 + 3 + 3 + 1
+    assert sum(isinstance(m, FusedResidualBlock) for m in model.modules()) == 8
+    assert not any(isinstance(m, nn.ReLU) for m in model.layer0.modules())
+    assert torch.allclose(result, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
 def test_other_models_and_bad_dtype():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), random_batch_norm(4, affine=True, seed=0), nn.ReLU()).eval()
@@ -84,8 +128,12 @@ def test_other_models_and_bad_dtype():
     with torch.no_grad():
         assert torch.allclose(optimized(images), model(images), atol=1e-5)
     assert isinstance(optimized.model[1], nn.Identity)
+    assert isinstance(optimized.model[0], FusedConv2d)  # with its ReLU (float32 on CPU)
+    assert not optimized(images).requires_grad  # called outside no_grad too: inference only
     with pytest.raises(ValueError, match="dtype"):
         network.optimize_for_inference(model, dtype=torch.float64)
+    with pytest.raises(ValueError, match="resize_after_conv is float32 only"):
+        network.optimize_for_inference(model, resize_after_conv=True, dtype=torch.bfloat16)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own
@@ -114,6 +162,9 @@ def test_float32_paths_within_parity_bound(case_a, options):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in optimized.modules())
     split = isinstance(optimized.model.head.conv_last, SplitConcatClassifier)
     assert split == options.get("split_concat", True)
+    # On CPU in float32 both defaults take their fast forms: fused blocks, coarse levels convolved before resizing
+    assert isinstance(optimized.model.layer1[0], FusedResidualBlock)
+    assert not split or optimized.model.head.conv_last.resized_convs is not None
     with torch.no_grad():
         logits = optimized(case_a["images"])
     assert logits.dtype == torch.float32 and logits.shape == case_a["logits"].shape
@@ -127,6 +178,7 @@ def test_float32_paths_within_parity_bound(case_a, options):
 def test_bf16_argmax_agrees_with_float32(case_a):
     optimized = network.optimize_for_inference(case_a["model"], dtype=torch.bfloat16)
     assert optimized.model.head.conv_last.rest[-1].weight.dtype == torch.bfloat16
+    assert not any(isinstance(m, (FusedConv2d, ResizedConv3x3)) for m in optimized.modules())  # float32 only
     with torch.no_grad():
         logits = optimized(case_a["images"])
     assert logits.dtype == torch.float32
