@@ -1,10 +1,14 @@
 # Two commands: `make demo` and `make test`. Both create .venv on first use. `make test-fast` is the edit-test
-# loop (the suite without the `workflow` and `slow` tests, under 3 minutes on 2 cores).
+# loop (the suite without the `workflow` and `slow` tests, under 3 minutes on 2 cores). The tests run in
+# TEST_WORKERS pytest-xdist processes, one module per process at a time (`--dist loadfile`: a module's fixtures
+# are built once); `make test TEST_WORKERS=0` runs them in this process.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: demo test test-fast test-all lint bench bench-smoke clean-venv gpu-check
 
@@ -18,13 +22,13 @@ demo: $(STAMP)
 	$(PY) demo.py
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow and not workflow"
+	$(PYTEST) -m "not slow and not workflow"
 
 test-all: $(STAMP)
-	$(PY) -m pytest -m ""
+	$(PYTEST) -m ""
 
 bench: $(STAMP)
 	$(PY) -m bench

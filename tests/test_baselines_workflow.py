@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from train_data import make_tiny_potsdam, tiny_run_flags
+from train_data import tiny_run_flags
 
 import eval as evaluation
 import predict
@@ -31,8 +31,8 @@ def run_train(*flags: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def potsdam_root(tmp_path_factory):
-    return make_tiny_potsdam(tmp_path_factory.mktemp("train_data"))
+def potsdam_root(tiny_potsdam):
+    return tiny_potsdam
 
 
 def with_arch(flags: list[str], arch: str) -> list[str]:

@@ -1,5 +1,6 @@
 """Fault injection for eval.py and predict.py: bad flags, broken checkpoints, damaged images and masks, a full
-disk, a killed run's leftovers. Each case runs the entry point as a subprocess (see tests/faults.py)."""
+disk, a killed run's leftovers (see tests/faults.py). A few cases run the entry point as a subprocess (a usage
+error, damaged data met by loader workers, a damaged input, a full disk); the others run its main in this process."""
 import argparse
 import json
 import os
@@ -24,7 +25,6 @@ from faults import (
     run_on_full_disk,
     truncate,
 )
-from train_data import make_tiny_potsdam
 
 import eval as evaluation
 import network
@@ -62,10 +62,10 @@ def broken_checkpoints(folder) -> dict:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict:
+def data(tmp_path_factory, tiny_potsdam) -> dict:
     """A tiny prepared Potsdam, a real checkpoint, broken checkpoints, damaged copies of the dataset."""
     base = tmp_path_factory.mktemp("eval_faults")
-    root = make_tiny_potsdam(base)
+    root = tiny_potsdam
     torch.manual_seed(0)
     checkpoint = base / "model.pth"
     save_checkpoint(checkpoint, {"state_dict": network.get_model("pfnet_r50", 6).state_dict(), "epoch": 1})
@@ -135,32 +135,11 @@ def truncated_image_case(d: dict, workers: str, tag: str = "") -> Case:
 
 CASES = {
     "eval_scales_zero_and_negative": lambda d: eval_case(d, "--scales", "0,-1", names=("--scales", "0,-1")),
-    "eval_resize_scale_negative": lambda d: eval_case(d, "--resize_scale", "-5", names=("--resize_scale", "-5")),
-    "eval_truncated_checkpoint": lambda d: eval_case(d, names=(str(d["broken"]["truncated"]), "truncated"),
-                                                     snapshot=d["broken"]["truncated"],
-                                                     forbidden=("--trusted-pickle",)),
-    "eval_random_bytes_checkpoint": lambda d: eval_case(d, names=(str(d["broken"]["random"]),
-                                                                  "not a PyTorch checkpoint"),
-                                                        snapshot=d["broken"]["random"],
-                                                        forbidden=("--trusted-pickle",)),
-    "eval_mask_ids_outside_classes": lambda d: eval_case(d, names=(f"{TEST_IMAGE}_gray_mask.png", "7 x 9"),
-                                                         root=d["bad_masks"]),
     "eval_truncated_image_with_workers": lambda d: truncated_image_case(d, "2"),
-    "eval_potsdam_checkpoint_on_vaihingen": lambda d: eval_case(
-        d, "--dataset", "Vaihingen", snapshot=d["potsdam_checkpoint"],
-        names=("trained on Posdam", "'impervious_surfaces'", "--dataset Vaihingen", "--allow_class_mismatch")),
-    "eval_split_without_labelled_pixels": lambda d: eval_case(d, root=d["unlabelled"],
-                                                              names=("split test", "none of its 4 masks",
-                                                                     "labelled pixel")),
-    "predict_stride_0": lambda d: predict_case(d, "--stride", "0", names=("--stride",)),
-    "predict_yaml_as_checkpoint": lambda d: predict_case(d, names=(str(d["broken"]["yaml"]),
-                                                                   "not a PyTorch checkpoint"),
-                                                         snapshot=d["broken"]["yaml"]),
-    "predict_checkpoint_needs_trust": lambda d: predict_case(d, names=("--trusted-pickle", "run code"),
-                                                             snapshot=d["broken"]["needs_trust"]),
     "predict_truncated_image": lambda d: predict_case(d, names=(str(d["damaged_input"]),), inputs=d["damaged_input"]),
 }
-"""Run as subprocesses."""
+"""Run as subprocesses: a usage error of eval.py, a damaged image met by eval.py's loader workers, a damaged
+input of predict.py."""
 
 IN_PROCESS_CASES = {
     "eval_window_0": lambda d: eval_case(d, "--window", "0", names=("--window",)),
@@ -198,6 +177,28 @@ IN_PROCESS_CASES = {
     "predict_mask_exists": lambda d: predict_case(d, names=("scene_pred.png", "--overwrite"),
                                                   out=d["existing_masks"]),
     "predict_lock_timeout_negative": lambda d: predict_case(d, "--lock_timeout", "-1", names=("--lock_timeout",)),
+    "eval_resize_scale_negative": lambda d: eval_case(d, "--resize_scale", "-5", names=("--resize_scale", "-5")),
+    "eval_truncated_checkpoint": lambda d: eval_case(d, names=(str(d["broken"]["truncated"]), "truncated"),
+                                                     snapshot=d["broken"]["truncated"],
+                                                     forbidden=("--trusted-pickle",)),
+    "eval_random_bytes_checkpoint": lambda d: eval_case(d, names=(str(d["broken"]["random"]),
+                                                                  "not a PyTorch checkpoint"),
+                                                        snapshot=d["broken"]["random"],
+                                                        forbidden=("--trusted-pickle",)),
+    "eval_mask_ids_outside_classes": lambda d: eval_case(d, names=(f"{TEST_IMAGE}_gray_mask.png", "7 x 9"),
+                                                         root=d["bad_masks"]),
+    "eval_potsdam_checkpoint_on_vaihingen": lambda d: eval_case(
+        d, "--dataset", "Vaihingen", snapshot=d["potsdam_checkpoint"],
+        names=("trained on Posdam", "'impervious_surfaces'", "--dataset Vaihingen", "--allow_class_mismatch")),
+    "eval_split_without_labelled_pixels": lambda d: eval_case(d, root=d["unlabelled"],
+                                                              names=("split test", "none of its 4 masks",
+                                                                     "labelled pixel")),
+    "predict_stride_0": lambda d: predict_case(d, "--stride", "0", names=("--stride",)),
+    "predict_yaml_as_checkpoint": lambda d: predict_case(d, names=(str(d["broken"]["yaml"]),
+                                                                   "not a PyTorch checkpoint"),
+                                                         snapshot=d["broken"]["yaml"]),
+    "predict_checkpoint_needs_trust": lambda d: predict_case(d, names=("--trusted-pickle", "run code"),
+                                                             snapshot=d["broken"]["needs_trust"]),
 }
 """Variants of the faults above, run through eval.main / predict.main in this process."""
 

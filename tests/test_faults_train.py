@@ -1,7 +1,8 @@
 """Fault injection for train.py: bad flags and configuration, broken or missing checkpoint files, bad
-validation masks, a missing dataset; each case runs train.py as a subprocess and must fail before any
-training, without a traceback and without leaving a run folder (see tests/faults.py). Also: damaged
-images met by the training loader name the file with and without worker processes."""
+validation masks, a missing dataset; each case must fail before any training, without a traceback and
+without leaving a run folder (see tests/faults.py). A usage error, a data fault met during the run and the
+same under engine.launch run train.py as a subprocess; the other cases run train.main in this process. Also:
+damaged images met by the training loader name the file with and without worker processes."""
 import argparse
 
 import cv2
@@ -11,7 +12,7 @@ import torch
 import yaml
 from faults import Case, assert_clean_failure, case_table, copy_tree, run_cases, run_in_process, truncate
 from torch.utils.data import DataLoader
-from train_data import make_tiny_potsdam, tiny_run_flags
+from train_data import tiny_run_flags
 
 import datasets
 import network
@@ -27,10 +28,10 @@ RUN = "Posdam-pfnet_r50"
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict:
+def data(tmp_path_factory, tiny_potsdam) -> dict:
     """A tiny prepared Potsdam, a copy with a bad validation mask, broken checkpoints, an existing run."""
     base = tmp_path_factory.mktemp("train_faults")
-    root = make_tiny_potsdam(base)
+    root = tiny_potsdam
     bad_masks = copy_tree(root, base / "bad_masks")
     mask_path = sorted((bad_masks / "test" / "masks").iterdir())[0]
     ids = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
@@ -97,34 +98,12 @@ def resume_case(d: dict, checkpoint: str, *names: str) -> Case:
 
 CASES = {
     "val_freq_0": lambda d: train_case(d, "--val_freq", "0", names=("--val_freq", "at least 1")),
-    "lr_negative": lambda d: train_case(d, "--lr", "-1", names=("--lr", "positive")),
-    "malformed_yaml": lambda d: train_case(d, "--config", str(d["files"] / "malformed.yaml"),
-                                           names=("malformed.yaml", "not valid YAML")),
-    "resume_typo_keeps_the_run": lambda d: resume_case(d, str(d["existing_run"] / "lats.pth"), "lats.pth",
-                                                       "not found"),
-    "snapshot_random_bytes": lambda d: train_case(d, "--snapshot", str(d["files"] / "random.pth"),
-                                                  names=("--snapshot", "random.pth", "not a PyTorch checkpoint"),
-                                                  forbidden=("--trusted-pickle",)),
-    "pretrained_empty": lambda d: train_case(d, "--pretrained", str(d["files"] / "empty.pth"),
-                                             names=("--pretrained", "empty.pth", "empty file")),
     "validation_mask_ids_outside_classes": lambda d: train_case(d, names=(d["mask_path"].name, "6 x 4",
                                                                           "validation split test"),
                                                                 root=d["bad_masks"]),
     "validation_mask_ids_outside_classes_in_two_processes": launched_case,
-    "resume_bare_state_dict": lambda d: train_case(d, "--resume", str(d["files"] / "bare.pth"),
-                                                   names=("--resume", "bare.pth", "pass it as --snapshot")),
-    "set_python_yaml_tag_runs_nothing": lambda d: train_case(
-        d, "--set", f"lr=!!python/object/apply:os.system [\"touch {d['base'] / 'ran'}\"]",
-        names=("--set lr=", "not a plain YAML value")),
-    "pretrained_trusted_pickle_is_honoured": lambda d: train_case(
-        d, "--pretrained", str(d["files"] / "legacy.pth"), "--trusted-pickle",
-        names=("--pretrained", "legacy.pth", "does not match the deep-stem ResNet trunk"),
-        forbidden=("--trusted-pickle",)),
-    "validation_without_labelled_pixels": lambda d: train_case(d, names=("validation split test",
-                                                                         "none of its 4 masks has a labelled pixel"),
-                                                               root=d["unlabelled"]),
 }
-"""Run as subprocesses."""
+"""Run as subprocesses: a usage error, a data fault met during the run, and the same under engine.launch."""
 
 IN_PROCESS_CASES = {
     "crop_size_0": lambda d: train_case(d, "--crop_size", "0", names=("--crop_size",)),
@@ -162,6 +141,28 @@ IN_PROCESS_CASES = {
                                                                    root=d["unlabelled_train"]),
     "crop_larger_than_every_image": lambda d: train_case(d, "--crop_size", "128",
                                                          names=("--crop_size 128", "64 x 64", "at most 64")),
+    "lr_negative": lambda d: train_case(d, "--lr", "-1", names=("--lr", "positive")),
+    "malformed_yaml": lambda d: train_case(d, "--config", str(d["files"] / "malformed.yaml"),
+                                           names=("malformed.yaml", "not valid YAML")),
+    "resume_typo_keeps_the_run": lambda d: resume_case(d, str(d["existing_run"] / "lats.pth"), "lats.pth",
+                                                       "not found"),
+    "snapshot_random_bytes": lambda d: train_case(d, "--snapshot", str(d["files"] / "random.pth"),
+                                                  names=("--snapshot", "random.pth", "not a PyTorch checkpoint"),
+                                                  forbidden=("--trusted-pickle",)),
+    "pretrained_empty": lambda d: train_case(d, "--pretrained", str(d["files"] / "empty.pth"),
+                                             names=("--pretrained", "empty.pth", "empty file")),
+    "resume_bare_state_dict": lambda d: train_case(d, "--resume", str(d["files"] / "bare.pth"),
+                                                   names=("--resume", "bare.pth", "pass it as --snapshot")),
+    "set_python_yaml_tag_runs_nothing": lambda d: train_case(
+        d, "--set", f"lr=!!python/object/apply:os.system [\"touch {d['base'] / 'ran'}\"]",
+        names=("--set lr=", "not a plain YAML value")),
+    "pretrained_trusted_pickle_is_honoured": lambda d: train_case(
+        d, "--pretrained", str(d["files"] / "legacy.pth"), "--trusted-pickle",
+        names=("--pretrained", "legacy.pth", "does not match the deep-stem ResNet trunk"),
+        forbidden=("--trusted-pickle",)),
+    "validation_without_labelled_pixels": lambda d: train_case(d, names=("validation split test",
+                                                                         "none of its 4 masks has a labelled pixel"),
+                                                               root=d["unlabelled"]),
 }
 """Variants of the faults above, run through train.main in this process."""
 
@@ -184,13 +185,14 @@ def test_train_fault_is_reported_cleanly(outcomes, name):
     assert_clean_failure(outcomes[name])
 
 
-def test_python_yaml_tag_in_set_ran_nothing(outcomes, data):
-    assert outcomes["set_python_yaml_tag_runs_nothing"].result.returncode == 2
+def test_python_yaml_tag_in_set_ran_nothing(data, capsys, one_thread):
+    outcome = run_in_process(train.main, IN_PROCESS_CASES["set_python_yaml_tag_runs_nothing"](data), capsys)
+    assert outcome.result.returncode == 2
     assert not (data["base"] / "ran").exists()
 
 
 @pytest.mark.parametrize("name", sorted(IN_PROCESS_CASES))
-def test_train_fault_variant_is_reported_cleanly(data, capsys, name):
+def test_train_fault_variant_is_reported_cleanly(data, capsys, one_thread, name):
     assert_clean_failure(run_in_process(train.main, IN_PROCESS_CASES[name](data), capsys))
 
 

@@ -1,12 +1,15 @@
 """int8 ONNX for CPUs: ``tools/export_onnx.py --int8 --calibration``, on PFNet-R50 trained by train.py.
 
-The file is written by the command a user runs, calibrated on 8 windows of the prepared training patches;
-its masks are compared with the float32 model's (the eager checkpoint, which the float32 ONNX file matches
-within 1e-4: tests/test_cross_backend.py) on windows of the held-out tile, and predict.py runs it unchanged.
+The file is written by the command line a user types (the tool's ``main``), calibrated on 8 windows of the
+prepared training patches; its masks are compared with the float32 model's (the eager checkpoint, which the
+float32 ONNX file matches within 1e-4: tests/test_cross_backend.py) on windows of the held-out tile, and
+predict.py runs it unchanged. The bad-flag cases run the tool as a subprocess: its usage line names the script.
 The agreement bound is stated once, in docs/deployment.md ("int8"), with the figures it was set from.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 from pathlib import Path
@@ -19,7 +22,9 @@ from trained_models import WINDOWS, agreement, read_raster, restore, windows
 
 onnx = pytest.importorskip("onnx", reason="onnx is in requirements.txt")
 pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements.txt")
+import predict  # noqa: E402
 from evaluation.onnx_backend import OnnxModel  # noqa: E402
+from tools import export_onnx as export_tool  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Ops of the point-flow selection path (top-k, index arithmetic, gathers and scatters, sigmoid, softmax) that
@@ -37,15 +42,16 @@ def documented_int8_agreement() -> float:
 
 
 @pytest.fixture(scope="module")
-def int8_export(trained_pfnet, reference_data, tmp_path_factory):
-    """(TrainedModel, the int8 file, the tool's stdout), exported as a user does with 8 calibration windows."""
+def int8_export(trained_pfnet, reference_data, tmp_path_factory, one_thread):
+    """(TrainedModel, the int8 file, the tool's stdout), exported by the command line a user types (the tool's
+    ``main``, in this process) with 8 calibration windows."""
     _, _, root = reference_data
     path = tmp_path_factory.mktemp("int8") / "pfnet_int8.onnx"
-    result = run_script("tools/export_onnx.py", "--snapshot", str(trained_pfnet.checkpoint), "--out", str(path),
-                        "--int8", "--calibration", str(root / "train" / "images"), "--calibration_windows", "8",
-                        timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return trained_pfnet, path, result.stdout
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert export_tool.main(["--snapshot", str(trained_pfnet.checkpoint), "--out", str(path), "--int8",
+                                 "--calibration", str(root / "train" / "images"), "--calibration_windows", "8"]) == 0
+    return trained_pfnet, path, stdout.getvalue()
 
 
 def test_int8_file_records_its_precision_and_calibration_and_keeps_the_selection_in_float(int8_export):
@@ -99,9 +105,8 @@ def test_predict_runs_the_int8_file_unchanged(int8_export, tmp_path):
     for backend, model_flags in (("pytorch", ["--snapshot", str(reference.checkpoint)]),
                                  ("onnxruntime", ["--onnx", str(path)])):
         out = tmp_path / backend
-        result = run_script("predict.py", str(reference.tiles[0]), "--backend", backend, *model_flags,
-                            "--window", "128", "--out_dir", str(out), timeout=900)
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert predict.main([str(reference.tiles[0]), "--backend", backend, *model_flags, "--window", "128",
+                             "--out_dir", str(out)]) == 0
         masks[backend] = read_raster(out / f"{reference.tiles[0].stem}_pred.tif")
     assert masks["onnxruntime"].shape == (1, 256, 256)
     assert np.mean(masks["pytorch"] == masks["onnxruntime"]) >= documented_int8_agreement()

@@ -1,6 +1,8 @@
 """Outputs GIS users pick up, as predict.py writes them for a model trained by train.py: class names in the mask
 (GDAL category names, QGIS style) and probabilities, GeoPackage / RFC 7946 GeoJSON polygons streamed by strips,
-per-class area summaries, a Deepness-profile ONNX file run the way the QGIS plugin runs it, and bad input."""
+per-class area summaries, a Deepness-profile ONNX file run the way the QGIS plugin runs it, and bad input. The
+outputs are written by the entry points' ``main`` in this process; the bad-input cases run predict.py as a
+subprocess (what the user sees: the exit status and the last line of stderr)."""
 import csv
 import ctypes
 import glob
@@ -43,6 +45,23 @@ def georeferenced_tile(source, path, crs="EPSG:32633", hole=True):
 def predict_argv(model, out, *inputs, flags=()):
     return ["predict.py", *map(str, inputs), "--snapshot", str(model.checkpoint), "--out_dir", str(out),
             "--window", "128", "--device", "cpu", "--format", "tif", *flags]
+
+
+def run_main(argv):
+    """The command line ``argv`` (``predict.py`` or ``tools/export_onnx.py`` and its flags) through the entry point's
+    ``main`` in this process, one intra-op thread as in the subprocesses: its exit status."""
+    import torch
+
+    import predict
+    from tools import export_onnx
+
+    main = {"predict.py": predict.main, "tools/export_onnx.py": export_onnx.main}[argv[0]]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(argv[1:])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def gdalinfo(path):
@@ -110,8 +129,7 @@ def test_geopackage_area_summary_names_and_style(tmp_path, trained_upernet):
     tiles = [georeferenced_tile(model.tiles[0], tmp_path / "scene_a.tif"),
              georeferenced_tile(model.tiles[1], tmp_path / "scene_b.tif", hole=False)]
     out = tmp_path / "out"
-    result = run_script(*predict_argv(model, out, *tiles, flags=("--polygons", "gpkg", "--areas", "--probabilities")))
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_main(predict_argv(model, out, *tiles, flags=("--polygons", "gpkg", "--areas", "--probabilities"))) == 0
     names = list(model.class_names)
     folder_counts = np.zeros(256, np.int64)
     for tile in ("scene_a", "scene_b"):
@@ -173,8 +191,7 @@ def test_geojson_is_rfc7946(tmp_path, trained_upernet):
     model = trained_upernet
     tile = georeferenced_tile(model.tiles[0], tmp_path / "scene.tif")
     out = tmp_path / "out"
-    result = run_script(*predict_argv(model, out, tile, flags=("--polygons", "geojson", "--min_area", "0.01")))
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_main(predict_argv(model, out, tile, flags=("--polygons", "geojson", "--min_area", "0.01"))) == 0
     collection = json.loads((out / "scene_pred.geojson").read_text())
     assert "crs" not in collection and collection["type"] == "FeatureCollection"
     with rasterio.open(out / "scene_pred.tif") as mask_file:
@@ -253,14 +270,12 @@ def run_like_deepness(path, tiles_nhwc):
 def test_deepness_profile_runs_as_the_plugin_runs_it(tmp_path, trained_upernet):
     model = trained_upernet
     onnx_path = tmp_path / "qgis.onnx"
-    result = run_script("tools/export_onnx.py", "--snapshot", str(model.checkpoint), "--deepness", "--tile_size",
-                        "256", "--resolution_cm", "5", "--out", str(onnx_path))
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_main(["tools/export_onnx.py", "--snapshot", str(model.checkpoint), "--deepness", "--tile_size", "256",
+                     "--resolution_cm", "5", "--out", str(onnx_path)]) == 0
     out = tmp_path / "out"
     tiles = model.tiles[:2]
-    result = run_script("predict.py", *map(str, tiles), "--snapshot", str(model.checkpoint), "--out_dir", str(out),
-                        "--window", "256", "--device", "cpu", "--format", "tif", "--probabilities")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_main(["predict.py", *map(str, tiles), "--snapshot", str(model.checkpoint), "--out_dir", str(out),
+                     "--window", "256", "--device", "cpu", "--format", "tif", "--probabilities"]) == 0
     pixels = []
     for tile in tiles:
         with rasterio.open(tile) as dataset:

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from script_run import run_script
 
 from evaluation.report import COLUMN_TITLES, Sample, plot_confusion, titled_panels
 
@@ -69,15 +68,17 @@ class PageStructure(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def report(trained_pfnet, reference_data, tmp_path_factory) -> Path:
-    """eval.py on the trained PFNet's prepared test split, as a user runs it: its output folder."""
+def report(trained_pfnet, reference_data, tmp_path_factory, one_thread) -> Path:
+    """eval.py on the trained PFNet's prepared test split, the command line a user types (its main, in this
+    process): its output folder."""
+    import eval as evaluation
+
     _, _, root = reference_data
     out = tmp_path_factory.mktemp("report") / "eval"
-    result = run_script("eval.py", "--dataset", "Posdam", "--dataset_dir", str(root), "--split", "test",
-                        "--snapshot", str(trained_pfnet.checkpoint), "--inference_mode", "whole", "--single_scale",
-                        "--no_flip", "--num_workers", "0", "--device", "cpu", "--report_samples", "2",
-                        "--out_dir", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert evaluation.main(["--dataset", "Posdam", "--dataset_dir", str(root), "--split", "test", "--snapshot",
+                            str(trained_pfnet.checkpoint), "--inference_mode", "whole", "--single_scale", "--no_flip",
+                            "--num_workers", "0", "--device", "cpu", "--report_samples", "2", "--out_dir",
+                            str(out)]) == 0
     return out
 
 

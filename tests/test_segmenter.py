@@ -3,7 +3,8 @@ mask and probability GeoTIFFs and eval.py's metrics.json, on models trained by t
 
 The expected outputs are computed here with the building blocks of ``evaluation.inference``
 (``predict_large_image``, ``infer_logits``) called with explicit arguments, on the model as
-``evaluation.restore.restore_model`` builds it: independent of ``evaluation.segmenter``.
+``evaluation.restore.restore_model`` builds it: independent of ``evaluation.segmenter``. The entry points run
+through their ``main`` in this process (their command lines as a user types them; no process is under test).
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from script_run import run_script
 
+import eval as evaluation
+import predict
 from datasets import normalize_image
 from evaluation.dataset_split import load_split
 from evaluation.inference import infer_logits, predict_large_image
@@ -87,9 +89,8 @@ def test_predict_writes_the_masks_and_probabilities_of_the_inference_functions(t
     pytest.importorskip("rasterio", reason="GeoTIFF tiles need rasterio (optional)")
     reference, model = trained
     tile = reference.tiles[0]
-    result = run_script("predict.py", str(tile), "--snapshot", str(reference.checkpoint), "--out_dir",
-                        str(tmp_path), "--probabilities", "--device", "cpu", *PREDICT_FLAGS)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert predict.main([str(tile), "--snapshot", str(reference.checkpoint), "--out_dir", str(tmp_path),
+                         "--probabilities", "--device", "cpu", *PREDICT_FLAGS]) == 0
 
     mask, probabilities = expected_tile_outputs(model, tile, len(reference.class_names))
     written_mask = read_bands(tmp_path / f"{tile.stem}_pred.tif")
@@ -104,10 +105,8 @@ def test_eval_scores_the_predictions_of_the_inference_functions(trained, referen
     reference, model = trained
     _, _, root = reference_data
     flags, protocol, recorded = EVAL_RUNS[mode]
-    result = run_script("eval.py", "--dataset", "Posdam", "--dataset_dir", str(root), "--snapshot",
-                        str(reference.checkpoint), "--out_dir", str(tmp_path), "--num_workers", "0",
-                        "--device", "cpu", *flags)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert evaluation.main(["--dataset", "Posdam", "--dataset_dir", str(root), "--snapshot", str(reference.checkpoint),
+                            "--out_dir", str(tmp_path), "--num_workers", "0", "--device", "cpu", *flags]) == 0
     written = json.loads((tmp_path / "metrics.json").read_text())
 
     items, class_names, _ = load_split("Posdam", "test", str(root))

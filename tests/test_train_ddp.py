@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_data import make_tiny_potsdam, tiny_run_flags
+from train_data import tiny_run_flags
 
 # end-to-end runs of the entry points: `make test` runs them, `make test-fast` leaves them out
 pytestmark = pytest.mark.workflow
@@ -56,9 +56,9 @@ def torchrun(flags: list[str], script: str = "train.py") -> str:
 
 
 @pytest.fixture(scope="module")
-def ddp_runs(tmp_path_factory):
+def ddp_runs(tmp_path_factory, tiny_potsdam):
     base = tmp_path_factory.mktemp("ddp")
-    flags = tiny_run_flags(make_tiny_potsdam(base), base) + RUN_FLAGS
+    flags = tiny_run_flags(tiny_potsdam, base) + RUN_FLAGS
     script = base / "train_saving_rank_states.py"
     script.write_text(RANK_STATE_SCRIPT)
     straight_log = torchrun(flags + ["--exp", "straight", "--stop_after", "2"], script=str(script))
@@ -101,10 +101,10 @@ def test_processes_hold_the_same_model_and_validation_covers_every_image(ddp_run
     assert len([record for record in records if record["kind"] == "train"]) == 4  # rank 0 logs only
 
 
-def test_two_processes_extend_a_finished_run(tmp_path):
+def test_two_processes_extend_a_finished_run(tmp_path, tiny_potsdam):
     """Under torchrun the old "train longer" resume ended in a complex-LR error; now the new epoch trains at the
     2-epoch schedule's LR (0 here: the last epoch) with a finite validation loss, and the run ends at epoch 1."""
-    flags = tiny_run_flags(make_tiny_potsdam(tmp_path), tmp_path) + RUN_FLAGS + ["--exp", "extend"]
+    flags = tiny_run_flags(tiny_potsdam, tmp_path) + RUN_FLAGS + ["--exp", "extend"]
     run_dir = tmp_path / "ckpt" / "extend" / "Posdam-pfnet_r50"
     first_log = torchrun(flags + ["--max_epoch", "1"])
     assert "every epoch of this run (0) trains at LR 0" in first_log

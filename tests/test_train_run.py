@@ -19,7 +19,7 @@ import yaml
 from parity_weights import imagenet_file_state
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from train_data import RUN_CONTROL_KEYS, make_tiny_potsdam, tiny_run_flags
+from train_data import RUN_CONTROL_KEYS, tiny_run_flags
 
 import config
 import datasets
@@ -44,8 +44,9 @@ NOT_EXACT = "the resumed run will not be bit-identical"
 
 
 @pytest.fixture(scope="module")
-def potsdam_root(tmp_path_factory):
-    return make_tiny_potsdam(tmp_path_factory.mktemp("train_data"))
+def potsdam_root(tiny_potsdam, tmp_path_factory):
+    """A copy of the shared tiny dataset: class-uniform sampling caches its centroids in the dataset's folder."""
+    return Path(shutil.copytree(tiny_potsdam, tmp_path_factory.mktemp("train_data") / "potsdam"))
 
 
 @pytest.fixture(scope="module", autouse=True)
