@@ -49,7 +49,7 @@ from datasets.file_check import (
 )
 from datasets.registry import DATASETS, names_text, val_splits_text
 from engine.cpu_precision import emulated_precision_note
-from engine.distributed import process_context, resolve_device
+from engine.distributed import process_context
 from engine.text_log import LOGGER_NAME, close_logger, setup_logger
 from evaluation import cli
 from evaluation.dataset_split import DATASET_NAMES, default_split, load_split
@@ -256,7 +256,7 @@ def evaluate(args: argparse.Namespace, config: EasyDict) -> dict:
     """
     close_logger(log)  # until this evaluation's log exists, a failure is not written into an earlier one's
     check_flags(args)
-    args.device = str(resolve_device(args.device))
+    args.device = str(one_process_device(args.device))
     note = emulated_precision_note(args.precision, args.device)
     if note:
         print(f"warning: {note}", file=sys.stderr)
@@ -452,7 +452,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, config = parse_with_config(parser, argv)
     try:
-        args.device = str(one_process_device(args.device))
         evaluate(args, config)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, CheckpointMismatchError) as error:
         if log.handlers:  # the output folder and its log exist: say there that the evaluation failed

@@ -312,7 +312,7 @@ def validate(run: Run, parts: Parts):
 
     def predict(batch: dict) -> torch.Tensor:
         images = batch["image"].to(ctx.device, non_blocking=True)
-        masks = batch["mask"].to(ctx.device, non_blocking=True)
+        batch["mask"] = masks = batch["mask"].to(ctx.device, non_blocking=True)  # the evaluator's copy too
         with torch.autocast(ctx.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = bare(images).float()
         val_loss.update({"val_loss": parts.val_criterion(logits, masks)}, (masks != dataset_cls.ignore_label).sum())
@@ -413,9 +413,9 @@ def train(args: argparse.Namespace, config: EasyDict, notes: list[str], ctx: Dis
     except BaseException as error:
         run_start.abandon_start(run, tb_dir, created, error)
         raise
+    del checkpoints  # their tensors are in the parts now; the run does not hold the files' dicts
     try:
-        end_epoch = args.max_epoch if args.stop_after is None else min(args.max_epoch,
-                                                                       state.next_epoch + args.stop_after)
+        end_epoch = min(args.max_epoch, state.next_epoch + (args.stop_after or args.max_epoch))
         for epoch in range(state.next_epoch, end_epoch):
             run_epoch(run, parts, state, epoch)
         if end_epoch < args.max_epoch:

@@ -22,10 +22,10 @@ Measured, with ``--threads`` intra-op threads for both sessions:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "tests"))  # the reference model's recipe lives in tests/trained_models.py
 
+from bench.measure import time_alternating  # noqa: E402
 from engine.cpu_precision import cpu_capability  # noqa: E402
 from utils.atomic import atomic_write_bytes  # noqa: E402
 
@@ -70,16 +71,14 @@ def held_out_split(work_dir: Path) -> Path:
 
 def export_pair(checkpoint: Path, calibration: Path, work_dir: Path, windows: int) -> tuple[Path, Path]:
     """(float32 file, int8 file) of ``checkpoint`` in ``work_dir``, written only when missing."""
+    from trained_models import restore
+
     from evaluation.onnx_export import export_onnx, onnx_metadata
     from evaluation.onnx_quantize import calibration_images, calibration_windows, quantize_onnx
-    from evaluation.restore import restore_model
-    from network.options import add_model_flags
 
     fp32, int8 = work_dir / "fp32.onnx", work_dir / f"int8_{windows}w.onnx"
     if not fp32.is_file():
-        parser = argparse.ArgumentParser()
-        add_model_flags(parser)
-        restored = restore_model(parser.parse_args([]), checkpoint, optimize=False)
+        _, restored = restore(checkpoint)
         print(f"exporting {checkpoint} to {fp32} (minutes on a 2-core CPU)", flush=True)
         export_onnx(restored.model, fp32, onnx_metadata(num_classes=restored.num_classes, arch=restored.resolved.arch,
                                                         options=restored.resolved.options, snapshot=checkpoint))
@@ -103,18 +102,6 @@ def held_out_windows(root: Path, size: int) -> list[torch.Tensor]:
             if top >= 0 and left >= 0:
                 found.append(image[None, :, top:top + size, left:left + size])
     return found
-
-
-def time_alternating(models: dict, images: torch.Tensor, warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each model on ``images``, calls alternating, after ``warmup`` rounds."""
-    seconds: dict[str, list[float]] = {name: [] for name in models}
-    for round_index in range(warmup + repeats):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model(images)
-            if round_index >= warmup:
-                seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def miou(model, folders: list[Path], num_classes: int) -> float:
@@ -162,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for size in args.sizes:
         windows = held_out_windows(held_out, size)
-        medians = time_alternating(models, windows[0], args.warmup, args.repeats)
+        medians = time_alternating({name: functools.partial(model, windows[0]) for name, model in models.items()},
+                                   args.warmup, args.repeats)
         agreements = [float((models["fp32"](window).argmax(1) == models["int8"](window).argmax(1)).float().mean())
                       for window in windows]
         rows.append({"size": size, "fp32_ms": 1e3 * medians["fp32"], "int8_ms": 1e3 * medians["int8"],

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import network  # noqa: E402
-from bench.measure import NUM_CLASSES, build_model, timed  # noqa: E402
+from bench.measure import NUM_CLASSES, build_model, time_alternating  # noqa: E402
 from evaluation.onnx_backend import OnnxModel  # noqa: E402
 from evaluation.onnx_export import export_onnx, onnx_metadata  # noqa: E402
 from utils.atomic import atomic_write_bytes  # noqa: E402
@@ -42,17 +40,6 @@ def exported_model(arch: str, work_dir: Path) -> tuple[torch.nn.Module, Path]:
         export_onnx(model, path, onnx_metadata(num_classes=NUM_CLASSES, arch=arch, options=options,
                                                snapshot="random seed 0"))
     return model, path
-
-
-def time_alternating(runners: dict[str, Callable[[], torch.Tensor]], warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds of each runner, calling them in turn ``warmup`` untimed then ``repeats`` timed rounds."""
-    seconds: dict[str, list[float]] = {name: [] for name in runners}
-    for round_index in range(warmup + repeats):
-        for name, runner in runners.items():
-            elapsed = timed(runner, torch.device("cpu"))
-            if round_index >= warmup:
-                seconds[name].append(elapsed)
-    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def compare(model: torch.nn.Module, onnx_model: OnnxModel, sizes: list[int], warmup: int,

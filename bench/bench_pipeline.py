@@ -47,13 +47,20 @@ def write_tile(path: Path, size: int) -> None:
         handle.write(np.stack(bands))
 
 
+def default_step(window: int) -> int:
+    """The window step predict.py uses for ``window`` with its default overlap (``Protocol.step``)."""
+    from evaluation.segmenter import Protocol
+
+    return Protocol(window=window).step
+
+
 def run(model, tile: Path, out: Path, window: int, pipelined: bool) -> float:
     """Seconds of one predict_large_image run of ``model`` over ``tile`` into two COGs under ``out``."""
     from evaluation.inference import predict_large_image
     from utils.image_io import open_raster
     from utils.raster_io import CogSink
 
-    stride = window - window // 3
+    stride = default_step(window)
     with open_raster(tile) as source:
         size = (source.height, source.width)
         mask = CogSink(out / "mask.tif", *size, geo_profile=source.geo_profile, nodata=255)
@@ -76,7 +83,7 @@ def model_alone(model, tile: Path, window: int) -> float:
     from utils.image_io import read_image
 
     image = read_image(tile)
-    stride = window - window // 3
+    stride = default_step(window)
     starts = [(top, left) for top in window_starts(image.shape[0], window, stride)
               for left in window_starts(image.shape[1], window, stride)]
     crops = [normalize_image(image[top:top + window, left:left + window])[None] for top, left in starts]

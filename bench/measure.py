@@ -2,6 +2,7 @@
 and the randomly initialised models they time (speed does not depend on the weights' values)."""
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from typing import Callable
@@ -28,6 +29,18 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     fn()
     synchronize(device)
     return time.perf_counter() - start
+
+
+def time_alternating(runners: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds of each CPU runner, calling them in turn: ``warmup`` untimed then ``repeats`` timed rounds
+    (alternating calls, so that a slow spell on a shared machine hits every runner alike)."""
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    for round_index in range(warmup + repeats):
+        for name, runner in runners.items():
+            elapsed = timed(runner, torch.device("cpu"))
+            if round_index >= warmup:
+                seconds[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def count_flops(fn: Callable[[], object]) -> int:

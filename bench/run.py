@@ -78,20 +78,12 @@ class Result:
         return statistics.median(self.seconds)
 
 
-
-
-
-
 def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, warmup: int, repeats: int) -> float:
     """Achieved GFLOP/s of an (n, n) @ (n, n) matrix product (2 n^3 FLOPs), median of ``repeats`` calls."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     seconds = [timed(lambda: a @ b, device) for _ in range(warmup + repeats)][warmup:]
     return 2 * n**3 / statistics.median(seconds) / 1e9
-
-
-
-
 
 
 def eval_runner(model: torch.nn.Module, config: str, images: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -153,8 +145,6 @@ def make_runner(task: str, arch: str, config: str, device: torch.device, batch: 
         return train_runner(arch, config, device, batch, size)
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     return eval_runner(build_model(arch, device), config, images)
-
-
 
 
 def config_worker(connection: Connection, task: str, arch: str, config: str, device_name: str, batch: int,

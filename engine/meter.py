@@ -27,9 +27,9 @@ class ScalarMeter:
 
     def update(self, terms: dict[str, torch.Tensor | float], weight: torch.Tensor | float = 1.0) -> None:
         """Add each scalar of ``terms`` (0-d tensors or floats, any device) with ``weight``."""
+        weight_value = torch.as_tensor(weight, device=self.device).double().reshape(())
         for name, value in terms.items():
             value = torch.as_tensor(value, device=self.device).detach().double().reshape(())
-            weight_value = torch.as_tensor(weight, device=self.device).double().reshape(())
             self.sums[name] = self.sums.get(name, 0) + value
             self.weights[name] = self.weights.get(name, 0) + weight_value
 

@@ -185,18 +185,13 @@ def check_training_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLik
 def resume_training(checkpoint: dict[str, Any], path: str | os.PathLike, model: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any,
                     scaler: Any) -> tuple[TrainingState, dict[str, Any]]:
-    """Load a training checkpoint (read with :func:`utils.checkpoint.read_checkpoint` from ``path``) into model,
-    optimizer, scheduler and scaler.
+    """Load a training checkpoint (read with :func:`utils.checkpoint.read_checkpoint` from ``path``, and checked
+    by the caller with :func:`check_training_checkpoint`) into model, optimizer, scheduler and scaler.
 
     Returns:
         ``(state, extras)``: where to continue, and the file's remaining entries (``rng_states``,
         ``config``, ...).
-
-    Raises:
-        CheckpointMismatchError: the file is a weights-only snapshot without the training state
-            (:func:`check_training_checkpoint`).
     """
-    check_training_checkpoint(checkpoint, path)
     extras = fill_model(model, checkpoint, path)
     optimizer.load_state_dict(extras["optimizer"])
     scheduler.load_state_dict(extras["scheduler"])

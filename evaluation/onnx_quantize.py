@@ -20,6 +20,7 @@ folder, image count, windows, window side, seed, method), so ``evaluation.onnx_b
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -152,7 +153,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, wi
     first = next(windows, None)
     if first is None:
         raise ValueError("no calibration windows")
-    reader = _data_reader(INPUT_NAME, _chain(first, windows))
+    reader = _data_reader(INPUT_NAME, itertools.chain([first], windows))
     source = onnx.load(os.fspath(fp32_path))
     excluded = selection_feeding_nodes(source)
     with atomic_path(int8_path) as temp_name:
@@ -173,8 +174,3 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, wi
             proto.metadata_props.add(key=key, value=value)
         onnx.save(proto, temp_name)
 
-
-def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    """``first`` then the items of ``rest``."""
-    yield first
-    yield from rest

@@ -59,14 +59,13 @@ def fold_batch_norm_(conv: nn.Conv2d, norm: _BatchNorm) -> None:
     conv.bias = nn.Parameter(((bias - norm.running_mean.double()) * scale + shift).to(conv.weight.dtype))
 
 
-def _output_conv(module: nn.Module) -> nn.Conv2d | None:
-    """The convolution whose output is ``module``'s output: ``module`` itself or, through nested
-    ``nn.Sequential`` (the stem's convolution stack), their last layer; None otherwise."""
-    if isinstance(module, nn.Conv2d):
-        return module
+def _output_conv_slot(sequential: nn.Sequential, index: int) -> tuple[nn.Sequential, int] | None:
+    """(container, position) of the convolution whose output is ``sequential[index]``'s output (through
+    nested ``nn.Sequential``, the stem's convolution stack, to their last layer); None where there is none."""
+    module = sequential[index]
     if isinstance(module, nn.Sequential) and len(module) > 0:
-        return _output_conv(module[-1])
-    return None
+        return _output_conv_slot(module, len(module) - 1)
+    return (sequential, index) if isinstance(module, nn.Conv2d) else None
 
 
 def fold_batch_norms(model: nn.Module) -> int:
@@ -88,9 +87,9 @@ def fold_batch_norms(model: nn.Module) -> int:
                     folded += 1
         elif isinstance(module, nn.Sequential):
             for index in range(1, len(module)):
-                conv = _output_conv(module[index - 1])
-                if isinstance(module[index], _BatchNorm) and conv is not None:
-                    fold_batch_norm_(conv, module[index])
+                slot = _output_conv_slot(module, index - 1)
+                if isinstance(module[index], _BatchNorm) and slot is not None:
+                    fold_batch_norm_(slot[0][slot[1]], module[index])
                     module[index] = nn.Identity()
                     folded += 1
     return folded
@@ -271,15 +270,6 @@ def _fusable(conv: nn.Module) -> bool:
     """Whether ``conv`` is a float32 CPU ``nn.Conv2d`` with numeric zero padding (what oneDNN's fused call takes)."""
     return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
             and conv.weight.dtype == torch.float32 and conv.weight.device.type == "cpu")
-
-
-def _output_conv_slot(sequential: nn.Sequential, index: int) -> tuple[nn.Sequential, int] | None:
-    """(container, position) of the convolution whose output is ``sequential[index]``'s output (looking into
-    nested ``nn.Sequential`` as :func:`_output_conv` does); None where there is none."""
-    module = sequential[index]
-    if isinstance(module, nn.Sequential) and len(module) > 0:
-        return _output_conv_slot(module, len(module) - 1)
-    return (sequential, index) if isinstance(module, nn.Conv2d) else None
 
 
 def _is_folded(block: nn.Module) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from trained_models import read_raster
 
 import eval as evaluation
 import predict
@@ -57,14 +58,6 @@ def trained(request):
     return reference, restored.model
 
 
-def read_bands(path: Path) -> np.ndarray:
-    """Every band of a GeoTIFF: (bands, H, W)."""
-    import rasterio
-
-    with rasterio.open(path) as source:
-        return source.read()
-
-
 def expected_tile_outputs(model, tile: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(H, W) class ids and (K, H, W) uint8 probabilities of ``tile`` by ``predict_large_image`` with
     :data:`PREDICT_PROTOCOL`, read as predict.py reads it."""
@@ -93,8 +86,8 @@ def test_predict_writes_the_masks_and_probabilities_of_the_inference_functions(t
                          "--probabilities", "--device", "cpu", *PREDICT_FLAGS]) == 0
 
     mask, probabilities = expected_tile_outputs(model, tile, len(reference.class_names))
-    written_mask = read_bands(tmp_path / f"{tile.stem}_pred.tif")
-    written_probabilities = read_bands(tmp_path / f"{tile.stem}_prob.tif")
+    written_mask = read_raster(tmp_path / f"{tile.stem}_pred.tif")
+    written_probabilities = read_raster(tmp_path / f"{tile.stem}_prob.tif")
     assert len(np.unique(probabilities)) > 5  # the trained models' certainties vary across the tile
     np.testing.assert_array_equal(written_mask, mask[None])
     np.testing.assert_array_equal(written_probabilities, probabilities)

@@ -563,17 +563,18 @@ def dataset_scaling(paths: list[str | os.PathLike], bands: tuple[int, ...] | Non
     return ImageScaling(low=tuple(map(float, np.min(lows, axis=0))), high=tuple(map(float, np.max(highs, axis=0))))
 
 
-def gdal_cache_max() -> int:
+def gdal_cache_max(default: int | None = None) -> int:
     """GDAL's block cache limit for this process in bytes: the ``GDAL_CACHEMAX`` environment variable when set,
     read as GDAL reads it (megabytes below 100000, else bytes; ``N%``: that share of the physical RAM), else
-    :data:`GDAL_CACHE_BYTES`. rasterio sets the limit from an integer only, hence the conversion here.
+    ``default`` (None: :data:`GDAL_CACHE_BYTES`). rasterio sets the limit from an integer only, hence the
+    conversion here.
 
     Raises:
         ValueError: ``GDAL_CACHEMAX`` is neither a number nor a percentage (the message names the variable).
     """
     text = os.environ.get("GDAL_CACHEMAX", "").strip()
     if not text:
-        return GDAL_CACHE_BYTES
+        return GDAL_CACHE_BYTES if default is None else default
     try:
         if text.endswith("%"):
             return int(float(text[:-1]) / 100 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))

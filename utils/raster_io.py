@@ -216,7 +216,7 @@ class CogSink:
                     self.dataset.write_colormap(1, {index: (*map(int, table[index]), 255) for index in range(256)})
                 for band, description in enumerate(band_descriptions or [], start=1):
                     self.dataset.set_band_description(band, str(description))
-        except WriteError:
+        except BaseException:  # a WriteError, or anything else: leave neither the GDAL environment nor a file
             self.abort()
             raise
 

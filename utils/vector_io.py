@@ -32,7 +32,7 @@ from typing import Iterator
 import numpy as np
 
 from utils.atomic import WriteError, atomic_path, publish, temporary_path_beside
-from utils.image_io import import_rasterio
+from utils.image_io import gdal_cache_max, import_rasterio
 
 STRIP_PIXELS = 2**19
 """Pixels of the mask polygonised at a time (rows: this over the width, 8 to 256): GDAL's polygoniser holds
@@ -324,12 +324,12 @@ whole decoded mask: 61 MiB for 8000²)."""
 @contextlib.contextmanager
 def open_mask(path: str | os.PathLike) -> Iterator:
     """Open a class-id mask with rasterio for one pass of strip reads: GDAL's block cache is held to
-    ``READ_CACHE_BYTES`` meanwhile, and a mask without georeference (a PNG) is read in pixel coordinates
-    without rasterio's NotGeoreferencedWarning."""
+    ``READ_CACHE_BYTES`` meanwhile (a ``GDAL_CACHEMAX`` variable wins, as everywhere), and a mask without
+    georeference (a PNG) is read in pixel coordinates without rasterio's NotGeoreferencedWarning."""
     rasterio = import_rasterio()
     from rasterio.errors import NotGeoreferencedWarning
 
-    with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES):
+    with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=gdal_cache_max(READ_CACHE_BYTES)):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as dataset:
             yield dataset

@@ -1,3 +1,3 @@
 #!/usr/bin/env bash
-# The original's name for: bash scripts/train.sh configs/pointflow/vaihingen_r50.yaml [GPUS] [train.py flags]
+# The original's name for: bash scripts/train.sh configs/pointflow/vaihingen_r50.yaml (GPUS=N in the environment, default 8), then train.py flags
 exec bash "$(dirname "$0")/../train.sh" "$(dirname "$0")/../../configs/pointflow/vaihingen_r50.yaml" "${GPUS:-8}" "$@"
